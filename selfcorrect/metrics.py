@@ -1,0 +1,715 @@
+"""Self-correction metrics from SCoRe (Kumar et al., 2024), as pure numpy functions.
+
+Every evaluation produces a reward matrix ``rewards`` of shape ``(N, K)``: ``N``
+episodes (problems x samples per problem) and ``K`` attempts per episode, where
+``rewards[n, t]`` is 1 if attempt ``t`` of episode ``n`` is correct and 0
+otherwise.  The paper's metrics (Section 3 / Table 2 of the paper) are
+
+* ``Accuracy@t``  — the fraction of episodes whose attempt ``t`` is correct;
+* ``Δ(t1, t2)``   — ``Accuracy@t2 − Accuracy@t1``, the net improvement from
+  self-correction;
+* ``Δ^{i→c}(t1, t2)`` — the fraction of episodes whose first attempt is
+  *incorrect* and whose second attempt is *correct* (problems fixed);
+* ``Δ^{c→i}(t1, t2)`` — the fraction of episodes whose first attempt is
+  *correct* and whose second attempt is *incorrect* (problems broken);
+* the *edit distance ratio* between two attempts, "edit distance / combined
+  length", whose histogram shows whether a model actually revises its answer
+  or merely copies it (the paper's collapse diagnostic).
+
+By construction ``Δ = Δ^{i→c} − Δ^{c→i}`` (episodes that are right at both or
+wrong at both attempts cancel).
+
+Conventions used throughout this module:
+
+* Attempt indices passed to functions (``i``, ``j``) are **0-based** Python
+  indices (negative indices count from the end, ``-1`` = last attempt).  Keys
+  and labels shown to people (``"from"``/``"to"`` in :func:`summarize`,
+  ``Acc@t1`` in tables) are **1-based** attempt numbers, as in the paper.
+* Rates are fractions in ``[0, 1]``; :func:`format_table` shows them as
+  percentages.
+* Confidence intervals are 95% by default: Wilson score intervals for
+  proportions, percentile bootstrap intervals for differences and means (with
+  a cluster bootstrap over problems when several samples share a problem, see
+  :func:`summarize`).
+
+Nothing here imports torch; inputs are numpy arrays or nested lists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from rapidfuzz.distance import Levenshtein
+
+from selfcorrect.errors import SelfCorrectError
+
+__all__ = [
+    "wilson_interval",
+    "bootstrap_interval",
+    "accuracy_per_attempt",
+    "transition_rates",
+    "edit_distance_ratio",
+    "edit_stats",
+    "summarize",
+    "format_table",
+    "rich_table",
+    "majority_vote",
+]
+
+T = TypeVar("T")
+
+# --------------------------------------------------------------------------- #
+# Input validation helpers
+# --------------------------------------------------------------------------- #
+
+
+def _as_rewards(rewards: Any) -> np.ndarray:
+    """Validate ``rewards`` and return it as an ``(N, K)`` int64 array of 0/1."""
+    arr = np.asarray(rewards)
+    if arr.ndim != 2:
+        raise SelfCorrectError(
+            f"rewards must be a 2-D array of shape (episodes, attempts); got shape {arr.shape}"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise SelfCorrectError(
+            f"rewards must have at least one episode and one attempt; got shape {arr.shape}"
+        )
+    if arr.dtype == object:
+        raise SelfCorrectError("rewards must be numeric 0/1 values (found non-numeric entries)")
+    arr = arr.astype(np.float64)
+    if not np.all((arr == 0.0) | (arr == 1.0)):
+        bad = arr[~((arr == 0.0) | (arr == 1.0))][0]
+        raise SelfCorrectError(f"rewards must be binary (0 or 1); found the value {bad!r}")
+    return arr.astype(np.int64)  # (N, K)
+
+
+def _attempt_index(i: int, k: int, name: str = "i") -> int:
+    """Normalise a 0-based (possibly negative) attempt index against ``k`` attempts."""
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+        raise SelfCorrectError(f"attempt index {name} must be an integer; got {i!r}")
+    i = int(i)
+    if not -k <= i < k:
+        raise SelfCorrectError(
+            f"attempt index {name}={i} is out of range for {k} attempt(s) (indices are 0-based)"
+        )
+    return i % k
+
+
+def _check_nk(obj: Any, n: int, k: int, name: str) -> None:
+    """Check that a nested list / array has ``n`` rows of ``k`` entries."""
+    if len(obj) != n:
+        raise SelfCorrectError(f"{name} has {len(obj)} rows but rewards has {n} episodes")
+    for row_idx, row in enumerate(obj):
+        if len(row) != k:
+            raise SelfCorrectError(
+                f"{name}[{row_idx}] has {len(row)} attempts but rewards has {k} attempts"
+            )
+
+
+def _as_texts(texts: Sequence[Sequence[str]]) -> list[list[str]]:
+    out: list[list[str]] = []
+    for n_idx, row in enumerate(texts):
+        row_out = []
+        for t_idx, s in enumerate(row):
+            if not isinstance(s, str):
+                raise SelfCorrectError(
+                    f"texts[{n_idx}][{t_idx}] must be a string; got {type(s).__name__}"
+                )
+            row_out.append(s)
+        out.append(row_out)
+    return out
+
+
+def _group_codes(group_ids: Sequence[Hashable], n: int) -> np.ndarray:
+    """Map arbitrary hashable problem ids to dense integer codes (first-seen order)."""
+    if len(group_ids) != n:
+        raise SelfCorrectError(f"group_ids has {len(group_ids)} entries but there are {n} episodes")
+    mapping: dict[Hashable, int] = {}
+    codes = np.empty(n, dtype=np.int64)
+    for idx, g in enumerate(group_ids):
+        if isinstance(g, np.generic):
+            g = g.item()
+        codes[idx] = mapping.setdefault(g, len(mapping))
+    return codes
+
+
+def _num(x: Any) -> float | None:
+    """A JSON-safe float: NaN / inf / None become ``None``."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _pair(ci: tuple[float, float] | None) -> list[float | None] | None:
+    if ci is None:
+        return None
+    return [_num(ci[0]), _num(ci[1])]
+
+
+# --------------------------------------------------------------------------- #
+# Confidence intervals
+# --------------------------------------------------------------------------- #
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``successes / n``.
+
+    ``low, high = (p + z²/2n ∓ z·sqrt(p(1−p)/n + z²/4n²)) / (1 + z²/n)`` with
+    ``p = successes / n``.  Unlike the normal ("Wald") interval it stays inside
+    ``[0, 1]`` and behaves well for ``p`` near 0 or 1 and for small ``n``.
+    ``z = 1.96`` gives a 95% interval.  With ``n == 0`` nothing is known and the
+    interval is ``(0.0, 1.0)``.
+
+    Example: ``wilson_interval(5, 10) ≈ (0.2366, 0.7634)``.
+    """
+    successes = int(successes)
+    n = int(n)
+    if n < 0 or successes < 0 or successes > n:
+        raise SelfCorrectError(
+            f"wilson_interval needs 0 <= successes <= n; got successes={successes}, n={n}"
+        )
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n)) / denom
+    low = 0.0 if successes == 0 else max(0.0, center - half)
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return (low, high)
+
+
+def bootstrap_interval(
+    values: Any,
+    stat: Callable[[np.ndarray], Any] = np.mean,
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    *,
+    groups: Sequence[Hashable] | None = None,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(values)``; deterministic given ``seed``.
+
+    Draws ``n_boot`` resamples with replacement, applies ``stat`` to each and
+    returns the ``alpha/2`` and ``1 − alpha/2`` quantiles of the results (a
+    ``1 − alpha`` interval; 95% by default).
+
+    ``values`` has shape ``(N,)``.  If ``groups`` (``N`` hashable ids) is
+    given, this is a *cluster* bootstrap: each resample draws the *groups*
+    (e.g. problems) with replacement and keeps all values of every drawn group,
+    which accounts for correlation between several samples of the same problem.
+    Without ``groups`` every value is its own group (the ordinary bootstrap).
+
+    ``stat`` receives a 1-D array and must return a scalar.  ``np.mean`` (the
+    default) takes a vectorised fast path; any other callable is applied to
+    each resample in turn.  The same ``seed`` always yields the same interval.
+    """
+    vals = np.asarray(values, dtype=np.float64).reshape(-1)  # (N,)
+    n = vals.shape[0]
+    if n == 0:
+        raise SelfCorrectError("bootstrap_interval needs at least one value")
+    if n_boot < 1:
+        raise SelfCorrectError(f"n_boot must be positive; got {n_boot}")
+    if not 0.0 < alpha < 1.0:
+        raise SelfCorrectError(f"alpha must be in (0, 1); got {alpha}")
+    codes = np.arange(n, dtype=np.int64) if groups is None else _group_codes(groups, n)  # (N,)
+    n_groups = int(codes.max()) + 1
+
+    rng = np.random.default_rng(seed)
+    fast = stat is np.mean
+    if fast:
+        group_sum = np.bincount(codes, weights=vals, minlength=n_groups)  # (G,)
+        group_cnt = np.bincount(codes, minlength=n_groups).astype(np.float64)  # (G,)
+    # Draw resamples in chunks so memory stays bounded for large N.
+    chunk = max(1, min(n_boot, 4_000_000 // max(n_groups, 1)))
+    boots = np.empty(n_boot, dtype=np.float64)
+    done = 0
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        idx = rng.integers(0, n_groups, size=(b, n_groups))  # (b, G) drawn group ids
+        if fast:
+            boots[done : done + b] = group_sum[idx].sum(axis=1) / group_cnt[idx].sum(axis=1)
+        else:
+            for r in range(b):
+                mult = np.bincount(idx[r], minlength=n_groups)  # (G,) times each group drawn
+                sample = np.repeat(vals, mult[codes])  # all values of the drawn groups
+                boots[done + r] = float(stat(sample))
+        done += b
+    low, high = np.quantile(boots, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return (float(low), float(high))
+
+
+# --------------------------------------------------------------------------- #
+# Accuracy and transitions
+# --------------------------------------------------------------------------- #
+
+
+def accuracy_per_attempt(rewards: Any) -> list[float]:
+    """``Accuracy@t`` for every attempt ``t``: the column means of ``rewards`` (N, K).
+
+    Returns a list of ``K`` floats, each computed as ``count_correct_t / N``.
+    """
+    r = _as_rewards(rewards)  # (N, K)
+    n = r.shape[0]
+    return [int(c) / n for c in r.sum(axis=0)]
+
+
+def transition_rates(rewards: Any, i: int = 0, j: int = 1) -> dict[str, Any]:
+    """Accuracy change and problem transitions between attempts ``i`` and ``j``.
+
+    ``i`` and ``j`` are 0-based attempt indices (negative counts from the end).
+    With ``N`` episodes, ``r_i = rewards[:, i]`` and ``r_j = rewards[:, j]``:
+
+    * ``i2c`` = Δ^{i→c}(i, j) = #{r_i = 0 and r_j = 1} / N  (fixed);
+    * ``c2i`` = Δ^{c→i}(i, j) = #{r_i = 1 and r_j = 0} / N  (broken);
+    * ``delta`` = Δ(i, j) = Accuracy@j − Accuracy@i.
+
+    Mathematically ``Accuracy@j − Accuracy@i = (#i2c − #c2i) / N``.  The value
+    returned as ``delta`` is computed as ``i2c − c2i`` from the two returned
+    floats, so ``delta == i2c - c2i`` holds *exactly* (bit for bit) in floating
+    point.  (Computing ``(#i2c − #c2i) / N`` instead would not: e.g. with
+    ``N = 10``, ``3/10 − 1/10 = 0.19999999999999998 != 2/10``.)  ``delta``
+    agrees with ``acc_j − acc_i`` to within one unit in the last place; the
+    integer counts satisfy ``i2c_count − c2i_count == correct_j − correct_i``
+    exactly.
+
+    Returns a dict with ``i``, ``j`` (0-based, normalised), ``n``, ``acc_i``,
+    ``acc_j``, ``delta``, ``i2c``, ``c2i``, ``i2c_count``, ``c2i_count``.
+    """
+    r = _as_rewards(rewards)  # (N, K)
+    n, k = r.shape
+    i = _attempt_index(i, k, "i")
+    j = _attempt_index(j, k, "j")
+    ri, rj = r[:, i], r[:, j]  # (N,), (N,)
+    i2c_count = int(np.sum((ri == 0) & (rj == 1)))
+    c2i_count = int(np.sum((ri == 1) & (rj == 0)))
+    i2c = i2c_count / n
+    c2i = c2i_count / n
+    return {
+        "i": i,
+        "j": j,
+        "n": n,
+        "acc_i": int(ri.sum()) / n,
+        "acc_j": int(rj.sum()) / n,
+        "delta": i2c - c2i,
+        "i2c": i2c,
+        "c2i": c2i,
+        "i2c_count": i2c_count,
+        "c2i_count": c2i_count,
+    }
+
+
+# --------------------------------------------------------------------------- #
+# Edit distance
+# --------------------------------------------------------------------------- #
+
+
+def edit_distance_ratio(a: str, b: str) -> float:
+    """The paper's edit distance ratio: edit distance / combined length.
+
+    ``Levenshtein.distance(a, b) / (len(a) + len(b))`` over characters (the
+    raw strings, not stripped).  Two empty strings give ``0.0``.
+
+    The ratio lies in ``[0, 1]``: ``0`` means identical strings; two
+    equal-length strings with nothing in common give ``0.5`` (``"abc"`` vs
+    ``"xyz"`` → 3/6); ``1`` is reached only when exactly one string is empty.
+    """
+    total = len(a) + len(b)
+    if total == 0:
+        return 0.0
+    return Levenshtein.distance(a, b) / total
+
+
+def _edit_ratios(texts: list[list[str]], i: int, j: int) -> np.ndarray:
+    return np.array([edit_distance_ratio(row[i], row[j]) for row in texts], dtype=np.float64)
+
+
+def _copies(texts: list[list[str]], i: int, j: int) -> np.ndarray:
+    return np.array([row[i].strip() == row[j].strip() for row in texts], dtype=np.int64)
+
+
+def edit_stats(texts: Sequence[Sequence[str]], i: int = 0, j: int = 1, bins: int = 10) -> dict[str, Any]:
+    """Edit-distance statistics between attempts ``i`` and ``j`` (0-based) of every episode.
+
+    ``texts`` is ``N`` lists of ``K`` attempt strings.  Returns a JSON-ready
+    dict:
+
+    * ``n`` — number of episodes;
+    * ``mean``, ``median`` — of the per-episode :func:`edit_distance_ratio`;
+    * ``copy_rate`` — fraction of episodes whose two attempts are identical
+      after ``.strip()`` (``copies`` is the count);
+    * ``histogram`` — ``{"counts": [...], "bin_edges": [...]}``: ``bins``
+      equal-width bins over ``[0, 1]`` (``bins + 1`` edges; the last bin is
+      closed on the right, as in ``numpy.histogram``).
+    """
+    if bins < 1:
+        raise SelfCorrectError(f"bins must be positive; got {bins}")
+    tx = _as_texts(texts)
+    n = len(tx)
+    if n == 0:
+        raise SelfCorrectError("edit_stats needs at least one episode")
+    k = len(tx[0])
+    for row_idx, row in enumerate(tx):
+        if len(row) != k:
+            raise SelfCorrectError(f"texts[{row_idx}] has {len(row)} attempts; texts[0] has {k}")
+    i = _attempt_index(i, k, "i")
+    j = _attempt_index(j, k, "j")
+    ratios = _edit_ratios(tx, i, j)  # (N,)
+    copies = _copies(tx, i, j)  # (N,)
+    counts, edges = np.histogram(ratios, bins=bins, range=(0.0, 1.0))
+    return {
+        "i": i,
+        "j": j,
+        "n": n,
+        "mean": float(ratios.mean()),
+        "median": float(np.median(ratios)),
+        "copy_rate": int(copies.sum()) / n,
+        "copies": int(copies.sum()),
+        "histogram": {
+            "counts": [int(c) for c in counts],
+            "bin_edges": [float(e) for e in edges],
+        },
+    }
+
+
+# --------------------------------------------------------------------------- #
+# Summary
+# --------------------------------------------------------------------------- #
+
+
+class _CI:
+    """Computes 95%-style intervals, switching to the cluster bootstrap with groups."""
+
+    def __init__(self, groups: Sequence[Hashable] | None, n_boot: int, seed: int, alpha: float, z: float):
+        self.groups = groups
+        self.n_boot = n_boot
+        self.seed = seed
+        self.alpha = alpha
+        self.z = z
+
+    def proportion(self, indicator: np.ndarray) -> list[float | None]:
+        """CI of the mean of a 0/1 indicator (N,)."""
+        if self.groups is None:
+            return _pair(wilson_interval(int(indicator.sum()), indicator.shape[0], z=self.z))
+        return self.mean(indicator)
+
+    def mean(self, values: np.ndarray) -> list[float | None]:
+        """Bootstrap CI of the mean of per-episode values (N,)."""
+        return _pair(
+            bootstrap_interval(
+                values, np.mean, n_boot=self.n_boot, seed=self.seed, alpha=self.alpha, groups=self.groups
+            )
+        )
+
+
+def _pair_summary(r: np.ndarray, i: int, j: int, ci: _CI) -> dict[str, Any]:
+    tr = transition_rates(r, i, j)
+    ri, rj = r[:, i], r[:, j]
+    return {
+        "from": i + 1,
+        "to": j + 1,
+        "delta": tr["delta"],
+        "delta_i2c": tr["i2c"],
+        "delta_c2i": tr["c2i"],
+        "i2c_count": tr["i2c_count"],
+        "c2i_count": tr["c2i_count"],
+        "ci95": {
+            # paired per-episode differences r_j − r_i ∈ {−1, 0, 1}; their mean is Δ
+            "delta": ci.mean((rj - ri).astype(np.float64)),
+            "delta_i2c": ci.proportion(((ri == 0) & (rj == 1)).astype(np.int64)),
+            "delta_c2i": ci.proportion(((ri == 1) & (rj == 0)).astype(np.int64)),
+        },
+    }
+
+
+def summarize(
+    rewards: Any,
+    texts: Sequence[Sequence[str]] | None = None,
+    parsed: Sequence[Sequence[Any]] | None = None,
+    truncated: Any = None,
+    lengths: Any = None,
+    group_ids: Sequence[Hashable] | None = None,
+    *,
+    edit_bins: int = 10,
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """All self-correction metrics of one evaluation, as a JSON-ready dict.
+
+    Inputs (``N`` episodes, ``K`` attempts):
+
+    * ``rewards`` — ``(N, K)`` of 0/1 (required);
+    * ``texts`` — ``N`` lists of ``K`` attempt strings (edit ratio, copy rate);
+    * ``parsed`` — ``N x K`` extracted answers, ``None`` = unparsable (parse rate);
+    * ``truncated`` — ``(N, K)`` bool, attempt hit the token limit;
+    * ``lengths`` — ``(N, K)`` generated token counts;
+    * ``group_ids`` — ``N`` problem ids, when each problem was sampled several
+      times.
+
+    Returned keys (rates are fractions; per-attempt values are lists of length
+    ``K``; anything whose input is missing, or that needs ``K >= 2``, is
+    ``None``):
+
+    * ``n`` (episodes), ``attempts`` (``K``), ``n_groups`` (distinct problems,
+      or ``None`` without ``group_ids``);
+    * ``accuracy`` — ``Accuracy@t`` per attempt;
+    * ``delta``, ``delta_i2c``, ``delta_c2i`` — Δ(t1, t2), Δ^{i→c}(t1, t2),
+      Δ^{c→i}(t1, t2) for attempts 1 → 2 (``delta == delta_i2c - delta_c2i``
+      exactly, see :func:`transition_rates`);
+    * ``pairs`` — a list of ``{"from", "to", "delta", "delta_i2c",
+      "delta_c2i", "i2c_count", "c2i_count", "ci95"}`` (1-based attempt
+      numbers) for every consecutive pair ``t → t+1`` and, when ``K >= 3``,
+      also for first → last (for ``K == 2`` the single pair already is
+      first → last); empty for ``K == 1``;
+    * ``edit_distance_ratio`` — mean :func:`edit_distance_ratio` between
+      attempts 1 and 2; ``copy_rate`` — fraction of episodes whose attempt 2
+      equals attempt 1 after ``.strip()``; ``edit_histogram`` —
+      ``{"counts", "bin_edges"}`` over ``[0, 1]`` with ``edit_bins`` bins;
+    * ``parse_rate`` — per attempt, fraction with a non-``None`` parsed answer;
+    * ``mean_length`` — per attempt, mean token count;
+    * ``truncation_rate`` — per attempt, fraction truncated;
+    * ``ci95`` — ``{key: [low, high]}`` for every rate above (per-attempt keys
+      map to a list of ``[low, high]``, one per attempt; ``None`` where the
+      value is ``None``);
+    * ``ci_method`` — how the intervals were computed (below).
+
+    Confidence intervals (level ``1 − alpha``, 95% by default): without
+    ``group_ids``, proportions (accuracy, Δ^{i→c}, Δ^{c→i}, copy, parse and
+    truncation rates) use the Wilson score interval, and Δ (the mean of the
+    paired per-episode differences ``r_j − r_i``), the mean edit ratio and the
+    mean length use a percentile bootstrap over episodes.  With
+    ``group_ids``, samples of one problem are correlated, which a Wilson
+    interval ignores (it would be too narrow), so *every* interval — the
+    proportions included — is a cluster bootstrap that resamples problems with
+    replacement and keeps all samples of each drawn problem.  Bootstraps use
+    ``n_boot`` resamples and are deterministic given ``seed``.
+    """
+    r = _as_rewards(rewards)  # (N, K)
+    n, k = r.shape
+    if group_ids is not None:
+        codes = _group_codes(group_ids, n)
+        groups: list[int] | None = codes.tolist()
+        n_groups: int | None = int(codes.max()) + 1
+    else:
+        groups, n_groups = None, None
+    z = _z_for_alpha(alpha)
+    ci = _CI(groups, n_boot=n_boot, seed=seed, alpha=alpha, z=z)
+
+    out: dict[str, Any] = {"n": n, "attempts": k, "n_groups": n_groups}
+    cis: dict[str, Any] = {}
+
+    # Accuracy per attempt -------------------------------------------------
+    out["accuracy"] = accuracy_per_attempt(r)
+    cis["accuracy"] = [ci.proportion(r[:, t]) for t in range(k)]
+
+    # Transitions -----------------------------------------------------------
+    pair_idx = [(t, t + 1) for t in range(k - 1)]
+    if k >= 3:
+        pair_idx.append((0, k - 1))
+    pairs = [_pair_summary(r, a, b, ci) for a, b in pair_idx]
+    out["pairs"] = pairs
+    for key in ("delta", "delta_i2c", "delta_c2i"):
+        out[key] = pairs[0][key] if pairs else None
+        cis[key] = pairs[0]["ci95"][key] if pairs else None
+
+    # Edit distance between attempts 1 and 2 --------------------------------
+    out["edit_distance_ratio"] = out["copy_rate"] = out["edit_histogram"] = None
+    cis["edit_distance_ratio"] = cis["copy_rate"] = None
+    if texts is not None:
+        _check_nk(texts, n, k, "texts")
+        tx = _as_texts(texts)
+        if k >= 2:
+            st = edit_stats(tx, 0, 1, bins=edit_bins)
+            out["edit_distance_ratio"] = st["mean"]
+            out["copy_rate"] = st["copy_rate"]
+            out["edit_histogram"] = st["histogram"]
+            cis["edit_distance_ratio"] = ci.mean(_edit_ratios(tx, 0, 1))
+            cis["copy_rate"] = ci.proportion(_copies(tx, 0, 1))
+
+    # Parse rate ------------------------------------------------------------
+    out["parse_rate"] = cis["parse_rate"] = None
+    if parsed is not None:
+        _check_nk(parsed, n, k, "parsed")
+        ok = np.array([[a is not None for a in row] for row in parsed], dtype=np.int64)  # (N, K)
+        out["parse_rate"] = [int(c) / n for c in ok.sum(axis=0)]
+        cis["parse_rate"] = [ci.proportion(ok[:, t]) for t in range(k)]
+
+    # Mean length -----------------------------------------------------------
+    out["mean_length"] = cis["mean_length"] = None
+    if lengths is not None:
+        lens = np.asarray(lengths, dtype=np.float64)  # (N, K)
+        if lens.shape != (n, k):
+            raise SelfCorrectError(f"lengths has shape {lens.shape} but rewards has shape {(n, k)}")
+        out["mean_length"] = [_num(x) for x in lens.mean(axis=0)]
+        cis["mean_length"] = [ci.mean(lens[:, t]) for t in range(k)]
+
+    # Truncation rate -------------------------------------------------------
+    out["truncation_rate"] = cis["truncation_rate"] = None
+    if truncated is not None:
+        tr = np.asarray(truncated)
+        if tr.shape != (n, k):
+            raise SelfCorrectError(f"truncated has shape {tr.shape} but rewards has shape {(n, k)}")
+        tr = tr.astype(bool).astype(np.int64)  # (N, K)
+        out["truncation_rate"] = [int(c) / n for c in tr.sum(axis=0)]
+        cis["truncation_rate"] = [ci.proportion(tr[:, t]) for t in range(k)]
+
+    out["ci95"] = cis
+    level = f"{100 * (1 - alpha):g}%"
+    if groups is None:
+        out["ci_method"] = {
+            "level": level,
+            "proportions": "wilson",
+            "means": f"bootstrap over episodes ({n_boot} resamples, seed {seed})",
+        }
+    else:
+        out["ci_method"] = {
+            "level": level,
+            "proportions": f"cluster bootstrap over problems ({n_boot} resamples, seed {seed})",
+            "means": f"cluster bootstrap over problems ({n_boot} resamples, seed {seed})",
+        }
+    return out
+
+
+def _z_for_alpha(alpha: float) -> float:
+    """Two-sided normal quantile for level ``1 − alpha`` (1.96 for alpha = 0.05)."""
+    if not 0.0 < alpha < 1.0:
+        raise SelfCorrectError(f"alpha must be in (0, 1); got {alpha}")
+    if abs(alpha - 0.05) < 1e-12:
+        return 1.96
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1.0 - alpha / 2.0)
+
+
+# --------------------------------------------------------------------------- #
+# Tables
+# --------------------------------------------------------------------------- #
+
+_COLUMNS = ["Acc@t1", "Acc@t2", "Δ(t1,t2)", "Δ^{i→c}(t1,t2)", "Δ^{c→i}(t1,t2)", "Edit ratio", "Copy rate"]
+
+
+def _pct(x: float | None) -> str | None:
+    if x is None:
+        return None
+    s = f"{100.0 * x:.1f}"
+    return "0.0" if s == "-0.0" else s
+
+
+def _cell(value: float | None, ci: Sequence[float | None] | None, with_ci: bool = True) -> str:
+    v = _pct(value)
+    if v is None:
+        return "–"
+    if with_ci and ci is not None and ci[0] is not None and ci[1] is not None:
+        return f"{v} [{_pct(ci[0])}, {_pct(ci[1])}]"
+    return v
+
+
+def _row_cells(summary: Mapping[str, Any], with_ci: bool = True) -> list[str]:
+    acc = summary.get("accuracy") or []
+    cis = summary.get("ci95") or {}
+    acc_ci = cis.get("accuracy") or []
+
+    def at(seq: Sequence[Any], t: int) -> Any:
+        return seq[t] if t < len(seq) else None
+
+    return [
+        _cell(at(acc, 0), at(acc_ci, 0), with_ci),
+        _cell(at(acc, 1), at(acc_ci, 1), with_ci),
+        _cell(summary.get("delta"), cis.get("delta"), with_ci),
+        _cell(summary.get("delta_i2c"), cis.get("delta_i2c"), with_ci),
+        _cell(summary.get("delta_c2i"), cis.get("delta_c2i"), with_ci),
+        _cell(summary.get("edit_distance_ratio"), cis.get("edit_distance_ratio"), with_ci),
+        _cell(summary.get("copy_rate"), cis.get("copy_rate"), with_ci),
+    ]
+
+
+def _rows(summary: Mapping[str, Any]) -> tuple[bool, list[tuple[str | None, Mapping[str, Any]]]]:
+    """One summary, or a mapping name -> summary (several methods, one row each)."""
+    if "accuracy" in summary and "attempts" in summary:
+        return False, [(None, summary)]
+    return True, [(str(name), s) for name, s in summary.items()]
+
+
+def format_table(summary: Mapping[str, Any], with_ci: bool = True) -> str:
+    """A markdown table in the style of the paper's Table 2.
+
+    Columns: ``Acc@t1``, ``Acc@t2``, ``Δ(t1,t2)``, ``Δ^{i→c}(t1,t2)``,
+    ``Δ^{c→i}(t1,t2)``, ``Edit ratio`` (mean edit distance ratio, 1 → 2) and
+    ``Copy rate``.  Values are percentages with one decimal, followed by the
+    95% interval, e.g. ``52.6 [48.1, 57.0]``; missing values show ``–``.
+
+    ``summary`` is one :func:`summarize` result, or a mapping ``name ->
+    summary`` to compare methods (one row each, with a leading ``Method``
+    column).
+    """
+    named, rows = _rows(summary)
+    header = (["Method"] if named else []) + _COLUMNS
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * (1 if named else 0) + ["---:"] * len(_COLUMNS)) + "|",
+    ]
+    for name, s in rows:
+        cells = ([name] if named else []) + _row_cells(s, with_ci)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def rich_table(summary: Mapping[str, Any], title: str | None = "Self-correction metrics", with_ci: bool = True):
+    """The :func:`format_table` content as a ``rich.table.Table`` for terminal display.
+
+    Accepts one summary or a mapping ``name -> summary`` like :func:`format_table`.
+    """
+    from rich.table import Table
+
+    named, rows = _rows(summary)
+    table = Table(title=title)
+    if named:
+        table.add_column("Method", justify="left")
+    for col in _COLUMNS:
+        table.add_column(col, justify="right")
+    for name, s in rows:
+        table.add_row(*(([name] if named else []) + _row_cells(s, with_ci)))
+    return table
+
+
+# --------------------------------------------------------------------------- #
+# Majority vote
+# --------------------------------------------------------------------------- #
+
+
+def majority_vote(
+    answers: Sequence[T | None], same: Callable[[T, T], bool] = lambda a, b: a == b
+) -> T | None:
+    """The most common answer (self-consistency / majority voting).
+
+    ``None`` answers (unparsable) are ignored; if every answer is ``None`` the
+    result is ``None``.  Answers are clustered in order: each answer joins the
+    first existing cluster whose *representative* (the first answer seen in
+    that cluster) it is ``same`` as, otherwise it starts a new cluster.  The
+    largest cluster wins and its representative is returned; on a tie, the
+    cluster whose representative was seen earliest wins.  ``same`` need not
+    be transitive (e.g. a numeric tolerance): only representatives are
+    compared, so the result depends on order only through this rule.
+    """
+    reps: list[T] = []
+    counts: list[int] = []
+    for ans in answers:
+        if ans is None:
+            continue
+        for idx, rep in enumerate(reps):
+            if same(rep, ans):
+                counts[idx] += 1
+                break
+        else:
+            reps.append(ans)
+            counts.append(1)
+    if not reps:
+        return None
+    best = max(range(len(reps)), key=lambda idx: (counts[idx], -idx))
+    return reps[best]

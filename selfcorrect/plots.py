@@ -1,0 +1,240 @@
+"""PNG plots of self-correction metrics (matplotlib, no pyplot, no global backend).
+
+Figures are built with :class:`matplotlib.figure.Figure` directly, which needs
+no GUI backend and leaves matplotlib's global state (``pyplot``, the selected
+backend, rcParams) untouched; ``Figure.savefig`` renders PNGs with Agg.
+
+Every function writes one PNG (creating parent directories) and returns its
+path as a string.  Inputs are the dicts produced by
+:func:`selfcorrect.metrics.summarize` / :func:`selfcorrect.metrics.edit_stats`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "plot_edit_histogram",
+    "plot_edit_histograms",
+    "plot_accuracy_per_attempt",
+    "plot_scaling",
+]
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _save(fig, path: str | os.PathLike[str]) -> str:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, format="png")
+    return str(p)
+
+
+def _hist_of(obj: Mapping[str, Any]) -> tuple[list[int], list[float], dict[str, Any]]:
+    """Find ``(counts, bin_edges, extras)`` in a summary, an edit_stats dict or a bare histogram."""
+    extras: dict[str, Any] = {}
+    hist: Any = obj
+    if "edit_histogram" in obj:  # summarize() output
+        hist = obj["edit_histogram"]
+        extras = {"mean": obj.get("edit_distance_ratio"), "copy_rate": obj.get("copy_rate")}
+    elif "histogram" in obj:  # edit_stats() output
+        hist = obj["histogram"]
+        extras = {"mean": obj.get("mean"), "copy_rate": obj.get("copy_rate")}
+    if not isinstance(hist, Mapping) or "counts" not in hist or "bin_edges" not in hist:
+        raise ValueError(
+            "no edit-distance histogram to plot (summarize() needs texts and at least 2 attempts)"
+        )
+    counts = [int(c) for c in hist["counts"]]
+    edges = [float(e) for e in hist["bin_edges"]]
+    if len(edges) != len(counts) + 1:
+        raise ValueError(f"histogram has {len(counts)} counts but {len(edges)} bin edges")
+    return counts, edges, extras
+
+
+def _draw_hist(ax, counts: list[int], edges: list[float], extras: Mapping[str, Any], color: str) -> None:
+    total = sum(counts)
+    fracs = [c / total if total else 0.0 for c in counts]
+    widths = [edges[b + 1] - edges[b] for b in range(len(counts))]
+    ax.bar(edges[:-1], fracs, width=widths, align="edge", color=color, edgecolor="white", alpha=0.85)
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_xlabel("edit distance ratio (attempt 1 → 2)")
+    notes = []
+    if extras.get("mean") is not None:
+        notes.append(f"mean {extras['mean']:.3f}")
+    if extras.get("copy_rate") is not None:
+        notes.append(f"copies {100 * extras['copy_rate']:.1f}%")
+    notes.append(f"n = {total}")
+    ax.text(0.98, 0.97, "\n".join(notes), transform=ax.transAxes, ha="right", va="top", fontsize=9)
+
+
+def plot_edit_histogram(
+    summary_or_hist: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    title: str = "Edit distance ratio between attempts",
+) -> str:
+    """Histogram (fraction of episodes per bin) of the edit distance ratio, attempt 1 → 2.
+
+    ``summary_or_hist`` may be a :func:`~selfcorrect.metrics.summarize` result
+    (uses ``edit_histogram``), an :func:`~selfcorrect.metrics.edit_stats`
+    result, or a bare ``{"counts", "bin_edges"}`` dict.
+    """
+    counts, edges, extras = _hist_of(summary_or_hist)
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    _draw_hist(ax, counts, edges, extras, "C0")
+    ax.set_ylabel("fraction of episodes")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_edit_histograms(
+    summaries: Mapping[str, Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    title: str = "Edit distance ratio between attempts",
+) -> str:
+    """Edit-distance histograms of several methods side by side (small multiples, shared axes).
+
+    ``summaries`` maps a method name to anything :func:`plot_edit_histogram`
+    accepts.  Panels share both axes, so the shapes compare directly.
+    """
+    if not summaries:
+        raise ValueError("plot_edit_histograms needs at least one summary")
+    items = [(str(name), _hist_of(s)) for name, s in summaries.items()]
+    m = len(items)
+    ncols = min(m, 4)
+    nrows = math.ceil(m / ncols)
+    fig = _figure(3.6 * ncols, 3.0 * nrows + 0.4)
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+    for idx, (name, (counts, edges, extras)) in enumerate(items):
+        ax = axes[idx // ncols][idx % ncols]
+        _draw_hist(ax, counts, edges, extras, f"C{idx % 10}")
+        ax.set_title(name)
+        if idx % ncols == 0:
+            ax.set_ylabel("fraction of episodes")
+        if idx // ncols != nrows - 1:
+            ax.set_xlabel("")
+    for idx in range(m, nrows * ncols):
+        axes[idx // ncols][idx % ncols].set_visible(False)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_accuracy_per_attempt(
+    summary: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    title: str = "Accuracy per attempt",
+) -> str:
+    """Bar chart of ``Accuracy@t`` (percent) per attempt with 95% CI error bars."""
+    acc = summary.get("accuracy")
+    if not acc:
+        raise ValueError("summary has no 'accuracy' to plot")
+    cis = (summary.get("ci95") or {}).get("accuracy") or [None] * len(acc)
+    xs = list(range(1, len(acc) + 1))
+    ys = [100.0 * a for a in acc]
+    lower, upper = [], []
+    for y, ci in zip(ys, cis):
+        if ci is None or ci[0] is None or ci[1] is None:
+            lower.append(0.0)
+            upper.append(0.0)
+        else:
+            lower.append(max(0.0, y - 100.0 * ci[0]))
+            upper.append(max(0.0, 100.0 * ci[1] - y))
+    fig = _figure(max(4.0, 1.2 * len(acc) + 2.0), 4.0)
+    ax = fig.add_subplot()
+    ax.bar(xs, ys, yerr=[lower, upper], capsize=6, color="C0", alpha=0.85)
+    for x, y, up in zip(xs, ys, upper):
+        ax.text(x, y + up + 1.0, f"{y:.1f}", ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(xs, [f"t{x}" for x in xs])
+    ax.set_xlabel("attempt")
+    ax.set_ylabel("accuracy (%)")
+    top = max(y + u for y, u in zip(ys, upper))
+    ax.set_ylim(0.0, min(100.0, top + 10.0) if top < 95.0 else 105.0)
+    subtitle = ""
+    if summary.get("delta") is not None:
+        subtitle = f"  (Δ(t1,t2) = {100.0 * summary['delta']:+.1f})"
+    ax.set_title(title + subtitle)
+    return _save(fig, path)
+
+
+_ROW_KEYS = {
+    "budget": ("budget", "samples", "n"),
+    "parallel": ("parallel", "parallel_acc", "parallel_accuracy"),
+    "parallel_ci": ("parallel_ci", "parallel_ci95"),
+    "sequential": ("sequential", "sequential_acc", "sequential_accuracy"),
+    "sequential_ci": ("sequential_ci", "sequential_ci95"),
+}
+
+
+def _scaling_row(row: Any) -> dict[str, Any]:
+    if isinstance(row, Mapping):
+        out = {}
+        for key, names in _ROW_KEYS.items():
+            out[key] = next((row[nm] for nm in names if nm in row), None)
+        return out
+    if isinstance(row, Sequence) and len(row) == 5:
+        return dict(zip(_ROW_KEYS, row))
+    raise ValueError(
+        "each scaling row must be a dict with budget/parallel/parallel_ci/sequential/sequential_ci "
+        "or a 5-tuple (budget, parallel_acc, parallel_ci, sequential_acc, sequential_ci)"
+    )
+
+
+def plot_scaling(
+    table: Sequence[Any],
+    path: str | os.PathLike[str],
+    title: str = "Accuracy vs. inference budget",
+) -> str:
+    """Accuracy (percent) against sample budget: parallel sampling vs. sequential self-correction.
+
+    ``table`` is a list of rows, each either a dict ``{"budget": B,
+    "parallel": acc, "parallel_ci": [low, high], "sequential": acc,
+    "sequential_ci": [low, high]}`` (``parallel_acc`` / ``sequential_acc``
+    are accepted aliases) or a 5-tuple in that order.  Accuracies are
+    fractions; any value or CI may be ``None`` (that point / band is skipped).
+    Each curve gets a shaded CI band.  The x axis is log2 when budgets span
+    a factor of 4 or more.
+    """
+    rows = sorted((_scaling_row(r) for r in table), key=lambda r: float(r["budget"]))
+    if not rows:
+        raise ValueError("plot_scaling needs at least one row")
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    for key, label, color, marker in (
+        ("parallel", "parallel samples (majority vote)", "C0", "o"),
+        ("sequential", "sequential self-correction", "C1", "s"),
+    ):
+        pts = [(float(r["budget"]), r[key], r[f"{key}_ci"]) for r in rows if r[key] is not None]
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        ax.plot(xs, [100.0 * p[1] for p in pts], marker=marker, color=color, label=label)
+        band = [(p[0], p[2]) for p in pts if p[2] is not None and None not in p[2]]
+        if band:
+            ax.fill_between(
+                [b[0] for b in band],
+                [100.0 * b[1][0] for b in band],
+                [100.0 * b[1][1] for b in band],
+                color=color,
+                alpha=0.2,
+                linewidth=0,
+            )
+    budgets = [float(r["budget"]) for r in rows]
+    if min(budgets) > 0 and max(budgets) / min(budgets) >= 4:
+        ax.set_xscale("log", base=2)
+        ax.minorticks_off()
+    ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+    ax.set_xlabel("budget (samples / attempts)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
+    return _save(fig, path)

