@@ -1,0 +1,162 @@
+"""Procedural arithmetic: seeded, offline, with train/test splits that never overlap.
+
+A problem is an integer expression such as ``47 + 38 - 12`` (``steps`` operations
+over operands of ``min_digits``..``digits`` digits).  Its oracle answer is the
+exact integer value (Python evaluates it; ``*`` binds tighter than ``+``/``-``).
+
+**Splits.** Every expression is assigned to a split by a hash of its text
+(``sha256`` mod 10: bucket 0 is ``test``, the rest ``train``), independent of
+the seed and of how many problems are drawn.  So the test split can never
+contain a training problem, for any seeds or sizes.
+
+**Reading the answer.** The final answer is, in order of preference:
+
+1. the last ``\\boxed{...}`` / "The final answer is N" / ``#### N`` (the same
+   rules as the math tasks, :func:`~selfcorrect.tasks.answers.extract_final_answer`),
+   read as an integer;
+2. failing that, the last integer in the text (small models often answer
+   ``23 + 58 = 81`` without the requested phrase; the last number written is
+   what they committed to).
+
+An integer may carry a sign and thousands separators (``-1,234``); a trailing
+``.0`` is accepted.  Reward is 1.0 iff the integer equals the oracle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+
+from ..errors import ConfigError
+from .answers import extract_final_answer
+from .base import Problem, Task
+from .prompts import ARITHMETIC_CORRECTION, ARITHMETIC_INSTRUCTION
+
+SPLITS = ("train", "test")
+OPERATIONS = "+-*"
+_TEST_BUCKET = 0
+_INTEGER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?!\d)|-?\d+")
+_WHOLE_INTEGER = re.compile(r"^\s*(-?\d{1,3}(?:,\d{3})+|-?\d+)(?:\.0+)?\s*\.?\s*$")
+
+
+def split_of(expression: str) -> str:
+    """The split an expression belongs to, decided by a hash of its text alone."""
+    bucket = int(hashlib.sha256(expression.encode()).hexdigest(), 16) % 10
+    return "test" if bucket == _TEST_BUCKET else "train"
+
+
+def parse_integer(text: str | None) -> int | None:
+    """An integer from an answer string (``"1,234"``, ``"-7."``, ``"$42$"``), or ``None``."""
+    if text is None:
+        return None
+    text = text.strip().strip("$").replace("\\,", ",").replace("{,}", ",")
+    m = _WHOLE_INTEGER.match(text)
+    return int(m.group(1).replace(",", "")) if m else None
+
+
+def extract_integer_answer(completion: str) -> str | None:
+    """The final answer of a completion as a canonical integer string (see module docstring)."""
+    stated = parse_integer(extract_final_answer(completion))
+    if stated is not None:
+        return str(stated)
+    numbers = _INTEGER.findall(completion)
+    return str(int(numbers[-1].replace(",", ""))) if numbers else None
+
+
+def _check_options(digits: int, min_digits: int | None, operations: str, steps: int,
+                   split: str, n: int | None) -> int:
+    if split not in SPLITS:
+        raise ConfigError(f"arithmetic: unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if not isinstance(digits, int) or not 1 <= digits <= 12:
+        raise ConfigError(f"arithmetic: digits must be an integer in 1..12, got {digits!r}")
+    low = digits if min_digits is None else min_digits
+    if not isinstance(low, int) or not 1 <= low <= digits:
+        raise ConfigError(f"arithmetic: min_digits must be an integer in 1..digits ({digits}), got {min_digits!r}")
+    if not operations or any(op not in OPERATIONS for op in operations):
+        raise ConfigError(f"arithmetic: operations must be a non-empty string of {OPERATIONS!r}, got {operations!r}")
+    if not isinstance(steps, int) or not 1 <= steps <= 10:
+        raise ConfigError(f"arithmetic: steps must be an integer in 1..10, got {steps!r}")
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise ConfigError(f"arithmetic: n must be a positive integer, got {n!r}")
+    return low
+
+
+def _operand(rng: random.Random, low: int, high: int) -> int:
+    n_digits = rng.randint(low, high)
+    return rng.randint(10 ** (n_digits - 1) if n_digits > 1 else 0, 10**n_digits - 1)
+
+
+def _expression(rng: random.Random, low: int, high: int, operations: str, steps: int) -> str:
+    parts = [str(_operand(rng, low, high))]
+    for _ in range(steps):
+        parts += [rng.choice(operations), str(_operand(rng, low, high))]
+    return " ".join(parts)
+
+
+def _capacity(low: int, high: int, operations: str, steps: int) -> int:
+    operands = sum(10**d - (10 ** (d - 1) if d > 1 else 0) for d in range(low, high + 1))
+    return operands ** (steps + 1) * len(operations) ** steps
+
+
+def make_task(
+    split: str = "train",
+    n: int | None = None,
+    digits: int = 2,
+    min_digits: int | None = None,
+    operations: str = "+",
+    steps: int = 1,
+    seed: int = 0,
+    instruction: str | None = None,
+    correction_instruction: str | None = None,
+) -> Task:
+    """Build the arithmetic task.
+
+    Args:
+        split: ``train`` or ``test``; the two never share an expression.
+        n: number of problems (default 2000 for train, 500 for test); capped
+            by how many distinct expressions the split has.
+        digits: maximum digits per operand.
+        min_digits: minimum digits per operand (default: ``digits``).
+        operations: which of ``+-*`` may appear.
+        steps: operations per expression (``steps + 1`` operands).
+        seed: drawing seed; the same options always give the same problems.
+        instruction: attempt-1 instruction (default: ``ARITHMETIC_INSTRUCTION``).
+        correction_instruction: the self-correction turn (default: the paper's wording).
+    """
+    low = _check_options(digits, min_digits, operations, steps, split, n)
+    wanted = n if n is not None else (2000 if split == "train" else 500)
+    # About a tenth of all expressions hash into the test split.
+    share = 0.1 if split == "test" else 0.9
+    wanted = min(wanted, int(_capacity(low, digits, operations, steps) * share * 0.8) or 1)
+
+    rng = random.Random(f"arithmetic:{seed}:{split}:{low}:{digits}:{operations}:{steps}")
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(problems) < wanted and attempts < wanted * 200:
+        attempts += 1
+        expr = _expression(rng, low, digits, operations, steps)
+        if expr in seen or split_of(expr) != split:
+            continue
+        seen.add(expr)
+        problems.append(Problem(id=expr.replace(" ", ""), question=f"What is {expr}?",
+                                answer=str(eval(expr, {"__builtins__": {}}))))  # digits and + - * only
+    instruction = ARITHMETIC_INSTRUCTION if instruction is None else instruction
+
+    def format_prompt(problem: Problem) -> str:
+        return f"{instruction}\n\n{problem.question}"
+
+    def verify(completion: str, problem: Problem) -> float:
+        return 1.0 if extract_integer_answer(completion) == problem.answer else 0.0
+
+    return Task(
+        name="arithmetic",
+        problems=problems,
+        format_prompt=format_prompt,
+        correction_instruction=ARITHMETIC_CORRECTION if correction_instruction is None else correction_instruction,
+        verify=verify,
+        extract_answer=extract_integer_answer,
+        options=dict(split=split, n=n, digits=digits, min_digits=min_digits, operations=operations,
+                     steps=steps, seed=seed),
+    )
