@@ -113,10 +113,12 @@ def ensure_default_model() -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if target.exists():  # a concurrent process won the race: keep its copy
-            shutil.rmtree(tmp)
-        else:
+        try:
             os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+            shutil.rmtree(tmp)  # a concurrent process won the race: keep its copy
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

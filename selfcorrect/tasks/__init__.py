@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import ConfigError
 from .base import Problem, Task
 
-__all__ = ["Problem", "Task", "load_task", "BUILTIN_TASKS", "parse_task_options"]
+__all__ = ["Problem", "Task", "load_task", "accepts_option", "BUILTIN_TASKS", "parse_task_options"]
 
 BUILTIN_TASKS: dict[str, str] = {
     "arithmetic": "selfcorrect.tasks.arithmetic:make_task",
@@ -44,6 +44,8 @@ ENTRY_POINT_GROUP = "selfcorrect.tasks"
 
 def _import_target(target: str, name: str) -> Callable[..., Task]:
     module_name, _, attr = target.rpartition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"task {name!r}: expected 'module:function' or 'path/to/file.py:function'")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
@@ -117,12 +119,19 @@ def _bind_options(factory: Callable[..., Task], name: str, options: Mapping[str,
         hints = {}
     bound = {}
     for key, value in options.items():
+        key = key.replace("-", "_")  # `-o min-digits=1` works like `-o min_digits=1`
         if key not in params and not takes_kwargs:
             valid = ", ".join(p for p in params if params[p].kind is not inspect.Parameter.VAR_POSITIONAL)
             raise ConfigError(f"task {name!r} has no option {key!r}; valid options: {valid}")
         annotation = hints.get(key, params[key].annotation if key in params else inspect.Parameter.empty)
         bound[key] = _convert(value, annotation, f"task {name!r} option {key!r}")
     return bound
+
+
+def accepts_option(name: str, option: str) -> bool:
+    """Whether task ``name``'s factory takes ``option`` (e.g. ``split``) as a keyword."""
+    params = inspect.signature(_find_factory(name)).parameters
+    return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def load_task(name: str, **options: Any) -> Task:

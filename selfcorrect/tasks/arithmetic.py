@@ -14,9 +14,11 @@ contain a training problem, for any seeds or sizes.
 1. the last ``\\boxed{...}`` / "The final answer is N" / ``#### N`` (the same
    rules as the math tasks, :func:`~selfcorrect.tasks.answers.extract_final_answer`),
    read as an integer;
-2. failing that, the last integer in the text (small models often answer
+2. failing that, the last number in the text (small models often answer
    ``23 + 58 = 81`` without the requested phrase; the last number written is
-   what they committed to).
+   what they committed to).  A decimal is read whole: ``46.0`` is 46, and
+   ``0.5`` stays ``0.5`` (it never equals an integer answer) instead of
+   being read as ``5``.
 
 An integer may carry a sign and thousands separators (``-1,234``); a trailing
 ``.0`` is accepted.  Reward is 1.0 iff the integer equals the oracle.
@@ -36,7 +38,7 @@ from .prompts import ARITHMETIC_CORRECTION, ARITHMETIC_INSTRUCTION
 SPLITS = ("train", "test")
 OPERATIONS = "+-*"
 _TEST_BUCKET = 0
-_INTEGER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?!\d)|-?\d+")
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|-?\d+(?:\.\d+)?")
 _WHOLE_INTEGER = re.compile(r"^\s*(-?\d{1,3}(?:,\d{3})+|-?\d+)(?:\.0+)?\s*\.?\s*$")
 
 
@@ -60,8 +62,13 @@ def extract_integer_answer(completion: str) -> str | None:
     stated = parse_integer(extract_final_answer(completion))
     if stated is not None:
         return str(stated)
-    numbers = _INTEGER.findall(completion)
-    return str(int(numbers[-1].replace(",", ""))) if numbers else None
+    numbers = _NUMBER.findall(completion)
+    if not numbers:
+        return None
+    whole, _, fraction = numbers[-1].replace(",", "").partition(".")
+    if not fraction.strip("0"):
+        return str(int(whole))
+    return f"{whole}.{fraction.rstrip('0')}"  # not an integer: can never match the oracle
 
 
 def _check_options(digits: int, min_digits: int | None, operations: str, steps: int,

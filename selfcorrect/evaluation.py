@@ -1,0 +1,318 @@
+"""``selfcorrect eval``: roll out K attempts per problem, score them, write the paper's metrics.
+
+Outputs in ``--out DIR``:
+
+* ``metrics.json`` — :func:`selfcorrect.metrics.summarize` of the rollout
+  (``n``, ``attempts``, ``accuracy``, ``delta``, ``delta_i2c``, ``delta_c2i``,
+  ``edit_distance_ratio``, ``copy_rate``, ``ci95``, ...) plus the config;
+* ``samples.jsonl`` — one line per episode: problem id, sample index, and per
+  attempt its text, parsed answer, reward, token count and truncation flag;
+* ``report.md`` — the paper-style table;
+* ``edit_ratio.png`` and ``accuracy.png``;
+* with ``--scaling``: ``scaling.json``, ``scaling.md`` and ``scaling.png``
+  (majority vote over B first attempts vs over B/2 self-corrected episodes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics, plots
+from .config import to_dict
+from .errors import ConfigError
+from .rollout import ConversationBuilder, Episode, SamplingParams, TransformersBackend, extend_episodes, new_episodes
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one ``selfcorrect eval`` run."""
+
+    model: str = "default"
+    """Model spec: ``default``, a local HF directory (e.g. a training checkpoint), a .gguf file, or a hub id."""
+    task: str = "arithmetic"
+    """Task name (arithmetic, math, gsm8k, humaneval, mbpp) or ``module:function`` / ``file.py:function``."""
+    task_options: dict[str, Any] = field(default_factory=dict, metadata={"append": True, "aliases": ("-o",)})
+    """Task factory options as KEY=VALUE (repeatable), e.g. ``-o digits=3 -o path=data/test.jsonl``."""
+    split: str | None = "test"
+    """Split to evaluate, given to the task as its ``split`` option when it has one (tasks without splits ignore it)."""
+    limit: int | None = None
+    """Evaluate only the first N problems of the task (None = all)."""
+    samples: int = 1
+    """Samples (episodes) per problem."""
+    attempts: int = 2
+    """Attempts per episode, K >= 1 (attempt k > 1 follows the self-correction instruction)."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 = greedy, the paper's evaluation protocol."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1 = off)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    max_new_tokens: int = 256
+    """Token limit per attempt; attempts that hit it count as truncated."""
+    seed: int = 0
+    """Seed of torch's generator before sampling and of the bootstrap CIs."""
+    batch_size: int = 64
+    """Sequences generated per batch."""
+    dtype: str = "auto"
+    """Parameter dtype: auto (bf16 on CPU and bf16-capable GPUs), float32, bfloat16, float16."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N, or auto (cuda when available)."""
+    system_prompt: str | None = None
+    """Optional system turn placed before the first user turn (None: the template's default)."""
+    out: str = "runs/eval"
+    """Output directory (created; existing result files in it are replaced)."""
+    scaling: bool = False
+    """Also run the inference-time scaling study (paper §6.2) at the budgets below."""
+    budgets: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
+    """Sample budgets B for --scaling (even numbers: B/2 episodes of two attempts)."""
+    scaling_temperature: float = 0.7
+    """Sampling temperature of the scaling study (the paper samples at 0.7)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ConfigError(f"attempts must be an integer >= 1, got {self.attempts!r}")
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise ConfigError(f"samples must be an integer >= 1, got {self.samples!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1 (or None for all problems), got {self.limit!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.temperature == 0.0 and self.samples > 1:
+            raise ConfigError("samples > 1 with greedy decoding (temperature 0) gives identical copies; "
+                              "set a temperature > 0")
+        self.sampling_params()  # validates temperature / top_p / top_k / max_new_tokens
+        SamplingParams(temperature=self.scaling_temperature)
+        bad = [b for b in self.budgets if b < 2 or b % 2]
+        if self.scaling and (not self.budgets or bad):
+            raise ConfigError(f"budgets must be even numbers >= 2, got {self.budgets!r}")
+
+    def sampling_params(self, temperature: float | None = None) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature if temperature is None else temperature,
+                              top_p=self.top_p, top_k=self.top_k, max_new_tokens=self.max_new_tokens)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    return device
+
+
+# --------------------------------------------------------------------------- #
+# From episodes to metrics and files
+# --------------------------------------------------------------------------- #
+
+
+def summarize_episodes(episodes: Sequence[Episode], seed: int = 0) -> dict[str, Any]:
+    """:func:`metrics.summarize` over episodes that all have the same number of attempts."""
+    if not episodes:
+        raise ConfigError("no episodes to summarize (the task selected zero problems)")
+    return metrics.summarize(
+        rewards=np.array([[a.reward for a in ep.attempts] for ep in episodes], dtype=float),
+        texts=[[a.text for a in ep.attempts] for ep in episodes],
+        parsed=[[a.answer for a in ep.attempts] for ep in episodes],
+        truncated=np.array([[a.truncated for a in ep.attempts] for ep in episodes], dtype=bool),
+        lengths=np.array([[len(a.ids) for a in ep.attempts] for ep in episodes], dtype=float),
+        group_ids=[ep.problem.id for ep in episodes],
+        seed=seed,
+    )
+
+
+def episode_record(ep: Episode) -> dict[str, Any]:
+    """The ``samples.jsonl`` line of an episode."""
+    return {
+        "id": ep.problem.id,
+        "sample": ep.sample,
+        "attempts": [
+            {"text": a.text, "answer": a.answer, "reward": a.reward, "tokens": len(a.ids), "truncated": a.truncated}
+            for a in ep.attempts
+        ],
+    }
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[Any]:
+    """Open ``path`` for writing text; the file appears only once fully written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            yield fh
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with atomic_write(path) as fh:
+        json.dump(obj, fh, indent=2, ensure_ascii=False)
+        fh.write("\n")
+
+
+def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    with atomic_write(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_eval_outputs(out: Path, summary: dict[str, Any], episodes: Sequence[Episode],
+                       title: str, extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """metrics.json, samples.jsonl, report.md and the two plots; returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("metrics.json", "samples.jsonl", "report.md", "accuracy.png",
+                                           "edit_ratio.png")}
+    write_json(paths["metrics.json"], {**summary, **(extra or {})})
+    write_jsonl(paths["samples.jsonl"], [episode_record(ep) for ep in episodes])
+    with atomic_write(paths["report.md"]) as fh:
+        fh.write(f"# {title}\n\n{metrics.format_table(summary)}\n")
+    plots.plot_accuracy_per_attempt(summary, paths["accuracy.png"], title=title)
+    if summary.get("edit_histogram"):
+        plots.plot_edit_histogram(summary, paths["edit_ratio.png"], title=f"{title}: edit distance ratio t1→t2")
+    else:
+        del paths["edit_ratio.png"]
+    return paths
+
+
+# --------------------------------------------------------------------------- #
+# Inference-time scaling (paper §6.2)
+# --------------------------------------------------------------------------- #
+
+
+def scaling_table(episodes: Sequence[Episode], budgets: Sequence[int], same: Callable[[str, str], bool],
+                  seed: int = 0) -> list[dict[str, Any]]:
+    """Majority-vote accuracy at each budget B: B first attempts vs B/2 (attempt 1 → attempt 2) episodes.
+
+    ``episodes`` hold, per problem, at least ``max(budgets)`` samples; the
+    first ``max(budgets) / 2`` of them also have a second attempt.  Parallel
+    votes over attempt-1 answers of samples ``0..B-1``; sequential votes over
+    the attempt-2 answers of samples ``0..B/2-1``.  The vote's winner is
+    correct if any attempt carrying that answer was rewarded 1.
+    """
+    by_problem: dict[str, list[Episode]] = {}
+    for ep in episodes:
+        by_problem.setdefault(ep.problem.id, []).append(ep)
+    rows = []
+    for b in sorted(budgets):
+        parallel, sequential = [], []
+        for group in by_problem.values():
+            group = sorted(group, key=lambda e: e.sample)
+            parallel.append(_vote_correct([e.attempts[0] for e in group[:b]], same))
+            sequential.append(_vote_correct([e.attempts[1] for e in group[: b // 2]], same))
+        row: dict[str, Any] = {"budget": b, "problems": len(parallel)}
+        for key, values in (("parallel", parallel), ("sequential", sequential)):
+            hits = int(sum(values))
+            row[key] = hits / len(values)
+            row[f"{key}_ci"] = list(metrics.wilson_interval(hits, len(values)))
+        rows.append(row)
+    return rows
+
+
+def _vote_correct(attempts: Sequence, same: Callable[[str, str], bool]) -> bool:
+    winner = metrics.majority_vote([a.answer for a in attempts], same=same)
+    if winner is None:
+        return False
+    return any(a.reward == 1.0 for a in attempts if a.answer is not None and same(a.answer, winner))
+
+
+def scaling_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| budget | parallel (B first attempts) | sequential (B/2 × 2 attempts) |", "|---:|---:|---:|"]
+    for r in rows:
+        cells = [f"{100 * r[k]:.1f} [{100 * r[k + '_ci'][0]:.1f}, {100 * r[k + '_ci'][1]:.1f}]"
+                 for k in ("parallel", "sequential")]
+        lines.append(f"| {r['budget']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- #
+# The command
+# --------------------------------------------------------------------------- #
+
+
+def prepare(config: EvalConfig):
+    """Load task, model and tokenizer; every user error surfaces here, before any generation."""
+    from .models import load_model, load_tokenizer
+    from .tasks import accepts_option, load_task
+
+    device = resolve_device(config.device)
+    options = dict(config.task_options)
+    if config.split is not None and "split" not in options and accepts_option(config.task, "split"):
+        options["split"] = config.split
+    task = load_task(config.task, **options)
+    problems = task.problems[: config.limit] if config.limit else list(task.problems)
+    if not problems:
+        raise ConfigError(f"task {config.task!r} has no problems with options {config.task_options}")
+    tokenizer = load_tokenizer(config.model)
+    model = load_model(config.model, dtype=config.dtype, device=device)
+    return task, problems, model, tokenizer
+
+
+def run_eval(config: EvalConfig, progress_factory: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
+    """Run one evaluation (see module docstring); returns the metrics dict.
+
+    ``progress_factory(description, total)`` returns a callable that advances
+    a progress display by ``n`` (the CLI passes a rich progress bar).
+    """
+    import torch
+
+    task, problems, model, tokenizer = prepare(config)
+    out = Path(config.out)
+    builder = ConversationBuilder(tokenizer, task.correction_instruction, config.system_prompt)
+    backend = TransformersBackend(model, tokenizer, batch_size=config.batch_size)
+    progress = progress_factory or (lambda description, total: None)
+
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    episodes = new_episodes(builder, task, problems, config.samples)
+    advance = progress("generating", len(episodes) * config.attempts)
+    for k in range(config.attempts):
+        extend_episodes(backend, builder, task, episodes, config.sampling_params(), advance)
+    seconds = time.perf_counter() - started
+
+    summary = summarize_episodes(episodes, seed=config.seed)
+    generated = sum(len(a.ids) for ep in episodes for a in ep.attempts)
+    extra = {"task": task.name, "model": config.model, "config": to_dict(config),
+             "timing": {"seconds": round(seconds, 2), "generated_tokens": generated,
+                        "tokens_per_second": round(generated / max(seconds, 1e-9), 1)}}
+    title = f"{config.model} on {task.name} (greedy)" if config.temperature == 0 else \
+        f"{config.model} on {task.name} (T={config.temperature})"
+    write_eval_outputs(out, summary, episodes, title, extra)
+
+    if config.scaling:
+        summary["scaling"] = run_scaling(config, task, problems, builder, backend, progress)
+        write_json(out / "metrics.json", {**summary, **extra})
+    return summary
+
+
+def run_scaling(config: EvalConfig, task, problems, builder, backend, progress) -> list[dict[str, Any]]:
+    """Sample max(B) first attempts per problem, self-correct the first max(B)/2, vote at each budget."""
+    import torch
+
+    top = max(config.budgets)
+    params = config.sampling_params(temperature=config.scaling_temperature)
+    torch.manual_seed(config.seed + 1)
+    episodes = new_episodes(builder, task, problems, top)
+    advance = progress("scaling", len(episodes) + len(problems) * (top // 2))
+    extend_episodes(backend, builder, task, episodes, params, advance)
+    extend_episodes(backend, builder, task, [ep for ep in episodes if ep.sample < top // 2], params, advance)
+    rows = scaling_table(episodes, config.budgets, task.answers_match, seed=config.seed)
+    out = Path(config.out)
+    write_json(out / "scaling.json", rows)
+    with atomic_write(out / "scaling.md") as fh:
+        fh.write(f"# Inference-time scaling: {config.model} on {task.name} (T={config.scaling_temperature})\n\n"
+                 f"{scaling_markdown(rows)}\n")
+    plots.plot_scaling(rows, out / "scaling.png", title=f"{task.name}: majority vote vs. self-correction")
+    return rows

@@ -1,0 +1,17 @@
+"""Rollouts: multi-attempt episodes as exact token ids, and the backends that sample them.
+
+* :mod:`.episodes` — :class:`Episode`/:class:`Attempt`, the chat-template-aware
+  :class:`ConversationBuilder`, and :func:`collate` (training batches with
+  per-attempt masks);
+* :mod:`.backends` — :class:`SamplingParams` and generation backends;
+* :mod:`.sampling` — :func:`sample_episodes` (``n`` samples × ``K`` attempts).
+"""
+
+from .backends import Generation, GenerationBackend, SamplingParams, TransformersBackend
+from .episodes import Attempt, ConversationBuilder, Episode, collate, end_of_turn_ids
+from .sampling import extend_episodes, new_episodes, sample_episodes
+
+__all__ = [
+    "Attempt", "ConversationBuilder", "Episode", "Generation", "GenerationBackend", "SamplingParams",
+    "TransformersBackend", "collate", "end_of_turn_ids", "extend_episodes", "new_episodes", "sample_episodes",
+]

