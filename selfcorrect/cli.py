@@ -1,7 +1,8 @@
 """The ``selfcorrect`` command.
 
-Subcommands: ``eval`` (K-attempt evaluation with the paper's metrics), ``demo``
-(the default end-to-end job), ``tasks`` (list tasks).  Every subcommand takes
+Subcommands: ``train`` (SCoRe and RL baselines), ``eval`` (K-attempt evaluation
+with the paper's metrics), ``demo`` (the default end-to-end job), ``tasks``
+(list tasks).  Every subcommand takes
 ``--config FILE.yaml`` plus one flag per config field; flags override the file.
 
 User errors (bad flag value, unknown task/model, malformed data, missing file)
@@ -47,13 +48,20 @@ def rich_progress(console) -> Iterator[Callable[[str, int], Callable[[int], None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=False) as progress:
-        def factory(description: str, total: int) -> Callable[[int], None]:
-            task_id = progress.add_task(description, total=total)
-            return lambda n: progress.advance(task_id, n)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console, transient=False)
 
+    def factory(description: str, total: int) -> Callable[[int], None]:
+        if not progress.live.is_started:  # start on first use: an early error prints nothing but its line
+            progress.start()
+        task_id = progress.add_task(description, total=total)
+        return lambda n: progress.advance(task_id, n)
+
+    try:
         yield factory
+    finally:
+        if progress.live.is_started:
+            progress.stop()
 
 
 def _console():
@@ -84,21 +92,71 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The default job: evaluate the embedded model on the default arithmetic test split."""
-    from .evaluation import EvalConfig, run_eval
-    from .metrics import rich_table
+def _live_train(trainer, console) -> dict[str, Any]:
+    """Run ``trainer.train()`` under a rich progress bar showing stage, iteration, step, ETA and key metrics."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
 
-    overrides = _drop_none({"out": args.out, "limit": args.limit})
-    config = build_config(EvalConfig, overrides, args.config)
-    console = _console()
-    console.print(f"[bold]selfcorrect demo[/]: {config.model} on {config.task}, "
-                  f"{config.attempts} attempts, {config.limit or 'all'} problems")
-    with rich_progress(console) as factory:
-        summary = run_eval(config, factory)
-    console.print(rich_table(summary, title="base model (prompting only)"))
-    console.print(f"wrote {Path(config.out).resolve()}")
+    config = trainer.config
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console) as progress:
+        bar = progress.add_task(f"{config.algorithm}", total=config.total_steps, completed=trainer.step, stats="")
+
+        def on_step(step: int, row: dict[str, Any]) -> None:
+            rewards = " ".join(f"r{k[-1]}={row[k]:.2f}" for k in row if k.startswith("reward_t"))
+            extra = f" Δ={row['delta']:+.2f} copy={row['copy_rate']:.2f}" if "delta" in row else ""
+            skipped = " [red]skipped (non-finite)[/]" if row.get("skipped") else ""
+            progress.update(bar, completed=step,
+                            description=f"{config.algorithm} it{row['iteration']} stage {row['stage']}",
+                            stats=f"{rewards}{extra} loss={row['loss']:.3f}{skipped}")
+
+        return trainer.train(on_step)
+
+
+def _run_training(config, console, compare_base: bool) -> int:
+    from .evaluation import write_eval_outputs
+    from .metrics import format_table, rich_table
+    from .trainer import Trainer
+
+    trainer = Trainer.create(config)
+    summaries = {}
+    if compare_base:
+        console.print(f"evaluating the base model on {config.eval_limit} held-out problems ...")
+        base, episodes = trainer.evaluate()
+        write_eval_outputs(trainer.run_dir / "eval-base", base, episodes, "base model")
+        summaries["base (prompting only)"] = base
+    result = _live_train(trainer, console)
+    summaries[f"{config.algorithm} ({trainer.step} steps)"] = result["final_eval"]
+    console.print(rich_table(summaries, title=f"held-out {config.task}, greedy, n={config.eval_limit}"))
+    if compare_base:
+        (trainer.run_dir / "comparison.md").write_text(
+            f"# {config.model} on {config.task}: base vs trained\n\n{format_table(summaries)}\n")
+    console.print(f"run directory: {trainer.run_dir.resolve()} (eval/ plots, training_curves.png, checkpoints)")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import TrainConfig, Trainer
+
+    console = _console()
+    if args.resume:
+        trainer = Trainer.resume(args.resume)
+        console.print(f"resuming {args.resume} at step {trainer.step}/{trainer.config.total_steps}")
+        _live_train(trainer, console)
+        return 0
+    config = build_config(TrainConfig, args, args.config or _configs_dir() / "demo.yaml")
+    return _run_training(config, console, compare_base=args.compare_base)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The default job: SCoRe on the embedded model and arithmetic, then base vs trained on held-out problems."""
+    from .trainer import TrainConfig
+
+    config = build_config(TrainConfig, {"out": args.out, "overwrite": True}, args.config)
+    console = _console()
+    console.print(f"[bold]selfcorrect demo[/]: {config.algorithm} on {config.model} / {config.task}, "
+                  f"{config.total_steps} steps, then greedy eval on {config.eval_limit} held-out problems")
+    return _run_training(config, console, compare_base=True)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -121,6 +179,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .evaluation import EvalConfig
+    from .trainer import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="selfcorrect",
@@ -136,10 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, EvalConfig)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="the default end-to-end job on the embedded model")
+    p = sub.add_parser("train", help="train with SCoRe (or an RL baseline); no arguments = the demo config",
+                       description="Train on a task's train split; checkpoints, logs and a final held-out "
+                                   "evaluation go to --out.")
+    p.add_argument("--config", metavar="FILE", help="YAML file with TrainConfig fields (default: the demo config)")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN exactly from its last checkpoint")
+    p.add_argument("--compare-base", action="store_true", help="also evaluate the base model first and compare")
+    add_arguments(p, TrainConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="SCoRe on the embedded model, then base vs trained (what `make demo` runs)")
     p.add_argument("--config", metavar="FILE", default=str(_configs_dir() / "demo.yaml"))
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--limit", type=int, default=None, help="number of test problems (default: from the config)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("tasks", help="list the built-in tasks and their options")
@@ -166,10 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("selfcorrect: interrupted", file=sys.stderr)
         return 130
-
-
-def _drop_none(mapping: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in mapping.items() if v is not None}
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def convert(value: Any, tp: Any) -> Any:
         except (TypeError, ValueError):
             raise ValueError(f"expected a number, got {value!r}") from None
     if tp is str:
-        if isinstance(value, (dict, list)):
+        if value is None or isinstance(value, (dict, list)):
             raise ValueError(f"expected a string, got {value!r}")
         return str(value)
     if origin in (list, tuple) or tp in (list, tuple):
@@ -149,11 +149,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def from_dict(cls: type, data: Mapping[str, Any], source: str = "config"):
-    """Build ``cls`` from ``data``, converting types; unknown keys and bad values raise ConfigError."""
+def from_dict(cls: type, data: Mapping[str, Any], source: str = "config",
+              sources: Mapping[str, str] | None = None):
+    """Build ``cls`` from ``data``, converting types; unknown keys and bad values raise ConfigError.
+
+    ``sources`` optionally names, per field, where its value came from (default: ``source``).
+    """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise ConfigError(
             f"{source}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
@@ -164,11 +168,14 @@ def from_dict(cls: type, data: Mapping[str, Any], source: str = "config"):
         try:
             kwargs[name] = convert(value, hints[name])
         except (ValueError, TypeError) as err:
-            raise ConfigError(f"{source}: field {name!r} ({_describe(hints[name])}): {err}") from None
+            where = (sources or {}).get(name, source)
+            raise ConfigError(f"{where}: field {name!r} ({_describe(hints[name])}): {err}") from None
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        # a check across fields: name every place the values came from (the file first)
+        origins = {(sources or {}).get(name, source) for name in data} or {source}
+        raise ConfigError(f"{' + '.join(sorted(origins, key=lambda o: (o == 'command line', o)))}: {err}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -204,6 +211,7 @@ def build_config(cls: type, args: argparse.Namespace | Mapping[str, Any] | None 
     source = str(config_file) if config_file else "config"
     overrides = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    sources: dict[str, str] = {}  # fields whose value comes (at least partly) from the command line
     for name, value in overrides.items():
         if name not in fields:
             continue
@@ -213,7 +221,11 @@ def build_config(cls: type, args: argparse.Namespace | Mapping[str, Any] | None 
                 pairs = dict(_split_pair(v) for v in value)
             except ValueError as err:
                 raise ConfigError(f"--{name.replace('_', '-')}: {err}") from None
-            data[name] = {**(data.get(name) or {}), **pairs}
+            base = data.get(name) or {}
+            if not isinstance(base, Mapping):
+                raise ConfigError(f"{source}: field {name!r} must be a mapping of key: value, got {base!r}")
+            data[name] = {**base, **pairs}
         else:
             data[name] = value
-    return from_dict(cls, data, source if config_file else "command line")
+        sources[name] = "command line"
+    return from_dict(cls, data, source if config_file else "command line", sources)

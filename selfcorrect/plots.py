@@ -238,3 +238,37 @@ def plot_scaling(
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right")
     return _save(fig, path)
+
+
+def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
+                         title: str = "Training") -> str:
+    """Four panels over steps: reward per attempt, Δ / i→c / c→i, KL per attempt, edit ratio and copy rate.
+
+    ``rows`` are ``metrics.jsonl`` records (``step`` plus ``reward_t1``, ``kl_t1``, ``delta``, ...);
+    a stage change is marked by a dotted vertical line.
+    """
+    steps = [r["step"] for r in rows]
+    fig = _figure(11.0, 7.0)
+    axes = fig.subplots(2, 2).ravel()
+    panels = [
+        ("reward", [k for k in rows[0] if k.startswith("reward_t")] + [k for k in rows[0] if k.startswith("eval_acc_t")]),
+        ("transitions", [k for k in ("delta", "delta_i2c", "delta_c2i") if k in rows[0]]),
+        ("KL per attempt", [k for k in rows[0] if k.startswith("kl_t")]),
+        ("collapse signal", [k for k in ("edit_distance_ratio", "copy_rate") if k in rows[0]]),
+    ]
+    for ax, (name, keys) in zip(axes, panels):
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key, marker="." if len(pts) < 30 else None)
+        for prev, cur in zip(rows, rows[1:]):
+            if prev.get("stage") != cur.get("stage") or prev.get("iteration") != cur.get("iteration"):
+                ax.axvline(cur["step"] - 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if steps:
+        fig.suptitle(f"{title} ({len(steps)} steps; dotted lines: stage changes)")
+    return _save(fig, path)

@@ -133,9 +133,11 @@ def test_answers_are_exact(kwargs: dict) -> None:
 
 
 def test_digits_bound_operand_length() -> None:
-    task = make_task(n=300, digits=4)
+    task = make_task(n=300, digits=4, min_digits=None)
     lengths = {len(x) for p in task.problems for x in operands(p)}
-    assert lengths == {4}  # min_digits defaults to digits
+    assert lengths == {4}  # min_digits=None means exactly `digits` digits
+    default = make_task(n=300, digits=2)
+    assert {len(x) for p in default.problems for x in operands(p)} == {1, 2}  # default min_digits=1
     mixed = make_task(n=300, digits=4, min_digits=2)
     assert {len(x) for p in mixed.problems for x in operands(p)} == {2, 3, 4}
     # no leading zeros: an operand of k digits really has k digits

@@ -36,10 +36,13 @@ CODE_CORRECTION = (
 """Self-correction instruction for code problems (paper, Appendix C)."""
 
 ARITHMETIC_INSTRUCTION = (
-    "Compute the following. Think step by step if you need to, then end your reply "
-    "with \"The final answer is N.\" where N is the number."
+    "Give the result. End your reply with \"The final answer is N.\" where N is the number."
 )
-"""Attempt-1 instruction for the procedural arithmetic task (ours)."""
+"""Attempt-1 instruction for the procedural arithmetic task (ours).
+
+Deliberately terse: with "think step by step" the 135M default model rambles
+and drops from 30% to 13% first-attempt accuracy on the default task (measured,
+128 problems, greedy)."""
 
 ARITHMETIC_CORRECTION = (
     "There might be an error in the solution above because of lack of understanding "

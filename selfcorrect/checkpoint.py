@@ -1,0 +1,112 @@
+"""Checkpoints: Hugging Face model directories plus the exact training state, written atomically.
+
+``RUN/checkpoint-N/`` holds
+
+* the policy in Hugging Face format (``config.json``, ``model.safetensors``,
+  tokenizer files) — loadable by transformers and by
+  ``selfcorrect eval --model RUN/checkpoint-N``;
+* ``trainer_state.pt`` — optimizer, scheduler, RNG states (python, numpy,
+  torch, CUDA), data position, step, stage, iteration, best score;
+* ``anchor.safetensors`` — only when the Stage I anchor differs from the
+  initial model (iterations after the first), so a resumed Stage I pins
+  attempt 1 to the very same weights.
+
+A checkpoint is written to ``RUN/.tmp-checkpoint-N`` and renamed into place,
+so a crash mid-write never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import ConfigError
+
+STATE_FILE = "trainer_state.pt"
+ANCHOR_FILE = "anchor.safetensors"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str, Any],
+                    anchor_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``run_dir/checkpoint-step`` atomically and return its path."""
+    final = run_dir / f"checkpoint-{step}"
+    tmp = run_dir / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save({**state, "rng": rng_state()}, tmp / STATE_FILE)
+        if anchor_state is not None:
+            save_file({k: v.contiguous() for k, v in anchor_state.items()}, str(tmp / ANCHOR_FILE))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    found = []
+    for path in run_dir.iterdir() if run_dir.is_dir() else []:
+        m = _NAME.match(path.name)
+        if m and (path / STATE_FILE).is_file():
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise ConfigError(f"--resume {run_dir}: no complete checkpoint-N directory in it")
+    return found[-1][1]
+
+
+def load_state(checkpoint: Path) -> dict[str, Any]:
+    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def load_anchor(checkpoint: Path) -> dict[str, torch.Tensor] | None:
+    path = checkpoint / ANCHOR_FILE
+    return load_file(str(path)) if path.is_file() else None
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, protect: set[Path]) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints, never those in ``protect`` (e.g. the best)."""
+    found = list_checkpoints(run_dir)
+    for _, path in found[: max(0, len(found) - keep_last)]:
+        if path.resolve() not in {p.resolve() for p in protect}:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def write_best(run_dir: Path, checkpoint: Path, score: float, step: int) -> None:
+    tmp = run_dir / ".best.json.tmp"
+    tmp.write_text(json.dumps({"checkpoint": checkpoint.name, "score": score, "step": step}, indent=2) + "\n")
+    tmp.replace(run_dir / "best.json")

@@ -1,0 +1,72 @@
+"""Log-probabilities of chosen tokens without full-vocabulary logits everywhere.
+
+A causal LM's output layer maps every position's hidden state to ``V``
+logits (49k for the default model): ``B × T × V`` floats dominate a training
+step's memory.  RL only needs ``log π(token_t | < t)`` at the attempt tokens,
+so :func:`token_logprobs` runs the backbone once, gathers the hidden states
+of the positions that predict an attempt token, and applies the output layer
+and log-softmax to those rows in chunks.  With gradients, each chunk is
+checkpointed: its ``[chunk, V]`` logits are recomputed in the backward pass
+instead of being stored, so peak memory holds one chunk of logits at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+
+def _backbone_and_head(model):
+    """(decoder returning hidden states, output embedding) of a causal LM, PEFT-wrapped or not."""
+    inner = model
+    if hasattr(inner, "get_base_model"):          # peft.PeftModel
+        inner = inner.get_base_model()
+    head = inner.get_output_embeddings()
+    backbone = getattr(inner, inner.base_model_prefix, None)
+    if head is None or backbone is None:
+        raise TypeError(f"{type(inner).__name__} is not a causal LM with an output embedding and a backbone")
+    return inner, backbone, head
+
+
+def _chunk_logprobs(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor | None, softcap: float | None) -> torch.Tensor:
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()          # [c, V]
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)   # [c]
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_mask: torch.Tensor,
+                   chunk_size: int = 1024) -> torch.Tensor:
+    """``out[b, t] = log π(input_ids[b, t] | input_ids[b, < t])`` where ``label_mask[b, t]``, else 0.
+
+    ``input_ids``, ``attention_mask``, ``label_mask``: ``[B, T]`` (right padded).
+    Returns float32 ``[B, T]``; differentiable when grad is enabled.
+    """
+    inner, backbone, head = _backbone_and_head(model)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    predicts = label_mask[:, 1:]                                   # [B, T-1]: position t-1 predicts token t
+    rows = hidden[:, :-1][predicts]                                # [N, H]
+    labels = input_ids[:, 1:][predicts]                            # [N]
+    softcap = getattr(inner.config, "final_logit_softcapping", None)
+    pieces = []
+    for lo in range(0, rows.shape[0], chunk_size):
+        args = (rows[lo:lo + chunk_size], labels[lo:lo + chunk_size], head.weight, head.bias, softcap)
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprobs(*args))
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    if pieces:
+        out[:, 1:][predicts] = torch.cat(pieces)
+    return out
+
+
+def full_logits_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         label_mask: torch.Tensor) -> torch.Tensor:
+    """Reference implementation: full ``[B, T, V]`` logits, then gather (what :func:`token_logprobs` avoids)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    out[:, 1:] = logp * label_mask[:, 1:]
+    return out

@@ -1,0 +1,595 @@
+"""``selfcorrect train``: SCoRe (Stage I → Stage II, repeated) and the on-policy RL baselines.
+
+One training step::
+
+    problems ──rollout──▶ episodes (K attempts, n samples/problem, exact ids)
+             ──verifier──▶ rewards [B, K]
+             ──forward (policy, grad; reference/anchor, no grad)──▶ token log-probs [B, T]
+             ──objective (Stage I | Stage II | single-turn)──▶ loss ──backward──▶ Adam step
+
+The schedule is ``iterations`` × (``stage1_steps`` of Stage I, then
+``stage2_steps`` of Stage II).  ``algorithm`` picks what runs:
+
+* ``score``       — SCoRe as above;
+* ``multi_turn``  — Stage II only from the base model (the paper's "w/o Stage I"
+  ablation; with ``alpha: 0`` also "w/o reward shaping");
+* ``single_turn`` — RL on attempt 1 only (K = 1 during training).
+
+**KL anchors.**  The β1 terms are always anchored to the *initial* model
+π_ref (frozen).  The β2 term of Stage I pins attempt 1 to the model at the
+*start of that Stage I*: in iteration 1 that is π_ref; in later iterations it
+is the Stage II model of the previous iteration.  Stage I's job is to teach
+correction without moving attempt 1; anchoring it to π_ref again would drag
+attempt 1 back to the base model and undo what Stage II learnt for it.
+
+**Micro-batches** hold whole problems (all ``n`` samples), so RLOO baselines
+are exact; losses are normalised by the episodes of the whole step so
+accumulated gradients equal the full-batch gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import metrics
+from .algorithms.policy_gradient import BASELINES, KL_PLACEMENTS
+from .algorithms.score import single_turn_loss, stage_one_loss, stage_two_loss
+from .checkpoint import (latest_checkpoint, list_checkpoints, load_anchor, load_state, prune_checkpoints,
+                         save_checkpoint, set_rng_state, write_best)
+from .config import from_dict, load_yaml, to_dict
+from .errors import ConfigError
+from .logprobs import token_logprobs
+from .rollout import ConversationBuilder, Episode, SamplingParams, TransformersBackend, collate, sample_episodes
+
+ALGORITHMS = ("score", "multi_turn", "single_turn")
+OPTIMIZERS = ("adam", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one ``selfcorrect train`` run (YAML file + flags; see ``selfcorrect/configs/``)."""
+
+    # ---- what to train on
+    model: str = "default"
+    """Model spec to start from: default, a local HF directory, a .gguf file, or a hub id."""
+    task: str = "arithmetic"
+    """Task name or ``module:function`` (see ``selfcorrect tasks``)."""
+    task_options: dict[str, Any] = field(default_factory=dict, metadata={"append": True, "aliases": ("-o",)})
+    """Task factory options as KEY=VALUE (repeatable)."""
+    train_split: str = "train"
+    """Split trained on (given as the task's ``split`` option when it has one)."""
+    eval_split: str = "test"
+    """Held-out split for periodic evaluation and best-checkpoint selection."""
+    out: str = "runs/train"
+    """Run directory: config, metrics.jsonl, TensorBoard logs, samples, checkpoints, plots."""
+
+    # ---- algorithm and schedule
+    algorithm: str = "score"
+    """score (Stage I → II, repeated), multi_turn (Stage II only), or single_turn (attempt 1 only)."""
+    iterations: int = 1
+    """How many times the Stage I → Stage II pair runs (the stages are interleaved)."""
+    stage1_steps: int = 10
+    """Optimizer steps of Stage I per iteration (ignored by multi_turn / single_turn)."""
+    stage2_steps: int = 10
+    """Optimizer steps of Stage II per iteration (the RL steps of multi_turn / single_turn)."""
+    alpha: float = 10.0
+    """Reward-shaping weight α in r̂2 = r2 + α·(r2 − r1) (paper: 10)."""
+    beta1: float = 0.01
+    """KL coefficient to the initial model on rewarded attempts (paper: 0.01)."""
+    beta2: float = 0.1
+    """Stage I KL coefficient pinning attempt 1 (paper: 0.1 MATH, 0.25 code)."""
+    baseline: str = "rloo"
+    """Policy-gradient baseline: rloo (leave one out over a problem's samples) or none (plain REINFORCE)."""
+    kl_in: str = "loss"
+    """Where the KL goes: loss (per-token k3, differentiated directly) or reward (sequence k1 in the returns, RLOO-style)."""
+
+    # ---- rollouts
+    problems_per_step: int = 8
+    """Problems sampled per optimizer step."""
+    samples: int = 4
+    """Episodes per problem per step (RLOO group size; >= 2 for rloo)."""
+    attempts: int = 2
+    """Attempts per episode K (SCoRe: 2)."""
+    temperature: float = 1.0
+    """Sampling temperature of training rollouts (paper: 1.0)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass of training rollouts (1 = off)."""
+    top_k: int = 0
+    """Top-k of training rollouts (0 = off)."""
+    max_new_tokens: int = 64
+    """Token limit per attempt."""
+    generation_batch_size: int = 64
+    """Sequences generated per batch."""
+
+    # ---- optimisation
+    optimizer: str = "adam"
+    """adam (paper) or adamw."""
+    lr: float = 1e-5
+    """Learning rate (paper: 5e-6 MATH, 1e-5 code)."""
+    weight_decay: float = 0.0
+    """Weight decay (adamw)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warmup steps, then constant."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 = off)."""
+    micro_batch_problems: int = 2
+    """Problems (all their samples) per forward/backward micro-batch; gradients accumulate over the step."""
+    logprob_chunk: int = 1024
+    """Rows of the output layer computed at once when scoring tokens (memory knob)."""
+    dtype: str = "float32"
+    """Parameter dtype of the trained model (float32 keeps Adam exact; bfloat16 halves memory)."""
+    autocast: str = "bf16"
+    """Mixed precision for forward passes and generation: bf16 or none."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, more time)."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    seed: int = 0
+    """Seed of data order, sampling and initialisation of any randomness."""
+
+    # ---- evaluation, logging, checkpoints
+    eval_every: int = 0
+    """Evaluate on the held-out split every N steps (0 = only at the end)."""
+    eval_limit: int = 200
+    """Held-out problems per evaluation (greedy, K attempts)."""
+    eval_max_new_tokens: int = 64
+    """Token limit per attempt during evaluation."""
+    save_every: int = 0
+    """Checkpoint every N steps (0 = only at the end); Ctrl-C also checkpoints."""
+    keep_last: int = 2
+    """Checkpoints kept besides the best one."""
+    log_samples_every: int = 5
+    """Write a few episodes to samples.jsonl every N steps (0 = never)."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Loggers besides metrics.jsonl: tensorboard, wandb (needs `pip install wandb`), or none."""
+    overwrite: bool = False
+    """Allow writing into a non-empty run directory (otherwise refuse, to protect earlier runs)."""
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        need(self.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        need(self.baseline in BASELINES, f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
+        need(self.kl_in in KL_PLACEMENTS, f"kl_in must be one of {', '.join(KL_PLACEMENTS)}, got {self.kl_in!r}")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        need(self.autocast in ("bf16", "none"), f"autocast must be bf16 or none, got {self.autocast!r}")
+        for name in ("iterations", "problems_per_step", "samples", "attempts", "micro_batch_problems",
+                     "generation_batch_size", "logprob_chunk", "eval_limit", "eval_max_new_tokens"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("stage1_steps", "stage2_steps", "warmup_steps", "eval_every", "save_every", "keep_last",
+                     "log_samples_every"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("alpha", "beta1", "beta2", "weight_decay", "max_grad_norm"):
+            need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
+                 f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
+        need(self.total_steps >= 1, "the schedule has no steps: set stage1_steps/stage2_steps")
+        need(self.baseline != "rloo" or self.samples >= 2,
+             "baseline 'rloo' needs samples >= 2 per problem (or use baseline: none)")
+        need(self.algorithm == "single_turn" or self.attempts >= 2,
+             f"algorithm {self.algorithm!r} needs attempts >= 2")
+        unknown = set(self.report_to) - {"tensorboard", "wandb", "none"}
+        need(not unknown, f"report_to: unknown logger(s) {sorted(unknown)}; choose tensorboard, wandb or none")
+        self.sampling_params()
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              max_new_tokens=self.max_new_tokens)
+
+    @property
+    def steps_per_iteration(self) -> int:
+        return (self.stage1_steps if self.algorithm == "score" else 0) + self.stage2_steps
+
+    @property
+    def total_steps(self) -> int:
+        return self.iterations * self.steps_per_iteration
+
+    def phase(self, step: int) -> tuple[int, int]:
+        """(iteration, stage) of a 0-based step; stage is 1 or 2."""
+        iteration, within = divmod(step, self.steps_per_iteration)
+        stage1 = self.stage1_steps if self.algorithm == "score" else 0
+        return iteration + 1, 1 if within < stage1 else 2
+
+
+# --------------------------------------------------------------------------- #
+# Data order
+# --------------------------------------------------------------------------- #
+
+
+class ProblemStream:
+    """Problems in a fresh seeded permutation each epoch; its position is part of the checkpoint."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, position: int = 0):
+        self.n, self.seed, self.epoch, self.position = n, seed, epoch, position
+
+    def _order(self) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=gen).tolist()
+
+    def take(self, count: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < count:
+            order = self._order()
+            take = min(count - len(out), self.n - self.position)
+            out.extend(order[self.position:self.position + take])
+            self.position += take
+            if self.position == self.n:
+                self.epoch, self.position = self.epoch + 1, 0
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+
+# --------------------------------------------------------------------------- #
+# One step
+# --------------------------------------------------------------------------- #
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    if config.autocast == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def micro_batches(episodes: Sequence[Episode], per_batch: int) -> list[list[Episode]]:
+    """Whole problems per micro-batch, problems sorted by longest episode (less padding)."""
+    by_problem: dict[str, list[Episode]] = {}
+    for ep in episodes:
+        by_problem.setdefault(ep.problem.id, []).append(ep)
+    groups = sorted(by_problem.values(), key=lambda g: max(len(e.tokens) for e in g))
+    return [[ep for g in groups[i:i + per_batch] for ep in g] for i in range(0, len(groups), per_batch)]
+
+
+def step_loss(config: TrainConfig, stage: int, policy, reference, anchor, batch: list[Episode], pad_id: int,
+              norm: int, device: torch.device):
+    """Forward passes and the stage's objective for one micro-batch; returns the LossOutput."""
+    k = 1 if config.algorithm == "single_turn" else config.attempts
+    tensors = collate(batch, pad_token_id=pad_id, num_attempts=k)
+    input_ids = tensors["input_ids"].to(device)                   # [B, T]
+    attention_mask = tensors["attention_mask"].to(device)         # [B, T]
+    attempt_mask = tensors["attempt_mask"].to(device)             # [B, K, T]
+    label_mask = attempt_mask.any(1)                              # [B, T]
+    rewards = torch.tensor([[a.reward for a in ep.attempts[:k]] for ep in batch], device=device)   # [B, K]
+    ids = {pid: i for i, pid in enumerate(dict.fromkeys(ep.problem.id for ep in batch))}
+    groups = torch.tensor([ids[ep.problem.id] for ep in batch], device=device)                      # [B]
+
+    with torch.no_grad(), _autocast(config, device):
+        ref_logp = token_logprobs(reference, input_ids, attention_mask, label_mask, config.logprob_chunk)
+        anchor_logp = ref_logp if anchor is reference or stage == 2 else \
+            token_logprobs(anchor, input_ids, attention_mask, label_mask, config.logprob_chunk)
+    with _autocast(config, device):
+        logp = token_logprobs(policy, input_ids, attention_mask, label_mask, config.logprob_chunk)
+
+    common = dict(baseline=config.baseline, kl_in=config.kl_in, norm=norm)
+    if config.algorithm == "single_turn":
+        return single_turn_loss(logp, ref_logp, attempt_mask, rewards, groups, beta1=config.beta1, **common)
+    if stage == 1:
+        return stage_one_loss(logp, ref_logp, anchor_logp, attempt_mask, rewards, groups,
+                              beta1=config.beta1, beta2=config.beta2, **common)
+    return stage_two_loss(logp, ref_logp, attempt_mask, rewards, groups, alpha=config.alpha,
+                          beta1=config.beta1, **common)
+
+
+def batch_metrics(episodes: Sequence[Episode], kl: torch.Tensor) -> dict[str, float]:
+    """Rollout statistics of one step: reward per attempt, Δ, i→c, c→i, KL per attempt, edit ratio, copy rate."""
+    rewards = np.array([[a.reward for a in ep.attempts] for ep in episodes], dtype=float)   # [B, K]
+    out: dict[str, float] = {}
+    for k in range(rewards.shape[1]):
+        out[f"reward_t{k + 1}"] = float(rewards[:, k].mean())
+        out[f"kl_t{k + 1}"] = float(kl[:, k].mean()) if k < kl.shape[1] else float("nan")
+        out[f"length_t{k + 1}"] = float(np.mean([len(ep.attempts[k].ids) for ep in episodes]))
+    if rewards.shape[1] >= 2:
+        rates = metrics.transition_rates(rewards)
+        out.update(delta=rates["delta"], delta_i2c=rates["i2c"], delta_c2i=rates["c2i"])
+        edits = metrics.edit_stats([[a.text for a in ep.attempts] for ep in episodes])
+        out.update(edit_distance_ratio=edits["mean"], copy_rate=edits["copy_rate"])
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Logging
+# --------------------------------------------------------------------------- #
+
+
+class RunLogger:
+    """metrics.jsonl always; TensorBoard and W&B when asked for."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, resume: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.tensorboard = None
+        self.wandb = None
+        if "tensorboard" in config.report_to:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if "wandb" in config.report_to:
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError("report_to includes wandb but wandb is not installed: pip install wandb") from None
+            self.wandb = wandb.init(project="selfcorrect", dir=str(run_dir), config=to_dict(config),
+                                    resume="allow" if resume else None)
+
+    def log(self, step: int, row: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, **row}) + "\n")
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.tensorboard is not None:
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(key, value, step)
+            self.tensorboard.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+# --------------------------------------------------------------------------- #
+# The trainer
+# --------------------------------------------------------------------------- #
+
+
+def _frozen_copy(model):
+    clone = copy.deepcopy(model)
+    clone.requires_grad_(False)
+    clone.eval()
+    return clone
+
+
+def _task_options(config: TrainConfig, split: str) -> dict[str, Any]:
+    from .tasks import accepts_option
+
+    options = dict(config.task_options)
+    if "split" not in options and accepts_option(config.task, "split"):
+        options["split"] = split
+    return options
+
+
+class Trainer:
+    """Holds the models, optimizer and data stream of one run; :meth:`train` runs the schedule.
+
+    Construct with :meth:`create` (new run) or :meth:`resume` (continue a run
+    directory exactly where its last checkpoint left it).
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: Path, checkpoint: Path | None = None):
+        from .evaluation import resolve_device
+        from .models import load_model, load_tokenizer
+        from .tasks import load_task
+
+        self.config = config
+        self.run_dir = run_dir
+        self.device = torch.device(resolve_device(config.device))
+        torch.manual_seed(config.seed)
+        self.task = load_task(config.task, **_task_options(config, config.train_split))
+        self.eval_task = load_task(config.task, **_task_options(config, config.eval_split))
+        self.tokenizer = load_tokenizer(config.model)
+        self.policy = load_model(config.model, dtype=config.dtype, device=self.device)
+        self.reference = _frozen_copy(self.policy)        # π_ref: the initial model, never updated
+        self.anchor = self.reference                      # Stage I anchor of attempt 1 (see module docstring)
+        if checkpoint is not None:                        # resume: the policy continues from the checkpoint
+            self.policy = load_model(str(checkpoint), dtype=config.dtype, device=self.device)
+        if config.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+        self.policy.config.use_cache = True
+        self.policy.train()
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optim_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        self.optimizer = optim_cls(params, lr=config.lr, weight_decay=config.weight_decay)
+        warmup = config.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.builder = ConversationBuilder(self.tokenizer, self.task.correction_instruction)
+        self.backend = TransformersBackend(self.policy, self.tokenizer, batch_size=config.generation_batch_size)
+        self.stream = ProblemStream(len(self.task.problems), config.seed)
+        self.step = 0
+        self.best: dict[str, Any] | None = None
+        self.skipped = 0
+
+    # ---- construction
+
+    @classmethod
+    def create(cls, config: TrainConfig) -> Trainer:
+        run_dir = Path(config.out)
+        if run_dir.exists() and any(run_dir.iterdir()) and not config.overwrite:
+            raise ConfigError(f"run directory {run_dir} is not empty: use --resume {run_dir} to continue it, "
+                              "--overwrite true to reuse it, or another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trainer = cls(config, run_dir)
+        import yaml
+
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        return trainer
+
+    @classmethod
+    def resume(cls, run_dir: str | Path) -> Trainer:
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        config = from_dict(TrainConfig, load_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+        checkpoint = latest_checkpoint(run_dir)
+        trainer = cls(config, run_dir, checkpoint)
+        state = load_state(checkpoint)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        trainer.stream = ProblemStream(len(trainer.task.problems), config.seed, **state["data"])
+        trainer.step, trainer.best, trainer.skipped = state["step"], state.get("best"), state.get("skipped", 0)
+        anchor = load_anchor(checkpoint)
+        if anchor is not None:
+            trainer.anchor = _frozen_copy(trainer.reference)
+            trainer.anchor.load_state_dict(anchor, strict=True)
+        _truncate_log(run_dir / "metrics.jsonl", trainer.step)
+        set_rng_state(state["rng"])
+        return trainer
+
+    # ---- checkpoints
+
+    def save(self) -> Path:
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "data": self.stream.state(), "step": self.step, "best": self.best, "skipped": self.skipped,
+                 "phase": self.config.phase(max(self.step - 1, 0))}
+        anchor = None if self.anchor is self.reference else self.anchor.state_dict()
+        path = save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, anchor)
+        protect = {self.run_dir / self.best["checkpoint"]} if self.best else set()
+        prune_checkpoints(self.run_dir, self.config.keep_last, protect)
+        return path
+
+    # ---- one step
+
+    def train_step(self) -> dict[str, Any]:
+        config = self.config
+        iteration, stage = config.phase(self.step)
+        self._update_anchor(iteration, stage)
+        problems = [self.task.problems[i] for i in self.stream.take(config.problems_per_step)]
+
+        started = time.perf_counter()
+        attempts = 1 if config.algorithm == "single_turn" else config.attempts
+        with _autocast(config, self.device):
+            episodes = sample_episodes(self.backend, self.builder, self.task, problems, samples=config.samples,
+                                       attempts=attempts, params=config.sampling_params())
+        generated = time.perf_counter()
+
+        norm = len(episodes)
+        losses, kls = [], []
+        for batch in micro_batches(episodes, config.micro_batch_problems):
+            out = step_loss(config, stage, self.policy, self.reference, self.anchor, batch,
+                            self.tokenizer.pad_token_id, norm, self.device)
+            if torch.isfinite(out.loss):
+                out.loss.backward()
+            else:
+                losses.append(float("nan"))
+                break
+            losses.append(float(out.loss.detach()))
+            kls.append(out.kl.cpu())
+        trained = time.perf_counter()
+
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm if config.max_grad_norm else float("inf"))
+        loss = float(sum(losses))
+        skipped = not (math.isfinite(loss) and torch.isfinite(grad_norm))
+        if skipped:                       # never let a NaN/inf touch the weights or Adam's moments
+            self.skipped += 1
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+
+        tokens = sum(len(a.ids) for ep in episodes for a in ep.attempts)
+        order = {id(ep): i for i, ep in enumerate(episodes)}
+        kl = torch.cat(kls) if kls else torch.full((len(episodes), attempts), float("nan"))
+        ordered = sorted(episodes, key=lambda ep: order[id(ep)])
+        row = {"iteration": iteration, "stage": stage, "loss": loss, "grad_norm": float(grad_norm),
+               "skipped": skipped, "lr": self.scheduler.get_last_lr()[0],
+               **batch_metrics([ep for b in micro_batches(ordered, config.micro_batch_problems) for ep in b], kl),
+               "generated_tokens": tokens, "tokens_per_s": tokens / max(trained - started, 1e-9),
+               "time_generate_s": generated - started, "time_train_s": trained - generated}
+        self._last_episodes = episodes
+        return row
+
+    def _update_anchor(self, iteration: int, stage: int) -> None:
+        """At the first step of Stage I in iteration ≥ 2, freeze the current policy as attempt 1's anchor."""
+        config = self.config
+        if config.algorithm != "score" or stage != 1 or iteration == 1:
+            return
+        if (self.step % config.steps_per_iteration) == 0:
+            self.anchor = _frozen_copy(self.policy)
+
+    # ---- evaluation
+
+    def evaluate(self, limit: int | None = None) -> tuple[dict[str, Any], list[Episode]]:
+        from .evaluation import summarize_episodes
+
+        problems = self.eval_task.problems[: limit or self.config.eval_limit]
+        builder = ConversationBuilder(self.tokenizer, self.eval_task.correction_instruction)
+        with _autocast(self.config, self.device):
+            episodes = sample_episodes(self.backend, builder, self.eval_task, problems, samples=1,
+                                       attempts=self.config.attempts,
+                                       params=SamplingParams(max_new_tokens=self.config.eval_max_new_tokens))
+        return summarize_episodes(episodes, seed=self.config.seed), episodes
+
+    def _maybe_best(self, summary: dict[str, Any], checkpoint: Path | None) -> None:
+        score = summary["accuracy"][-1]
+        if checkpoint is not None and (self.best is None or score > self.best["score"]):
+            self.best = {"checkpoint": checkpoint.name, "score": score, "step": self.step}
+            write_best(self.run_dir, checkpoint, score, self.step)
+
+    # ---- the loop
+
+    def train(self, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Run the remaining steps; checkpoint periodically, on Ctrl-C and at the end. Returns the last row."""
+        config = self.config
+        logger = RunLogger(self.run_dir, config, resume=self.step > 0)
+        row: dict[str, Any] = {}
+        try:
+            while self.step < config.total_steps:
+                row = self.train_step()
+                if config.log_samples_every and self.step % config.log_samples_every == 0:
+                    self._log_samples()
+                evaluated = None
+                if config.eval_every and self.step % config.eval_every == 0 and self.step < config.total_steps:
+                    evaluated, _ = self.evaluate()
+                    row.update({f"eval_acc_t{k + 1}": a for k, a in enumerate(evaluated["accuracy"])},
+                               eval_delta=evaluated["delta"])
+                logger.log(self.step, row)
+                if on_step is not None:
+                    on_step(self.step, row)
+                if config.save_every and self.step % config.save_every == 0 and self.step < config.total_steps:
+                    path = self.save()
+                    if evaluated is not None:
+                        self._maybe_best(evaluated, path)
+        except KeyboardInterrupt:
+            self.save()
+            logger.close()
+            raise
+        final = self.save()
+        summary, episodes = self.evaluate()
+        self._maybe_best(summary, final)
+        from .evaluation import write_eval_outputs
+
+        write_eval_outputs(self.run_dir / "eval", summary, episodes, f"{config.algorithm} after {self.step} steps",
+                           {"step": self.step, "skipped_steps": self.skipped})
+        logger.close()
+        _plot_curves(self.run_dir)
+        return {**row, "final_eval": summary}
+
+    def _log_samples(self, count: int = 4) -> None:
+        from .evaluation import episode_record
+
+        with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as fh:
+            for ep in self._last_episodes[:count]:
+                fh.write(json.dumps({"step": self.step, **episode_record(ep)}, ensure_ascii=False) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+def _plot_curves(run_dir: Path) -> None:
+    from .plots import plot_training_curves
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if rows:
+        plot_training_curves(rows, run_dir / "training_curves.png")

@@ -1,0 +1,138 @@
+"""SCoRe objectives on hand-computed examples: baselines, shaping, which tokens get which gradient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from selfcorrect.algorithms.policy_gradient import k3, reinforce_with_kl, rloo_advantages
+from selfcorrect.algorithms.score import shaped_returns, single_turn_loss, stage_one_loss, stage_two_loss
+
+
+def test_rloo_advantages_by_hand():
+    # two problems: rows 0-2 are problem 0, rows 3-4 problem 1
+    returns = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    groups = torch.tensor([0, 0, 0, 1, 1])
+    adv = rloo_advantages(returns, groups)
+    expected = torch.tensor([
+        [1 - 0.0, 0 - 1.0],      # others in group 0: mean of rows 1, 2
+        [0 - 0.5, 1 - 0.5],
+        [0 - 0.5, 1 - 0.5],
+        [1 - 0.0, 1 - 0.0],      # group 1: the other sample is the baseline
+        [0 - 1.0, 0 - 1.0],
+    ])
+    assert torch.allclose(adv, expected)
+    assert torch.allclose(adv[:3].sum(0), torch.zeros(2))  # advantages within a group sum to zero...
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        rloo_advantages(returns[:1], torch.tensor([0]))
+
+
+def test_shaped_returns_by_hand():
+    rewards = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    assert shaped_returns(rewards, alpha=10.0).tolist() == [[0, 11], [1, -10], [1, 1], [0, 0]]
+    # K = 3: each later attempt is compared with the one it revises
+    assert shaped_returns(torch.tensor([[0.0, 1.0, 1.0]]), alpha=2.0).tolist() == [[0, 3, 1]]
+
+
+def test_k3_is_zero_at_equality_and_matches_formula():
+    logp = torch.tensor([-1.0, -2.0])
+    ref = torch.tensor([-1.0, -1.5])
+    out = k3(logp, ref)
+    assert out[0] == 0
+    assert math.isclose(out[1].item(), math.exp(0.5) - 0.5 - 1, rel_tol=1e-6)
+
+
+def _episode_batch():
+    """One problem, two samples, K = 2; tokens: [prompt, a1, a1, suffix, a2]."""
+    mask = torch.zeros(2, 2, 5, dtype=torch.bool)
+    mask[:, 0, 1:3] = True
+    mask[:, 1, 4] = True
+    logp = torch.log(torch.tensor([[0.9, 0.5, 0.4, 0.9, 0.25], [0.9, 0.8, 0.5, 0.9, 0.5]])).requires_grad_()
+    ref = torch.log(torch.tensor([[0.9, 0.5, 0.2, 0.9, 0.5], [0.9, 0.4, 0.5, 0.9, 0.5]]))
+    anchor = torch.log(torch.tensor([[0.9, 0.25, 0.4, 0.9, 0.5], [0.9, 0.8, 0.5, 0.9, 0.1]]))
+    rewards = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    return logp, ref, anchor, mask, rewards, torch.tensor([0, 0])
+
+
+def test_stage_one_by_hand_and_gradient_placement():
+    logp, ref, anchor, mask, rewards, groups = _episode_batch()
+    out = stage_one_loss(logp, ref, anchor, mask, rewards, groups, beta1=0.01, beta2=0.1)
+    # attempt 1 gets no reward: returns [0, 1], [0, 1] → RLOO advantages all zero at attempt 2 too
+    assert out.returns.tolist() == [[0.0, 1.0], [0.0, 1.0]]
+    assert out.advantages.tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    # the loss is only the KL: β2·k3 vs the anchor on attempt-1 tokens, β1·k3 vs the reference on attempt 2
+    lp, rf, an = logp.detach(), ref, anchor
+    kl1 = [k3(lp[b, 1:3], an[b, 1:3]).sum() for b in range(2)]
+    kl2 = [k3(lp[b, 4:5], rf[b, 4:5]).sum() for b in range(2)]
+    expected = sum(0.1 * kl1[b] + 0.01 * kl2[b] for b in range(2)) / 2
+    assert torch.isclose(out.loss, expected)
+    out.loss.backward()
+    grad = logp.grad
+    assert grad[:, 0].eq(0).all() and grad[:, 3].eq(0).all()      # prompt and turn suffix: no gradient
+    # token 1 of row 0 differs from the anchor (0.5 vs 0.25): it is pulled; row 1 equals its anchor there
+    assert grad[0, 1] != 0 and grad[1, 1] == 0
+    # the k1 statistic is anchored the same way
+    assert torch.allclose(out.kl[:, 0], (lp[:, 1:3] - an[:, 1:3]).sum(-1))
+
+
+def test_stage_one_rewards_only_attempt_two():
+    logp, ref, anchor, mask, rewards, groups = _episode_batch()
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    out = stage_one_loss(logp, logp.detach(), logp.detach(), mask, rewards, groups, beta1=0.0, beta2=0.0)
+    # KL terms vanish (policy == anchors); only attempt 2 carries the advantage ±1
+    assert out.advantages.tolist() == [[0.0, -1.0], [0.0, 1.0]]
+    out.loss.backward()
+    g = logp.grad
+    assert g[:, 1:3].eq(0).all()                                   # attempt 1: no reward gradient
+    assert torch.allclose(g[:, 4], torch.tensor([1.0 / 2, -1.0 / 2]))  # d(−A·logp)/dlogp / B
+
+
+def test_stage_two_shaping_and_both_attempts_rewarded():
+    logp, ref, anchor, mask, rewards, groups = _episode_batch()
+    out = stage_two_loss(logp, logp.detach(), mask, rewards, groups, alpha=10.0, beta1=0.01)
+    # rewards [[0,1],[1,1]] → shaped [[0, 11], [1, 1]] → RLOO [[−1, 10], [1, −10]]
+    assert out.returns.tolist() == [[0.0, 11.0], [1.0, 1.0]]
+    assert out.advantages.tolist() == [[-1.0, 10.0], [1.0, -10.0]]
+    seq = torch.stack([logp[:, 1:3].sum(-1), logp[:, 4]], dim=1)
+    assert torch.isclose(out.loss, -(out.advantages * seq).sum() / 2)  # KL zero: policy is the reference
+    out.loss.backward()
+    assert torch.allclose(logp.grad[0, 1:3], torch.tensor([0.5, 0.5]))
+    assert torch.allclose(logp.grad[:, 4], torch.tensor([-5.0, 5.0]))
+
+
+def test_kl_in_reward_uses_k1_and_gives_attempt_one_a_pg_term():
+    logp, ref, anchor, mask, rewards, groups = _episode_batch()
+    out = stage_one_loss(logp, ref, anchor, mask, rewards, groups, beta1=0.01, beta2=0.1, kl_in="reward")
+    k1 = (logp.detach()[:, None, :] - torch.stack([anchor, ref], 1)) * mask
+    expected_returns = torch.tensor([[0.0, 1.0], [0.0, 1.0]]) - torch.tensor([0.1, 0.01]) * k1.sum(-1)
+    assert torch.allclose(out.returns, expected_returns)
+    assert out.advantages[:, 0].abs().sum() > 0        # attempt 1 is steered by its KL cost alone
+
+
+def test_plain_reinforce_and_norm_for_micro_batches():
+    logp, ref, anchor, mask, rewards, groups = _episode_batch()
+    full = stage_two_loss(logp, ref, mask, rewards, groups, alpha=1.0, beta1=0.0, baseline="none")
+    assert full.advantages.tolist() == [[0.0, 2.0], [1.0, 1.0]]
+    halves = [stage_two_loss(logp[i:i + 1], ref[i:i + 1], mask[i:i + 1], rewards[i:i + 1], groups[i:i + 1],
+                             alpha=1.0, beta1=0.0, baseline="none", norm=2).loss for i in range(2)]
+    assert torch.isclose(sum(halves), full.loss)
+
+
+def test_single_turn_uses_attempt_one_only():
+    logp, ref, anchor, mask, rewards, groups = _episode_batch()
+    out = single_turn_loss(logp, logp.detach(), mask[:, :1], rewards[:, :1], groups, beta1=0.05)
+    assert out.advantages.tolist() == [[-1.0], [1.0]]
+    out.loss.backward()
+    assert logp.grad[:, 4].eq(0).all() and logp.grad[:, 1:3].ne(0).all()
+
+
+def test_bad_options():
+    logp, ref, anchor, mask, rewards, groups = _episode_batch()
+    with pytest.raises(ValueError, match="baseline"):
+        stage_two_loss(logp, ref, mask, rewards, groups, alpha=1.0, beta1=0.0, baseline="ppo")
+    with pytest.raises(ValueError, match="kl_in"):
+        stage_two_loss(logp, ref, mask, rewards, groups, alpha=1.0, beta1=0.0, kl_in="both")
+    with pytest.raises(ValueError, match="one entry per attempt"):
+        reinforce_with_kl(logp, ref[:, None].expand(-1, 2, -1), mask, rewards, groups, [True], [0.0, 0.0])
