@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 
 from .errors import ConfigError
 
@@ -50,8 +50,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str, Any],
-                    anchor_state: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str, Any], anchor=None) -> Path:
     """Write ``run_dir/checkpoint-step`` atomically and return its path."""
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
@@ -61,8 +60,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str,
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         torch.save({**state, "rng": rng_state()}, tmp / STATE_FILE)
-        if anchor_state is not None:
-            save_file({k: v.contiguous() for k, v in anchor_state.items()}, str(tmp / ANCHOR_FILE))
+        if anchor is not None:  # save_model handles tied (shared) tensors
+            save_model(anchor, str(tmp / ANCHOR_FILE))
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -93,9 +92,13 @@ def load_state(checkpoint: Path) -> dict[str, Any]:
     return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
 
 
-def load_anchor(checkpoint: Path) -> dict[str, torch.Tensor] | None:
-    path = checkpoint / ANCHOR_FILE
-    return load_file(str(path)) if path.is_file() else None
+def has_anchor(checkpoint: Path) -> bool:
+    return (checkpoint / ANCHOR_FILE).is_file()
+
+
+def load_anchor(checkpoint: Path, model) -> None:
+    """Load the saved Stage I anchor weights into ``model`` (same architecture)."""
+    load_model(model, str(checkpoint / ANCHOR_FILE), strict=True)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, protect: set[Path]) -> None:

@@ -45,7 +45,7 @@ import torch
 from . import metrics
 from .algorithms.policy_gradient import BASELINES, KL_PLACEMENTS
 from .algorithms.score import single_turn_loss, stage_one_loss, stage_two_loss
-from .checkpoint import (latest_checkpoint, list_checkpoints, load_anchor, load_state, prune_checkpoints,
+from .checkpoint import (has_anchor, latest_checkpoint, load_anchor, load_state, prune_checkpoints,
                          save_checkpoint, set_rng_state, write_best)
 from .config import from_dict, load_yaml, to_dict
 from .errors import ConfigError
@@ -432,10 +432,9 @@ class Trainer:
         trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.stream = ProblemStream(len(trainer.task.problems), config.seed, **state["data"])
         trainer.step, trainer.best, trainer.skipped = state["step"], state.get("best"), state.get("skipped", 0)
-        anchor = load_anchor(checkpoint)
-        if anchor is not None:
+        if has_anchor(checkpoint):
             trainer.anchor = _frozen_copy(trainer.reference)
-            trainer.anchor.load_state_dict(anchor, strict=True)
+            load_anchor(checkpoint, trainer.anchor)
         _truncate_log(run_dir / "metrics.jsonl", trainer.step)
         set_rng_state(state["rng"])
         return trainer
@@ -446,7 +445,7 @@ class Trainer:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "data": self.stream.state(), "step": self.step, "best": self.best, "skipped": self.skipped,
                  "phase": self.config.phase(max(self.step - 1, 0))}
-        anchor = None if self.anchor is self.reference else self.anchor.state_dict()
+        anchor = None if self.anchor is self.reference else self.anchor
         path = save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, anchor)
         protect = {self.run_dir / self.best["checkpoint"]} if self.best else set()
         prune_checkpoints(self.run_dir, self.config.keep_last, protect)

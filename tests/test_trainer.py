@@ -1,0 +1,171 @@
+"""Trainer: schedule, data order, exact resume, NaN skip, Ctrl-C checkpoint, config errors (tiny model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selfcorrect.algorithms.policy_gradient import LossOutput
+from selfcorrect.errors import ConfigError
+from selfcorrect.trainer import ProblemStream, TrainConfig, Trainer, micro_batches
+
+
+PARITY_TASK = """
+from selfcorrect.tasks.base import Problem, Task
+
+def make_task(split: str = "train"):
+    # reward 1 when the completion has an even number of characters: varied rewards from a random model
+    return Task(name="parity", problems=[Problem(id=f"{split}{i}", question=f"Say {i}") for i in range(12)],
+                format_prompt=lambda p: p.question, correction_instruction="Try again.",
+                verify=lambda text, p: float(len(text) % 2 == 0), extract_answer=lambda text: text or None)
+"""
+
+
+@pytest.fixture()
+def parity_task(tmp_path):
+    path = tmp_path / "parity_task.py"
+    path.write_text(PARITY_TASK)
+    return f"{path}:make_task"
+
+
+def _config(model_dir, out, task="arithmetic", **overrides) -> TrainConfig:
+    base = dict(model=str(model_dir), task=task, task_options={"n": 12} if task == "arithmetic" else {},
+                out=str(out),
+                iterations=2, stage1_steps=2, stage2_steps=1, problems_per_step=2, samples=2,
+                max_new_tokens=4, eval_limit=2, eval_max_new_tokens=3, micro_batch_problems=1,
+                autocast="none", report_to=["none"], log_samples_every=1, lr=1e-3)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_schedule_interleaves_stages():
+    c = TrainConfig(iterations=2, stage1_steps=2, stage2_steps=3)
+    assert [c.phase(s) for s in range(c.total_steps)] == [
+        (1, 1), (1, 1), (1, 2), (1, 2), (1, 2), (2, 1), (2, 1), (2, 2), (2, 2), (2, 2)]
+    m = TrainConfig(algorithm="multi_turn", iterations=1, stage1_steps=5, stage2_steps=3)
+    assert m.total_steps == 3 and {m.phase(s)[1] for s in range(3)} == {2}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(algorithm="ppo"), "algorithm must be one of"),
+    (dict(samples=1), "rloo' needs samples >= 2"),
+    (dict(attempts=1), "needs attempts >= 2"),
+    (dict(stage1_steps=0, stage2_steps=0), "no steps"),
+    (dict(lr=0.0), "lr must be a positive"),
+    (dict(beta2=-1.0), "beta2 must be a finite number >= 0"),
+    (dict(kl_in="both"), "kl_in must be one of"),
+    (dict(report_to=["mlflow"]), "unknown logger"),
+    (dict(temperature=-0.5), "temperature"),
+])
+def test_bad_config_values(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_problem_stream_covers_each_epoch_and_resumes():
+    stream = ProblemStream(5, seed=1)
+    first = stream.take(5)
+    assert sorted(first) == list(range(5))
+    a = stream.take(3)
+    resumed = ProblemStream(5, seed=1, **stream.state())
+    assert stream.take(4) == resumed.take(4)
+    assert sorted(a + ProblemStream(5, seed=1, epoch=1, position=3).take(2)) == list(range(5))
+
+
+def test_micro_batches_keep_whole_problems(tiny_model_dir, tmp_path):
+    trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "run"))
+    problems = trainer.task.problems[:3]
+    from selfcorrect.rollout import SamplingParams, sample_episodes
+
+    eps = sample_episodes(trainer.backend, trainer.builder, trainer.task, problems, samples=2, attempts=2,
+                          params=SamplingParams(max_new_tokens=3))
+    batches = micro_batches(eps, 2)
+    assert sorted(len(b) for b in batches) == [2, 4]
+    for b in batches:
+        ids = [e.problem.id for e in b]
+        assert all(ids.count(i) == 2 for i in ids)
+
+
+def test_resume_after_interrupt_equals_straight_run(tiny_model_dir, tmp_path, parity_task):
+    """6 steps straight vs 4 steps + Ctrl-C + resume: identical weights (resumed inside iteration 2's Stage I)."""
+    straight = Trainer.create(_config(tiny_model_dir, tmp_path / "a", parity_task))
+    straight.train()
+
+    interrupted = Trainer.create(_config(tiny_model_dir, tmp_path / "b", parity_task))
+
+    def stop(step, row):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train(stop)
+    assert (tmp_path / "b" / "checkpoint-4" / "anchor.safetensors").is_file()  # Stage I anchor of iteration 2
+    resumed = Trainer.resume(tmp_path / "b")
+    assert resumed.step == 4 and resumed.config.phase(resumed.step) == (2, 1)
+    resumed.train()
+
+    a, b = _weights(tmp_path / "a" / "checkpoint-6"), _weights(tmp_path / "b" / "checkpoint-6")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    initial = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert any(not torch.equal(a[k], initial[k]) for k in a)   # training did change the weights
+    rows_a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows_b] == list(range(1, 7))
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+
+
+def test_run_directory_contents_and_metrics(tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer.create(_config(tiny_model_dir, run, iterations=1, stage1_steps=1, stage2_steps=1,
+                                     report_to=["tensorboard"]))
+    trainer.train()
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("stage", "iteration", "loss", "grad_norm", "reward_t1", "reward_t2", "kl_t1", "kl_t2", "delta",
+                "delta_i2c", "delta_c2i", "edit_distance_ratio", "copy_rate", "tokens_per_s",
+                "time_generate_s", "time_train_s"):
+        assert key in row, key
+    assert row["delta"] == pytest.approx(row["delta_i2c"] - row["delta_c2i"])
+    assert (run / "config.yaml").is_file() and (run / "training_curves.png").is_file()
+    assert any((run / "tensorboard").iterdir())
+    assert json.loads((run / "eval" / "metrics.json").read_text())["n"] == 2
+    assert json.loads((run / "best.json").read_text())["checkpoint"] == "checkpoint-2"
+    from selfcorrect.models import load_model
+
+    model = load_model(str(run / "checkpoint-2"), dtype="float32")     # a Hugging Face directory
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in trainer.policy.parameters())
+    with pytest.raises(ConfigError, match="not empty"):
+        Trainer.create(_config(tiny_model_dir, run))
+
+
+def test_non_finite_loss_skips_the_step(tiny_model_dir, tmp_path, monkeypatch):
+    trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "run"))
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+
+    def nan_loss(config, stage, policy, *args, **kwargs):
+        p = next(policy.parameters())
+        nan = (p.sum() * float("nan"))
+        return LossOutput(loss=nan, advantages=torch.zeros(1, 2), kl=torch.zeros(1, 2), returns=torch.zeros(1, 2))
+
+    monkeypatch.setattr("selfcorrect.trainer.step_loss", nan_loss)
+    row = trainer.train_step()
+    assert row["skipped"] and trainer.skipped == 1 and trainer.step == 1
+    after = trainer.policy.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not trainer.optimizer.state            # Adam's moments never saw the bad step
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not a run directory"):
+        Trainer.resume(tmp_path)
+    (tmp_path / "config.yaml").write_text("model: default\n")
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        Trainer.resume(tmp_path)
