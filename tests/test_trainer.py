@@ -169,3 +169,17 @@ def test_resume_errors(tmp_path):
     (tmp_path / "config.yaml").write_text("model: default\n")
     with pytest.raises(ConfigError, match="no complete checkpoint"):
         Trainer.resume(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["demo", "math", "humaneval", "mbpp"])
+def test_shipped_train_configs_are_valid(name):
+    from pathlib import Path
+
+    from selfcorrect.config import from_dict, load_yaml
+
+    path = Path(__file__).resolve().parents[1] / "selfcorrect" / "configs" / f"{name}.yaml"
+    config = from_dict(TrainConfig, load_yaml(path), str(path))
+    assert config.total_steps >= 1
+    if name != "demo":      # the paper's hyperparameters
+        assert config.temperature == 1.0 and config.alpha == 10.0 and config.beta1 == 0.01
+        assert (config.lr, config.beta2) == ((5e-6, 0.1) if name == "math" else (1e-5, 0.25))

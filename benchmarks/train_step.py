@@ -1,0 +1,237 @@
+"""One SCoRe RL step on the default model: time over a bare floor, and memory vs naive full logits.
+
+(a) **Time.**  ``selfcorrect``'s step (:meth:`Trainer.train_step`: rollout of
+8 problems x 4 samples x 2 attempts, reference and policy scoring, Stage II
+loss, Adam step) against a *floor* measured in the same run on the same
+episodes: bare batched ``model.generate`` for both attempts (same prompts,
+same token limit) + one bare no-grad forward + one bare
+forward/backward/optimizer step (plain causal-LM loss).  Target ≤ 1.15x.
+
+(b) **Memory.**  The scoring + loss + backward of the step, once with
+:func:`selfcorrect.logprobs.token_logprobs` (output layer only at attempt
+positions, chunked and checkpointed) and once with full ``[B, T, V]`` logits
+(:func:`selfcorrect.logprobs.full_logits_logprobs`), each in a fresh process;
+peak RSS above the process's resident size after loading.  Target ≤ 0.5x.
+
+(c) **Against TRL.**  Single-turn RL (``algorithm: single_turn``: 8 prompts
+x 4 samples, ≤ 64 new tokens, KL on, bf16 autocast) vs Hugging Face TRL's
+``RLOOTrainer`` on the same model, prompts and reward (8 prompts x 4
+generations, ``max_completion_length`` 64, ``beta`` 0.01, ``bf16``); each in
+a fresh process, the mean of steps after a warm-up step, generated
+(completion) tokens per second.  Target ≥ 2.5x.  Needs ``pip install -e
+.[bench]``; skipped otherwise.
+
+    python benchmarks/train_step.py [--max-new-tokens 64] [--steps 2] [--skip-trl]
+
+Ratios are printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import time
+
+import torch
+
+
+def _trainer(max_new_tokens: int, out: str):
+    from selfcorrect.trainer import TrainConfig, Trainer
+
+    config = TrainConfig(model="default", task="arithmetic", out=out, overwrite=True, report_to=["none"],
+                         iterations=1, stage1_steps=0, stage2_steps=2, problems_per_step=8, samples=4,
+                         temperature=0.7, max_new_tokens=max_new_tokens, micro_batch_problems=8)
+    return Trainer.create(config)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _memory_worker(mode: str, max_new_tokens: int, out: str, queue) -> None:
+    """Peak RSS of scoring + loss + backward for one batch, in a fresh process."""
+    from selfcorrect.algorithms.score import stage_two_loss
+    from selfcorrect.logprobs import full_logits_logprobs, token_logprobs
+    from selfcorrect.rollout import collate, sample_episodes
+
+    torch.manual_seed(0)
+    trainer = _trainer(max_new_tokens, out)
+    c = trainer.config
+    problems = trainer.task.problems[: c.problems_per_step]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        episodes = sample_episodes(trainer.backend, trainer.builder, trainer.task, problems, samples=c.samples,
+                                   attempts=2, params=c.sampling_params())
+    batch = collate(episodes, trainer.tokenizer.pad_token_id)
+    label_mask = batch["attempt_mask"].any(1)
+    rewards = torch.tensor([[a.reward for a in ep.attempts] for ep in episodes])
+    groups = torch.tensor([i // c.samples for i in range(len(episodes))])
+    score = token_logprobs if mode == "selfcorrect" else full_logits_logprobs
+    base = _current_rss_mb()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            ref = score(trainer.reference, batch["input_ids"], batch["attention_mask"], label_mask)
+        logp = score(trainer.policy, batch["input_ids"], batch["attention_mask"], label_mask)
+    out_ = stage_two_loss(logp, ref, batch["attempt_mask"], rewards, groups, alpha=10.0, beta1=0.01)
+    out_.loss.backward()
+    queue.put({"mode": mode, "peak_mb": _rss_mb() - base, "tokens": int(batch["attention_mask"].sum())})
+
+
+def _measure_memory(mode: str, max_new_tokens: int, out: str) -> dict:
+    return _in_process(_memory_worker, mode, max_new_tokens, out)
+
+
+def _floor(trainer, episodes, max_new_tokens: int) -> dict[str, float]:
+    """Bare generate (both attempts, same prompts) + bare no-grad forward + bare fwd/bwd/step."""
+    from selfcorrect.rollout import collate
+
+    model, tok = trainer.policy, trainer.tokenizer
+    times = {}
+    start = time.perf_counter()
+    for k in range(2):
+        contexts = [ep.tokens[: ep.attempts[k].start] for ep in episodes]
+        width = max(len(c) for c in contexts)
+        ids = torch.full((len(contexts), width), tok.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for i, c in enumerate(contexts):
+            ids[i, width - len(c):] = torch.tensor(c)
+            mask[i, width - len(c):] = 1
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7,
+                           max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+    times["generate"] = time.perf_counter() - start
+    batch = collate(episodes, tok.pad_token_id)
+    start = time.perf_counter()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        trainer.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    times["forward"] = time.perf_counter() - start
+    labels = batch["input_ids"].masked_fill(~batch["attempt_mask"].any(1), -100)
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+    loss.backward()
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    times["train"] = time.perf_counter() - start
+    return times
+
+
+def _ours_single_turn_worker(steps: int, out: str, queue) -> None:
+    from selfcorrect.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    config = TrainConfig(model="default", task="arithmetic", out=out, overwrite=True, report_to=["none"],
+                         algorithm="single_turn", iterations=1, stage1_steps=0, stage2_steps=steps + 1,
+                         problems_per_step=8, samples=4, temperature=1.0, max_new_tokens=64,
+                         micro_batch_problems=8, beta1=0.01)
+    trainer = Trainer.create(config)
+    trainer.train_step()                                    # warm-up
+    seconds, tokens = 0.0, 0
+    for _ in range(steps):
+        start = time.perf_counter()
+        row = trainer.train_step()
+        seconds += time.perf_counter() - start
+        tokens += row["generated_tokens"]
+    queue.put({"seconds_per_step": seconds / steps, "tokens_per_s": tokens / seconds, "peak_rss_mb": _rss_mb()})
+
+
+def _trl_worker(steps: int, out: str, queue) -> None:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import RLOOConfig, RLOOTrainer
+
+    from selfcorrect.models import load_model, load_tokenizer
+    from selfcorrect.tasks import load_task
+
+    torch.manual_seed(0)
+    task = load_task("arithmetic", split="train")
+    problems = task.problems[: 8 * (steps + 1)]
+    by_prompt = {task.first_prompt(p): p for p in problems}
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q in by_prompt])
+    counted = {"tokens": 0}
+
+    def reward(prompts, completions, completion_ids, **kwargs):
+        counted["tokens"] += sum(len(ids) for ids in completion_ids)
+        return [task.reward(c[-1]["content"], by_prompt[p[-1]["content"]]) for p, c in zip(prompts, completions)]
+
+    marks: list[tuple[float, int]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append((time.perf_counter(), counted["tokens"]))
+
+    args = RLOOConfig(output_dir=out, per_device_train_batch_size=32, num_generations=4, max_completion_length=64,
+                      beta=0.01, bf16=True, use_cpu=True, max_steps=steps + 1, logging_steps=1, report_to=[],
+                      save_strategy="no", temperature=1.0, learning_rate=1e-5, shuffle_dataset=False,
+                      dataloader_num_workers=0)
+    trainer = RLOOTrainer(model=load_model("default", dtype="float32"), reward_funcs=reward, args=args,
+                          train_dataset=dataset, processing_class=load_tokenizer("default"),
+                          callbacks=[Clock()])
+    trainer.train()
+    (t0, n0), (t1, n1) = marks[0], marks[-1]
+    queue.put({"seconds_per_step": (t1 - t0) / (len(marks) - 1), "tokens_per_s": (n1 - n0) / (t1 - t0),
+               "peak_rss_mb": _rss_mb()})
+
+
+def _in_process(target, *args) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--out", default="runs/bench-train-step")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps for the TRL comparison (after 1 warm-up)")
+    parser.add_argument("--skip-trl", action="store_true")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    trainer = _trainer(args.max_new_tokens, args.out)
+    trainer.train_step()                      # warm-up (allocator, kernels); not timed
+    start = time.perf_counter()
+    row = trainer.train_step()
+    ours = time.perf_counter() - start
+    floor = _floor(trainer, trainer._last_episodes, args.max_new_tokens)
+    floor_total = sum(floor.values())
+    print(f"selfcorrect step : {ours:6.1f} s (generate {row['time_generate_s']:.1f} s, "
+          f"score+loss+update {row['time_train_s']:.1f} s, {row['generated_tokens']} tokens)")
+    print(f"floor            : {floor_total:6.1f} s (generate {floor['generate']:.1f} s, no-grad forward "
+          f"{floor['forward']:.1f} s, forward/backward/step {floor['train']:.1f} s)")
+
+    mem = {mode: _measure_memory(mode, args.max_new_tokens, args.out + f"-{mode}")
+           for mode in ("selfcorrect", "full_logits")}
+    for mode, m in mem.items():
+        print(f"peak memory {mode:<12}: {m['peak_mb']:8.0f} MB above the loaded model ({m['tokens']} tokens)")
+    trl = None
+    if not args.skip_trl:
+        try:
+            import trl  # noqa: F401
+        except ImportError:
+            print("TRL comparison skipped: pip install -e '.[bench]'")
+        else:
+            single = _in_process(_ours_single_turn_worker, args.steps, args.out + "-single")
+            trl = _in_process(_trl_worker, args.steps, args.out + "-trl")
+            for name, r in (("selfcorrect single-turn", single), ("TRL RLOOTrainer", trl)):
+                print(f"{name:<24}: {r['seconds_per_step']:6.1f} s/step  {r['tokens_per_s']:6.1f} tokens/s  "
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB")
+    print(f"ratio time   (step / floor)            : {ours / floor_total:.2f}x  (target <= 1.15)")
+    print(f"ratio memory (selfcorrect / full logits): "
+          f"{mem['selfcorrect']['peak_mb'] / mem['full_logits']['peak_mb']:.2f}x  (target <= 0.5)")
+    if trl is not None:
+        print(f"ratio tokens/s (selfcorrect / TRL RLOO) : {single['tokens_per_s'] / trl['tokens_per_s']:.2f}x  "
+              "(target >= 2.5)")
+
+
+if __name__ == "__main__":
+    main()
