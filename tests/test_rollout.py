@@ -110,6 +110,33 @@ def test_backend_greedy_matches_hf_generate_with_mixed_lengths(tiny_model):
     assert gens[0].ids[-1] == stop and not gens[0].truncated and len(gens[0].ids) <= 3
 
 
+def test_shared_prefix_cache_gives_the_same_tokens(tiny_model):
+    """Prompts sharing a long prefix: one prefix pass + repeated KV cache must not change greedy outputs."""
+    model, tok = tiny_model
+    prefix = tok("You are a careful assistant. Solve the problem below and answer.", add_special_tokens=False)["input_ids"]
+    prompts = [prefix + tok(t, add_special_tokens=False)["input_ids"] for t in ["2+2", "what is 13 + 29 exactly", "7"]]
+    prompts.append(list(prefix))                       # a prompt that *is* the shared prefix
+    eos = tok.eos_token_id
+    backend = TransformersBackend(model, tok, batch_size=8)
+    calls = []
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape)
+        return original(*args, **kwargs)
+
+    model.forward = spy
+    try:
+        gens = backend.generate(prompts, SamplingParams(max_new_tokens=6))
+    finally:
+        del model.forward
+    assert calls[0] == (1, len(prefix) - 1)            # the shared prefix ran once, at batch size 1
+    for prompt, gen in zip(prompts, gens):
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=eos,
+                             eos_token_id=eos)[0, len(prompt):].tolist()
+        assert gen.ids == ref[: len(gen.ids)] and len(gen.ids) == len(ref[: ref.index(eos) + 1] if eos in ref else ref)
+
+
 def test_sampling_is_reproducible_and_top_k_1_is_greedy(tiny_model):
     model, tok = tiny_model
     backend = TransformersBackend(model, tok, batch_size=4)

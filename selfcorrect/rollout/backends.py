@@ -75,7 +75,9 @@ class TransformersBackend:
     its tokens.  This loop removes finished rows from the batch (and their KV
     cache) at every step, so compute follows the tokens actually sampled.
     Logits are computed for the last position only (``logits_to_keep=1``),
-    never for the whole prompt.
+    never for the whole prompt.  The prefix all prompts of a batch share
+    (chat-template system turn, instruction, a problem's samples) is encoded
+    once and its KV cache repeated (see :meth:`_prefill`).
 
     Prompts are sorted by length before batching so each batch pads little
     (for attempt 2 this also groups similar attempt-1 lengths), and results
@@ -83,12 +85,16 @@ class TransformersBackend:
     (temperature, top-k, top-p) on the global torch generator.
     """
 
+    min_shared_prefix = 8
+    """Shared prompt prefixes shorter than this are not worth a separate pass."""
+
     def __init__(self, model, tokenizer, batch_size: int = 64, eos_token_ids: set[int] | None = None):
         from .episodes import end_of_turn_ids
 
         if batch_size < 1:
             raise ConfigError(f"generation batch size must be >= 1, got {batch_size}")
         self.model = model
+        self._cache_kwarg = _cache_argument(model)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.eos_token_ids = eos_token_ids or end_of_turn_ids(tokenizer, getattr(model, "generation_config", None))
@@ -128,26 +134,54 @@ class TransformersBackend:
             self.model.train(was_training)
         return results  # type: ignore[return-value]
 
+    def _prefill(self, prompts: Sequence[Sequence[int]], device: torch.device):
+        """Run the prompts through the model; return (last-position logits, cache, attention mask, positions).
+
+        The longest prefix shared by every prompt (system prompt, instruction,
+        the problem for all samples of one problem, ...) is computed once at
+        batch size 1 and its KV cache repeated across the batch; each row's
+        remainder follows it, left-padded so all remainders end in the last
+        column.  Row layout: ``[shared prefix][pads][remainder]`` (pads masked
+        out, positions counting real tokens only).  Greedy outputs are the same
+        as without sharing.
+        """
+        b = len(prompts)
+        shared = _common_prefix_length(prompts) if b > 1 else 0
+        shared = min(shared, min(len(p) for p in prompts) - 1)     # every row keeps >= 1 token to score
+        if shared < self.min_shared_prefix:
+            shared = 0
+        cache_kwarg = self._cache_kwarg
+        cache = None
+        if shared:
+            prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
+            out = self.model(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None],
+                             use_cache=True, logits_to_keep=1)
+            cache = getattr(out, cache_kwarg)
+            cache.batch_repeat_interleave(b)
+        rest = [list(p[shared:]) for p in prompts]
+        width = max(len(r) for r in rest)
+        input_ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
+        rest_mask = torch.zeros((b, width), dtype=torch.long)
+        for row, tokens in enumerate(rest):  # left padding: every remainder ends at the last column
+            input_ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
+            rest_mask[row, width - len(tokens):] = 1
+        input_ids, rest_mask = input_ids.to(device), rest_mask.to(device)
+        attention_mask = torch.cat([rest_mask.new_ones((b, shared)), rest_mask], dim=-1)
+        # Positions count real tokens only, so a padded row sees the same positions as an unpadded one.
+        position_ids = shared + (rest_mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs = {cache_kwarg: cache} if cache is not None else {}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=True, logits_to_keep=1, **kwargs)
+        return out.logits[:, -1, :].float(), getattr(out, cache_kwarg), attention_mask, position_ids[:, -1:]
+
     def _generate_batch(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
         device = next(self.model.parameters()).device
         warpers = None if params.greedy else self._warpers(params)
         eos = torch.tensor(sorted(self.eos_token_ids), device=device)
-        b, width = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((b, width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):  # left padding: every prompt ends at column width-1
-            input_ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-            attention_mask[row, width - len(prompt):] = 1
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        # Positions count real tokens only, so a left-padded row sees the same positions as unpadded.
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-        cache_kwarg = _cache_argument(self.model)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=True, logits_to_keep=1)
-        cache = getattr(out, cache_kwarg)
-        logits = out.logits[:, -1, :].float()                 # [b_active, V]
-        next_position = position_ids[:, -1:] + 1              # [b_active, 1]
+        b = len(prompts)
+        cache_kwarg = self._cache_kwarg
+        logits, cache, attention_mask, last_position = self._prefill(prompts, device)   # [b, V], cache, [b, L], [b, 1]
+        next_position = last_position + 1                     # [b_active, 1]
         active = torch.arange(b, device=device)               # original row of each live row
         sampled: list[list[int]] = [[] for _ in range(b)]
         finished = [False] * b
@@ -169,7 +203,7 @@ class TransformersBackend:
             if keep.numel() == 0:
                 break
             if keep.numel() < active.numel():                 # drop finished rows everywhere
-                _select_rows(cache, keep)
+                cache.batch_select_indices(keep)
                 active, tokens = active[keep], tokens[keep]
                 attention_mask, next_position = attention_mask[keep], next_position[keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((active.numel(), 1))], dim=-1)
@@ -188,12 +222,11 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _select_rows(cache, keep: torch.Tensor) -> None:
-    """Keep only the batch rows ``keep`` of a transformers KV cache (in place)."""
-    if hasattr(cache, "layers"):
-        for layer in cache.layers:
-            layer.batch_select_indices(keep)
-    elif hasattr(cache, "batch_select_indices"):
-        cache.batch_select_indices(keep)
-    else:  # pragma: no cover - legacy tuple caches are gone from transformers >= 4.56
-        raise TypeError(f"cannot drop rows from a cache of type {type(cache).__name__}")
+def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    first = sequences[0]
+    n = min(len(s) for s in sequences)
+    for i in range(n):
+        tok = first[i]
+        if any(s[i] != tok for s in sequences):
+            return i
+    return n
