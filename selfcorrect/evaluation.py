@@ -46,8 +46,8 @@ class EvalConfig:
     """Split to evaluate, given to the task as its ``split`` option when it has one (tasks without splits ignore it)."""
     limit: int | None = None
     """Evaluate only the first N problems of the task (None = all)."""
-    samples: int = 1
-    """Samples (episodes) per problem."""
+    samples: int = field(default=1, metadata={"aliases": ("--n",)})
+    """Samples (episodes) per problem (``--n``, as vLLM's ``n``)."""
     attempts: int = 2
     """Attempts per episode, K >= 1 (attempt k > 1 follows the self-correction instruction)."""
     temperature: float = 0.0

@@ -131,8 +131,8 @@ class TrainConfig:
     """Parameter dtype of the trained model (float32 keeps Adam exact; bfloat16 halves memory)."""
     autocast: str = "bf16"
     """Mixed precision for forward passes and generation: bf16 or none."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (less memory, more time)."""
+    gradient_checkpointing: bool = True
+    """Recompute each layer's activations in the backward pass: several times less activation memory for some extra compute (see benchmarks/train_step.py)."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     seed: int = 0

@@ -183,3 +183,26 @@ def test_shipped_train_configs_are_valid(name):
     if name != "demo":      # the paper's hyperparameters
         assert config.temperature == 1.0 and config.alpha == 10.0 and config.beta1 == 0.01
         assert (config.lr, config.beta2) == ((5e-6, 0.1) if name == "math" else (1e-5, 0.25))
+
+
+def test_cli_train_resume_and_errors(tiny_model_dir, tmp_path, parity_task, capsys):
+    from selfcorrect.cli import main
+
+    run = tmp_path / "cli-run"
+    args = ["train", "--model", str(tiny_model_dir), "--task", parity_task, "--out", str(run),
+            "--stage1-steps", "1", "--stage2-steps", "1", "--problems-per-step", "2", "--samples", "2",
+            "--max-new-tokens", "3", "--eval-limit", "2", "--eval-max-new-tokens", "2", "--report-to", "none",
+            "--autocast", "none"]
+    assert main(args) == 0
+    assert (run / "checkpoint-2" / "config.json").is_file()
+    assert main(["train", "--resume", str(run)]) == 0           # already complete: nothing to redo
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    for bad, message in [(["--lr", "-1"], "lr must be a positive"), (["--algorithm", "star"], "algorithm"),
+                         (["--samples", "1"], "samples >= 2"), (["--stage1-steps", "x"], "expected an integer")]:
+        assert main(args[:-2] + ["--out", str(tmp_path / "never")] + bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("selfcorrect: error:") and message in err[0], err
+        assert not (tmp_path / "never").exists()
+    assert main(args) == 2                                      # refuses to overwrite a run directory
+    assert "not empty" in capsys.readouterr().err
