@@ -16,7 +16,7 @@ logits, :func:`selfcorrect.logprobs.full_logits_logprobs`, no checkpointing);
 also full logits *with* checkpointed layers, to isolate the logits' share.
 Target ≤ 0.5x.
 
-(c) **Against TRL.**  Single-turn RL (``algorithm: single_turn``: 8 prompts
+(c) **Against TRL.**  Single-turn RL (``method: single-turn``: 8 prompts
 x 4 samples, ≤ 64 new tokens, KL on, bf16 autocast) vs Hugging Face TRL's
 ``RLOOTrainer`` on the same model, prompts and reward (8 prompts x 4
 generations, ``max_completion_length`` 64, ``beta`` 0.01, ``bf16``); each in
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import time
 
 import torch
@@ -49,13 +48,28 @@ def _trainer(max_new_tokens: int, out: str, gradient_checkpointing: bool = True)
     return Trainer.create(config)
 
 
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in MB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> float:
+    """Reset the peak-RSS mark (VmHWM) to the current RSS and return it.
+
+    ``getrusage``'s ``ru_maxrss`` would not do: Linux carries it over from the
+    parent into spawned children, so every child would report the parent's peak.
+    """
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    return _status_mb("VmRSS")
+
+
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _current_rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+    return _status_mb("VmHWM")
 
 
 def _memory_worker(mode: str, checkpointing: bool, max_new_tokens: int, out: str, queue) -> None:
@@ -76,7 +90,7 @@ def _memory_worker(mode: str, checkpointing: bool, max_new_tokens: int, out: str
     rewards = torch.tensor([[a.reward for a in ep.attempts] for ep in episodes])
     groups = torch.tensor([i // c.samples for i in range(len(episodes))])
     score = token_logprobs if mode == "selfcorrect" else full_logits_logprobs
-    base = _current_rss_mb()
+    base = _reset_peak()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with torch.no_grad():
             ref = score(trainer.reference, batch["input_ids"], batch["attention_mask"], label_mask)
@@ -130,10 +144,11 @@ def _ours_single_turn_worker(steps: int, out: str, queue) -> None:
 
     torch.manual_seed(0)
     config = TrainConfig(model="default", task="arithmetic", out=out, overwrite=True, report_to=["none"],
-                         algorithm="single_turn", iterations=1, stage1_steps=0, stage2_steps=steps + 1,
+                         method="single-turn", iterations=1, stage1_steps=0, stage2_steps=steps + 1,
                          problems_per_step=8, samples=4, temperature=1.0, max_new_tokens=64,
                          micro_batch_problems=8, beta1=0.01)
     trainer = Trainer.create(config)
+    _reset_peak()
     trainer.train_step()                                    # warm-up
     seconds, tokens = 0.0, 0
     for _ in range(steps):
@@ -176,6 +191,7 @@ def _trl_worker(steps: int, out: str, queue) -> None:
     trainer = RLOOTrainer(model=load_model("default", dtype="float32"), reward_funcs=reward, args=args,
                           train_dataset=dataset, processing_class=load_tokenizer("default"),
                           callbacks=[Clock()])
+    _reset_peak()
     trainer.train()
     (t0, n0), (t1, n1) = marks[0], marks[-1]
     queue.put({"seconds_per_step": (t1 - t0) / (len(marks) - 1), "tokens_per_s": (n1 - n0) / (t1 - t0),
@@ -197,33 +213,40 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", default="runs/bench-train-step")
     parser.add_argument("--steps", type=int, default=2, help="timed steps for the TRL comparison (after 1 warm-up)")
-    parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--parts", default="time,memory,trl", help="which of time, memory, trl to run")
     args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",")}
+    ratios = []
 
-    torch.manual_seed(0)
-    trainer = _trainer(args.max_new_tokens, args.out)
-    trainer.train_step()                      # warm-up (allocator, kernels); not timed
-    start = time.perf_counter()
-    row = trainer.train_step()
-    ours = time.perf_counter() - start
-    floor = _floor(trainer, trainer._last_episodes, args.max_new_tokens)
-    floor_total = sum(floor.values())
-    print(f"selfcorrect step : {ours:6.1f} s (generate {row['time_generate_s']:.1f} s, "
-          f"score+loss+update {row['time_train_s']:.1f} s, {row['generated_tokens']} tokens)")
-    print(f"floor            : {floor_total:6.1f} s (generate {floor['generate']:.1f} s, no-grad forward "
-          f"{floor['forward']:.1f} s, forward/backward/step {floor['train']:.1f} s)")
+    if "time" in parts:
+        torch.manual_seed(0)
+        trainer = _trainer(args.max_new_tokens, args.out)
+        trainer.train_step()                      # warm-up (allocator, kernels); not timed
+        start = time.perf_counter()
+        row = trainer.train_step()
+        ours = time.perf_counter() - start
+        floor = _floor(trainer, trainer._last_episodes, args.max_new_tokens)
+        floor_total = sum(floor.values())
+        del trainer
+        print(f"selfcorrect step : {ours:6.1f} s (generate {row['time_generate_s']:.1f} s, "
+              f"score+loss+update {row['time_train_s']:.1f} s, {row['generated_tokens']} tokens)")
+        print(f"floor            : {floor_total:6.1f} s (generate {floor['generate']:.1f} s, no-grad forward "
+              f"{floor['forward']:.1f} s, forward/backward/step {floor['train']:.1f} s)")
+        ratios.append(f"ratio time   (step / floor)                  : {ours / floor_total:.2f}x  (target <= 1.15)")
 
-    del trainer
-    mem = {}
-    for mode, checkpointing, label in (("selfcorrect", True, "selfcorrect (default: checkpointed layers)"),
-                                       ("full_logits", False, "naive full logits"),
-                                       ("full_logits", True, "full logits + checkpointed layers")):
-        mem[label] = _measure_memory(mode, checkpointing, args.max_new_tokens, args.out + "-mem")
-        print(f"peak memory {label:<42}: {mem[label]['peak_mb']:7.0f} MB above the loaded model "
-              f"({mem[label]['tokens']} tokens)")
-    ours, naive, same = (mem[k]["peak_mb"] for k in mem)
-    trl = None
-    if not args.skip_trl:
+    if "memory" in parts:
+        mem = {}
+        for mode, checkpointing, label in (("selfcorrect", True, "selfcorrect (default: checkpointed layers)"),
+                                           ("full_logits", False, "naive full logits"),
+                                           ("full_logits", True, "full logits + checkpointed layers")):
+            mem[label] = _measure_memory(mode, checkpointing, args.max_new_tokens, args.out + "-mem")
+            print(f"peak memory {label:<42}: {mem[label]['peak_mb']:7.0f} MB above the loaded model "
+                  f"({mem[label]['tokens']} tokens)")
+        mem_ours, mem_naive, mem_same = (mem[k]["peak_mb"] for k in mem)
+        ratios.append(f"ratio memory (selfcorrect / naive full logits): {mem_ours / mem_naive:.2f}x  "
+                      f"(target <= 0.5); logits alone (both checkpointed): {mem_ours / mem_same:.2f}x")
+
+    if "trl" in parts:
         try:
             import trl  # noqa: F401
         except ImportError:
@@ -233,13 +256,11 @@ def main() -> None:
             trl = _in_process(_trl_worker, args.steps, args.out + "-trl")
             for name, r in (("selfcorrect single-turn", single), ("TRL RLOOTrainer", trl)):
                 print(f"{name:<24}: {r['seconds_per_step']:6.1f} s/step  {r['tokens_per_s']:6.1f} tokens/s  "
-                      f"peak RSS {r['peak_rss_mb']:.0f} MB")
-    print(f"ratio time   (step / floor)            : {ours / floor_total:.2f}x  (target <= 1.15)")
-    print(f"ratio memory (selfcorrect / naive full logits): {ours / naive:.2f}x  (target <= 0.5); "
-          f"logits alone (both checkpointed): {ours / same:.2f}x")
-    if trl is not None:
-        print(f"ratio tokens/s (selfcorrect / TRL RLOO) : {single['tokens_per_s'] / trl['tokens_per_s']:.2f}x  "
-              "(target >= 2.5)")
+                      f"peak RSS while training {r['peak_rss_mb']:.0f} MB")
+            ratios.append(f"ratio tokens/s (selfcorrect / TRL RLOO)       : "
+                          f"{single['tokens_per_s'] / trl['tokens_per_s']:.2f}x  (target >= 2.5)")
+    for line in ratios:
+        print(line)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import __version__
 from .config import add_arguments, build_config
-from .errors import SelfCorrectError
+from .errors import ConfigError, SelfCorrectError
 
 EXIT_USAGE = 2
 
@@ -100,14 +100,14 @@ def _live_train(trainer, console) -> dict[str, Any]:
     config = trainer.config
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console) as progress:
-        bar = progress.add_task(f"{config.algorithm}", total=config.total_steps, completed=trainer.step, stats="")
+        bar = progress.add_task(f"{config.method}", total=config.total_steps, completed=trainer.step, stats="")
 
         def on_step(step: int, row: dict[str, Any]) -> None:
             rewards = " ".join(f"r{k[-1]}={row[k]:.2f}" for k in row if k.startswith("reward_t"))
             extra = f" Δ={row['delta']:+.2f} copy={row['copy_rate']:.2f}" if "delta" in row else ""
             skipped = " [red]skipped (non-finite)[/]" if row.get("skipped") else ""
             progress.update(bar, completed=step,
-                            description=f"{config.algorithm} it{row['iteration']} stage {row['stage']}",
+                            description=f"{config.method} it{row['iteration']} stage {row['stage']}",
                             stats=f"{rewards}{extra} loss={row['loss']:.3f}{skipped}")
 
         return trainer.train(on_step)
@@ -126,7 +126,7 @@ def _run_training(config, console, compare_base: bool) -> int:
         write_eval_outputs(trainer.run_dir / "eval-base", base, episodes, "base model")
         summaries["base (prompting only)"] = base
     result = _live_train(trainer, console)
-    summaries[f"{config.algorithm} ({trainer.step} steps)"] = result["final_eval"]
+    summaries[f"{config.method} ({trainer.step} steps)"] = result["final_eval"]
     console.print(rich_table(summaries, title=f"held-out {config.task}, greedy, n={config.eval_limit}"))
     if compare_base:
         (trainer.run_dir / "comparison.md").write_text(
@@ -148,13 +148,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _run_training(config, console, compare_base=args.compare_base)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import run_compare
+    from .metrics import format_table
+    from .trainer import TrainConfig
+
+    config = build_config(TrainConfig, {**vars(args), "overwrite": True}, args.config)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    console = _console()
+    out = Path(getattr(args, "out", None) or "runs/compare")   # --out: the comparison directory
+
+    def on_run(method: str, seed: int, what: str) -> None:
+        console.print(f"[bold]{method}[/] seed {seed}: {what}")
+
+    table = run_compare(config, methods, seeds, out, train=lambda trainer: _live_train(trainer, console),
+                        on_run=on_run)
+    console.print((out / "table.md").read_text())
+    console.print(f"wrote {out.resolve()} (table.md, table.json, edit_ratio.png, training_curves.png, delta.png)")
+    return 0 if table else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The default job: SCoRe on the embedded model and arithmetic, then base vs trained on held-out problems."""
     from .trainer import TrainConfig
 
     config = build_config(TrainConfig, {"out": args.out, "overwrite": True}, args.config)
     console = _console()
-    console.print(f"[bold]selfcorrect demo[/]: {config.algorithm} on {config.model} / {config.task}, "
+    console.print(f"[bold]selfcorrect demo[/]: {config.method} on {config.model} / {config.task}, "
                   f"{config.total_steps} steps, then greedy eval on {config.eval_limit} held-out problems")
     return _run_training(config, console, compare_base=True)
 
@@ -203,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-base", action="store_true", help="also evaluate the base model first and compare")
     add_arguments(p, TrainConfig)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="train several methods x seeds and write the paper-style comparison",
+                       description="Train each --methods x --seeds run (resumable), evaluate all on the same "
+                                   "held-out problems, write table.md/json and plots to --out.")
+    p.add_argument("--config", metavar="FILE", help="YAML file with TrainConfig fields shared by every run")
+    p.add_argument("--methods", default="score,stage2-only,no-shaping,single-turn,star,pair-sft,prompting",
+                   help="comma-separated methods (default: %(default)s)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
+    add_arguments(p, TrainConfig, skip=("method", "seed", "overwrite"))
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="SCoRe on the embedded model, then base vs trained (what `make demo` runs)")
     p.add_argument("--config", metavar="FILE", default=str(_configs_dir() / "demo.yaml"))

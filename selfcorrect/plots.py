@@ -272,3 +272,54 @@ def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathL
     if steps:
         fig.suptitle(f"{title} ({len(steps)} steps; dotted lines: stage changes)")
     return _save(fig, path)
+
+
+def plot_method_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike[str],
+                       title: str = "Training reward per method") -> str:
+    """Training reward at attempt 1 (dashed) and attempt 2 (solid) against step, one colour per method.
+
+    ``curves`` maps a method to ``{"step": [...], "reward_t1": [...], "reward_t2": [...]}``.
+    """
+    fig = _figure(7.0, 4.5)
+    ax = fig.add_subplot()
+    for idx, (name, c) in enumerate(curves.items()):
+        color = f"C{idx % 10}"
+        if "reward_t1" in c:
+            ax.plot(c["step"], c["reward_t1"], color=color, linestyle="--", alpha=0.8)
+        if "reward_t2" in c and not all(math.isnan(v) for v in c["reward_t2"]):
+            ax.plot(c["step"], c["reward_t2"], color=color, label=name)
+        else:
+            ax.plot([], [], color=color, label=f"{name} (t1 only)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training reward")
+    ax.set_title(f"{title} (dashed: attempt 1, solid: attempt 2)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_delta_bars(summaries: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str],
+                    title: str = "Self-correction gain Δ(t1, t2) per method") -> str:
+    """Bar chart of Δ(t1, t2) (percentage points) per method with 95% CI error bars."""
+    names = list(summaries)
+    deltas = [100.0 * (summaries[n].get("delta") or 0.0) for n in names]
+    lower, upper = [], []
+    for name, d in zip(names, deltas):
+        ci = (summaries[name].get("ci95") or {}).get("delta")
+        if ci is None or None in ci:
+            lower.append(0.0)
+            upper.append(0.0)
+        else:
+            lower.append(max(0.0, d - 100.0 * ci[0]))
+            upper.append(max(0.0, 100.0 * ci[1] - d))
+    fig = _figure(max(5.0, 1.1 * len(names) + 2.0), 4.0)
+    ax = fig.add_subplot()
+    xs = list(range(len(names)))
+    ax.bar(xs, deltas, yerr=[lower, upper], capsize=5, color=[f"C{i % 10}" for i in xs], alpha=0.85)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(xs, names, rotation=20, ha="right")
+    ax.set_ylabel("Δ(t1, t2) (points)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

@@ -1,4 +1,4 @@
-"""``selfcorrect train``: SCoRe (Stage I → Stage II, repeated) and the on-policy RL baselines.
+"""``selfcorrect train``: SCoRe (Stage I → Stage II, repeated), its ablations and the paper's baselines.
 
 One training step::
 
@@ -7,13 +7,25 @@ One training step::
              ──forward (policy, grad; reference/anchor, no grad)──▶ token log-probs [B, T]
              ──objective (Stage I | Stage II | single-turn)──▶ loss ──backward──▶ Adam step
 
-The schedule is ``iterations`` × (``stage1_steps`` of Stage I, then
-``stage2_steps`` of Stage II).  ``algorithm`` picks what runs:
+``method`` picks what runs (:meth:`TrainConfig.schedule` lists its phases).
+Every method spends the same *sample budget* — the number of episodes SCoRe
+generates, ``iterations × (stage1_steps + stage2_steps) × problems_per_step ×
+samples`` — so comparisons are fair:
 
-* ``score``       — SCoRe as above;
-* ``multi_turn``  — Stage II only from the base model (the paper's "w/o Stage I"
-  ablation; with ``alpha: 0`` also "w/o reward shaping");
-* ``single_turn`` — RL on attempt 1 only (K = 1 during training).
+* ``score``       — ``iterations`` × (``stage1_steps`` of Stage I, then ``stage2_steps`` of Stage II);
+* ``no-shaping``  — the same with α = 0 (the paper's "w/o reward shaping");
+* ``stage2-only`` — Stage II for all ``stage1_steps + stage2_steps`` steps of each
+  iteration (multi-turn RL "w/o Stage I");
+* ``single-turn`` — RL on attempt 1 only for the same number of steps (K = 1
+  while training, K attempts at evaluation);
+* ``star``        — ``star_rounds`` rounds of: sample K-attempt traces from the
+  current model (budget / rounds episodes), keep wrong → right (``D``; ``D+``
+  adds right → right), ``sft_steps`` of SFT on attempt 2;
+* ``pair-sft``    — one round: budget first attempts of the base model, pair a
+  wrong with a right answer per problem (``D+``: also right with right), ``sft_steps`` of SFT;
+* ``star-stage2`` — per iteration, Stage I RL as in SCoRe, then one STaR round
+  with the Stage II budget instead of RL;
+* ``prompting``   — no training (the base model's own self-correction).
 
 **KL anchors.**  The β1 terms are always anchored to the *initial* model
 π_ref (frozen).  The β2 term of Stage I pins attempt 1 to the model at the
@@ -45,6 +57,7 @@ import torch
 from . import metrics
 from .algorithms.policy_gradient import BASELINES, KL_PLACEMENTS
 from .algorithms.score import single_turn_loss, stage_one_loss, stage_two_loss
+from .algorithms.sft import KEEP, pair_episodes, sft_loss, star_filter
 from .checkpoint import (has_anchor, latest_checkpoint, load_anchor, load_state, prune_checkpoints,
                          save_checkpoint, set_rng_state, write_best)
 from .config import from_dict, load_yaml, to_dict
@@ -52,7 +65,27 @@ from .errors import ConfigError
 from .logprobs import token_logprobs
 from .rollout import ConversationBuilder, Episode, SamplingParams, TransformersBackend, collate, sample_episodes
 
-ALGORITHMS = ("score", "multi_turn", "single_turn")
+METHODS = ("score", "stage2-only", "no-shaping", "single-turn", "star", "pair-sft", "star-stage2", "prompting")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A contiguous block of optimizer steps of one kind."""
+
+    kind: str
+    """``rl`` (sample → reward → policy gradient each step) or ``sft`` (collect once, then supervised steps)."""
+    iteration: int
+    """1-based iteration of the method's schedule."""
+    stage: int
+    """1 = Stage I (attempt 1 pinned), 2 = everything else."""
+    steps: int
+    """Optimizer steps in this phase."""
+    objective: str = ""
+    """RL phases: ``stage1``, ``stage2`` or ``single``."""
+    collect: str = ""
+    """SFT phases: ``star`` (filter the current model's K-attempt traces) or ``pair`` (base-model pairs)."""
+    collect_episodes: int = 0
+    """SFT phases: episodes generated to build the dataset (its share of the sample budget)."""
 OPTIMIZERS = ("adam", "adamw")
 
 
@@ -74,15 +107,15 @@ class TrainConfig:
     out: str = "runs/train"
     """Run directory: config, metrics.jsonl, TensorBoard logs, samples, checkpoints, plots."""
 
-    # ---- algorithm and schedule
-    algorithm: str = "score"
-    """score (Stage I → II, repeated), multi_turn (Stage II only), or single_turn (attempt 1 only)."""
+    # ---- method and schedule
+    method: str = "score"
+    """score, stage2-only, no-shaping, single-turn, star, pair-sft, star-stage2 or prompting (docs/training.md)."""
     iterations: int = 1
     """How many times the Stage I → Stage II pair runs (the stages are interleaved)."""
     stage1_steps: int = 10
-    """Optimizer steps of Stage I per iteration (ignored by multi_turn / single_turn)."""
+    """Optimizer steps of Stage I per iteration."""
     stage2_steps: int = 10
-    """Optimizer steps of Stage II per iteration (the RL steps of multi_turn / single_turn)."""
+    """Optimizer steps of Stage II per iteration."""
     alpha: float = 10.0
     """Reward-shaping weight α in r̂2 = r2 + α·(r2 − r1) (paper: 10)."""
     beta1: float = 0.01
@@ -93,6 +126,14 @@ class TrainConfig:
     """Policy-gradient baseline: rloo (leave one out over a problem's samples) or none (plain REINFORCE)."""
     kl_in: str = "loss"
     """Where the KL goes: loss (per-token k3, differentiated directly) or reward (sequence k1 in the returns, RLOO-style)."""
+    star_rounds: int = 3
+    """STaR: rounds of sample → filter → fine-tune (the sample budget is split evenly over them)."""
+    sft_steps: int = 8
+    """Supervised steps per STaR round, per star-stage2 iteration, and for Pair-SFT."""
+    sft_keep: str = "D"
+    """Which traces the SFT baselines keep: D (wrong → right) or D+ (also right → right)."""
+    sft_batch_episodes: int = 32
+    """Episodes per supervised step (the dataset is cycled in a seeded order)."""
 
     # ---- rollouts
     problems_per_step: int = 8
@@ -161,26 +202,28 @@ class TrainConfig:
             if not cond:
                 raise ConfigError(msg)
 
-        need(self.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        need(self.sft_keep in KEEP, f"sft_keep must be one of {', '.join(KEEP)}, got {self.sft_keep!r}")
         need(self.baseline in BASELINES, f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         need(self.kl_in in KL_PLACEMENTS, f"kl_in must be one of {', '.join(KL_PLACEMENTS)}, got {self.kl_in!r}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.autocast in ("bf16", "none"), f"autocast must be bf16 or none, got {self.autocast!r}")
         for name in ("iterations", "problems_per_step", "samples", "attempts", "micro_batch_problems",
-                     "generation_batch_size", "logprob_chunk", "eval_limit", "eval_max_new_tokens"):
+                     "generation_batch_size", "logprob_chunk", "eval_limit", "eval_max_new_tokens", "star_rounds",
+                     "sft_batch_episodes"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("stage1_steps", "stage2_steps", "warmup_steps", "eval_every", "save_every", "keep_last",
-                     "log_samples_every"):
+                     "log_samples_every", "sft_steps"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("alpha", "beta1", "beta2", "weight_decay", "max_grad_norm"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
                  f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
-        need(self.total_steps >= 1, "the schedule has no steps: set stage1_steps/stage2_steps")
+        need(self.total_steps >= 1 or self.method == "prompting",
+             "the schedule has no steps: set stage1_steps/stage2_steps (and sft_steps for SFT methods)")
         need(self.baseline != "rloo" or self.samples >= 2,
              "baseline 'rloo' needs samples >= 2 per problem (or use baseline: none)")
-        need(self.algorithm == "single_turn" or self.attempts >= 2,
-             f"algorithm {self.algorithm!r} needs attempts >= 2")
+        need(self.attempts >= 2, f"attempts must be >= 2 (a self-correction episode), got {self.attempts}")
         unknown = set(self.report_to) - {"tensorboard", "wandb", "none"}
         need(not unknown, f"report_to: unknown logger(s) {sorted(unknown)}; choose tensorboard, wandb or none")
         self.sampling_params()
@@ -190,18 +233,50 @@ class TrainConfig:
                               max_new_tokens=self.max_new_tokens)
 
     @property
-    def steps_per_iteration(self) -> int:
-        return (self.stage1_steps if self.algorithm == "score" else 0) + self.stage2_steps
+    def episode_budget(self) -> int:
+        """Episodes SCoRe generates with these settings; every method spends this many."""
+        return self.iterations * (self.stage1_steps + self.stage2_steps) * self.problems_per_step * self.samples
+
+    def schedule(self) -> list[Phase]:
+        """The method's phases in order (see the module docstring)."""
+        per_iteration = self.stage1_steps + self.stage2_steps
+        phases: list[Phase] = []
+        for it in range(1, self.iterations + 1):
+            if self.method in ("score", "no-shaping", "star-stage2") and self.stage1_steps:
+                phases.append(Phase("rl", it, 1, self.stage1_steps, objective="stage1"))
+            if self.method in ("score", "no-shaping") and self.stage2_steps:
+                phases.append(Phase("rl", it, 2, self.stage2_steps, objective="stage2"))
+            elif self.method == "stage2-only" and per_iteration:
+                phases.append(Phase("rl", it, 2, per_iteration, objective="stage2"))
+            elif self.method == "single-turn" and per_iteration:
+                phases.append(Phase("rl", it, 2, per_iteration, objective="single"))
+            elif self.method == "star-stage2" and self.stage2_steps:
+                phases.append(Phase("sft", it, 2, self.sft_steps, collect="star",
+                                    collect_episodes=self.stage2_steps * self.problems_per_step * self.samples))
+        if self.method == "star":
+            share = self.episode_budget // self.star_rounds
+            phases = [Phase("sft", r, 2, self.sft_steps, collect="star", collect_episodes=share)
+                      for r in range(1, self.star_rounds + 1)]
+        elif self.method == "pair-sft":
+            phases = [Phase("sft", 1, 2, self.sft_steps, collect="pair", collect_episodes=self.episode_budget)]
+        return [p for p in phases if p.steps > 0]
 
     @property
     def total_steps(self) -> int:
-        return self.iterations * self.steps_per_iteration
+        return sum(p.steps for p in self.schedule())
+
+    def phase_at(self, step: int) -> tuple[int, Phase, int]:
+        """(phase index, phase, step within the phase) of a 0-based step."""
+        for index, phase in enumerate(self.schedule()):
+            if step < phase.steps:
+                return index, phase, step
+            step -= phase.steps
+        raise IndexError("step beyond the end of the schedule")
 
     def phase(self, step: int) -> tuple[int, int]:
-        """(iteration, stage) of a 0-based step; stage is 1 or 2."""
-        iteration, within = divmod(step, self.steps_per_iteration)
-        stage1 = self.stage1_steps if self.algorithm == "score" else 0
-        return iteration + 1, 1 if within < stage1 else 2
+        """(iteration, stage) of a 0-based step."""
+        _, phase, _ = self.phase_at(step)
+        return phase.iteration, phase.stage
 
 
 # --------------------------------------------------------------------------- #
@@ -254,10 +329,10 @@ def micro_batches(episodes: Sequence[Episode], per_batch: int) -> list[list[Epis
     return [[ep for g in groups[i:i + per_batch] for ep in g] for i in range(0, len(groups), per_batch)]
 
 
-def step_loss(config: TrainConfig, stage: int, policy, reference, anchor, batch: list[Episode], pad_id: int,
+def step_loss(config: TrainConfig, objective: str, policy, reference, anchor, batch: list[Episode], pad_id: int,
               norm: int, device: torch.device):
-    """Forward passes and the stage's objective for one micro-batch; returns the LossOutput."""
-    k = 1 if config.algorithm == "single_turn" else config.attempts
+    """Forward passes and the objective (stage1 | stage2 | single) for one micro-batch; returns the LossOutput."""
+    k = 1 if objective == "single" else config.attempts
     tensors = collate(batch, pad_token_id=pad_id, num_attempts=k)
     input_ids = tensors["input_ids"].to(device)                   # [B, T]
     attention_mask = tensors["attention_mask"].to(device)         # [B, T]
@@ -269,19 +344,30 @@ def step_loss(config: TrainConfig, stage: int, policy, reference, anchor, batch:
 
     with torch.no_grad(), _autocast(config, device):
         ref_logp = token_logprobs(reference, input_ids, attention_mask, label_mask, config.logprob_chunk)
-        anchor_logp = ref_logp if anchor is reference or stage == 2 else \
+        anchor_logp = ref_logp if anchor is reference or objective != "stage1" else \
             token_logprobs(anchor, input_ids, attention_mask, label_mask, config.logprob_chunk)
     with _autocast(config, device):
         logp = token_logprobs(policy, input_ids, attention_mask, label_mask, config.logprob_chunk)
 
     common = dict(baseline=config.baseline, kl_in=config.kl_in, norm=norm)
-    if config.algorithm == "single_turn":
+    if objective == "single":
         return single_turn_loss(logp, ref_logp, attempt_mask, rewards, groups, beta1=config.beta1, **common)
-    if stage == 1:
+    if objective == "stage1":
         return stage_one_loss(logp, ref_logp, anchor_logp, attempt_mask, rewards, groups,
                               beta1=config.beta1, beta2=config.beta2, **common)
-    return stage_two_loss(logp, ref_logp, attempt_mask, rewards, groups, alpha=config.alpha,
-                          beta1=config.beta1, **common)
+    alpha = 0.0 if config.method == "no-shaping" else config.alpha
+    return stage_two_loss(logp, ref_logp, attempt_mask, rewards, groups, alpha=alpha, beta1=config.beta1, **common)
+
+
+def sft_step_loss(config: TrainConfig, policy, batch: list[Episode], pad_id: int, norm: int,
+                  device: torch.device) -> torch.Tensor:
+    """Supervised loss on attempt 2 of each episode (STaR / Pair-SFT) for one micro-batch."""
+    tensors = collate(batch, pad_token_id=pad_id, num_attempts=2)
+    attempt_mask = tensors["attempt_mask"].to(device)             # [B, 2, T]
+    with _autocast(config, device):
+        logp = token_logprobs(policy, tensors["input_ids"].to(device), tensors["attention_mask"].to(device),
+                              attempt_mask[:, 1], config.logprob_chunk)
+    return sft_loss(logp, attempt_mask, trained=[False, True], norm=norm)
 
 
 def batch_metrics(episodes: Sequence[Episode], kl: torch.Tensor) -> dict[str, float]:
@@ -388,7 +474,9 @@ class Trainer:
         if checkpoint is not None:                        # resume: the policy continues from the checkpoint
             self.policy = load_model(str(checkpoint), dtype=config.dtype, device=self.device)
         if config.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
+            enable = getattr(self.policy, "activation_checkpointing_enable", None) or \
+                self.policy.gradient_checkpointing_enable              # renamed in transformers 5.x
+            enable()
         self.policy.config.use_cache = True
         self.policy.train()
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -444,7 +532,8 @@ class Trainer:
     def save(self) -> Path:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "data": self.stream.state(), "step": self.step, "best": self.best, "skipped": self.skipped,
-                 "phase": self.config.phase(max(self.step - 1, 0))}
+                 "phase": self.config.phase(self.step - 1) if self.step else None,
+                 "sft_index": getattr(self, "_sft_index", None)}
         anchor = None if self.anchor is self.reference else self.anchor
         path = save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, anchor)
         protect = {self.run_dir / self.best["checkpoint"]} if self.best else set()
@@ -454,62 +543,137 @@ class Trainer:
     # ---- one step
 
     def train_step(self) -> dict[str, Any]:
-        config = self.config
-        iteration, stage = config.phase(self.step)
-        self._update_anchor(iteration, stage)
-        problems = [self.task.problems[i] for i in self.stream.take(config.problems_per_step)]
+        """One optimizer step of the current phase; returns its log row."""
+        index, phase, offset = self.config.phase_at(self.step)
+        if phase.kind == "rl":
+            self._update_anchor(phase, offset)
+            row = self._rl_step(phase)
+        else:
+            row = self._sft_step(index, phase, offset)
+        return {"iteration": phase.iteration, "stage": phase.stage, "phase": phase.objective or phase.collect,
+                **row}
 
-        started = time.perf_counter()
-        attempts = 1 if config.algorithm == "single_turn" else config.attempts
-        with _autocast(config, self.device):
-            episodes = sample_episodes(self.backend, self.builder, self.task, problems, samples=config.samples,
-                                       attempts=attempts, params=config.sampling_params())
-        generated = time.perf_counter()
-
-        norm = len(episodes)
-        losses, kls = [], []
-        for batch in micro_batches(episodes, config.micro_batch_problems):
-            out = step_loss(config, stage, self.policy, self.reference, self.anchor, batch,
-                            self.tokenizer.pad_token_id, norm, self.device)
-            if torch.isfinite(out.loss):
-                out.loss.backward()
-            else:
-                losses.append(float("nan"))
-                break
-            losses.append(float(out.loss.detach()))
-            kls.append(out.kl.cpu())
-        trained = time.perf_counter()
-
+    def _optimizer_step(self, losses: list[float]) -> tuple[float, float, bool]:
+        """Clip, check for non-finite values, step (or skip); returns (loss, grad norm, skipped)."""
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm if config.max_grad_norm else float("inf"))
-        loss = float(sum(losses))
+        limit = self.config.max_grad_norm if self.config.max_grad_norm else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, limit) if any(p.grad is not None for p in params) \
+            else torch.tensor(0.0)
+        loss = float(sum(losses)) if losses else float("nan")
         skipped = not (math.isfinite(loss) and torch.isfinite(grad_norm))
-        if skipped:                       # never let a NaN/inf touch the weights or Adam's moments
+        if skipped:                       # never let a NaN/inf (or an empty dataset) touch weights or Adam
             self.skipped += 1
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
+        return loss, float(grad_norm), skipped
+
+    def _rollout(self, problems, attempts: int) -> list[Episode]:
+        with _autocast(self.config, self.device):
+            return sample_episodes(self.backend, self.builder, self.task, problems, samples=self.config.samples,
+                                   attempts=attempts, params=self.config.sampling_params())
+
+    def _rl_step(self, phase: Phase) -> dict[str, Any]:
+        config = self.config
+        problems = [self.task.problems[i] for i in self.stream.take(config.problems_per_step)]
+        started = time.perf_counter()
+        attempts = 1 if phase.objective == "single" else config.attempts
+        episodes = self._rollout(problems, attempts)
+        generated = time.perf_counter()
+
+        losses, kls, ordered = [], [], []
+        for batch in micro_batches(episodes, config.micro_batch_problems):
+            out = step_loss(config, phase.objective, self.policy, self.reference, self.anchor, batch,
+                            self.tokenizer.pad_token_id, len(episodes), self.device)
+            if not torch.isfinite(out.loss):
+                losses.append(float("nan"))
+                break
+            out.loss.backward()
+            losses.append(float(out.loss.detach()))
+            kls.append(out.kl.cpu())
+            ordered.extend(batch)
+        trained = time.perf_counter()
+        loss, grad_norm, skipped = self._optimizer_step(losses)
 
         tokens = sum(len(a.ids) for ep in episodes for a in ep.attempts)
-        order = {id(ep): i for i, ep in enumerate(episodes)}
         kl = torch.cat(kls) if kls else torch.full((len(episodes), attempts), float("nan"))
-        ordered = sorted(episodes, key=lambda ep: order[id(ep)])
-        row = {"iteration": iteration, "stage": stage, "loss": loss, "grad_norm": float(grad_norm),
-               "skipped": skipped, "lr": self.scheduler.get_last_lr()[0],
-               **batch_metrics([ep for b in micro_batches(ordered, config.micro_batch_problems) for ep in b], kl),
-               "generated_tokens": tokens, "tokens_per_s": tokens / max(trained - started, 1e-9),
-               "time_generate_s": generated - started, "time_train_s": trained - generated}
         self._last_episodes = episodes
+        return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self.scheduler.get_last_lr()[0],
+                **batch_metrics(ordered or episodes, kl), "generated_tokens": tokens,
+                "tokens_per_s": tokens / max(trained - started, 1e-9),
+                "time_generate_s": generated - started, "time_train_s": trained - generated}
+
+    # ---- supervised baselines
+
+    def _sft_path(self, index: int) -> Path:
+        return self.run_dir / "sft" / f"phase-{index}.pt"
+
+    def _collect(self, index: int, phase: Phase) -> dict[str, Any]:
+        """Build (or reload, on resume) the SFT dataset of a phase; returns the stored record."""
+        path = self._sft_path(index)
+        if path.is_file():      # resumed: reuse the dataset and the data position it was built at
+            record = torch.load(path, map_location="cpu", weights_only=False)
+            self.stream = ProblemStream(len(self.task.problems), self.config.seed, **record["stream"])
+            return record
+        config = self.config
+        count = max(1, math.ceil(phase.collect_episodes / config.samples))
+        problems = [self.task.problems[i] for i in self.stream.take(count)]
+        if phase.collect == "star":        # the current model's own K-attempt traces, filtered
+            traces = self._rollout(problems, config.attempts)
+            dataset = star_filter(traces, config.sft_keep)
+            stats = batch_metrics(traces, torch.full((len(traces), config.attempts), float("nan")))
+        else:                              # Pair-SFT: independent first attempts of the (base) model
+            firsts = self._rollout(problems, 1)
+            prompts = {p.id: self.task.first_prompt(p) for p in problems}
+            dataset = pair_episodes(self.builder, firsts, prompts, config.sft_keep)
+            traces = firsts
+            stats = {"reward_t1": float(np.mean([ep.attempts[0].reward for ep in firsts]))}
+        record = {"episodes": dataset, "collected": len(traces), "stats": stats, "stream": self.stream.state()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(record, tmp)
+        tmp.replace(path)
+        self._last_episodes = traces
+        return record
+
+    def _sft_step(self, index: int, phase: Phase, offset: int) -> dict[str, Any]:
+        config = self.config
+        started = time.perf_counter()
+        fresh = offset == 0 and not self._sft_path(index).is_file()
+        if getattr(self, "_sft_index", None) != index:
+            self._sft_record, self._sft_index = self._collect(index, phase), index
+        record = self._sft_record
+        dataset: list[Episode] = record["episodes"]
+        generated = time.perf_counter()
+        losses: list[float] = []
+        if dataset:
+            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(
+                config.seed * 7919 + index * 104729 + (offset * config.sft_batch_episodes) // len(dataset)))
+            start = (offset * config.sft_batch_episodes) % len(dataset)
+            picks = [dataset[int(order[(start + i) % len(dataset)])] for i in range(config.sft_batch_episodes)]
+            norm = sum(len(ep.attempts[1].ids) for ep in picks)
+            for lo in range(0, len(picks), config.micro_batch_problems * config.samples):
+                loss = sft_step_loss(config, self.policy, picks[lo: lo + config.micro_batch_problems * config.samples],
+                                     self.tokenizer.pad_token_id, norm, self.device)
+                if not torch.isfinite(loss):
+                    losses.append(float("nan"))
+                    break
+                loss.backward()
+                losses.append(float(loss.detach()))
+        trained = time.perf_counter()
+        loss, grad_norm, skipped = self._optimizer_step(losses)
+        row = {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self.scheduler.get_last_lr()[0],
+               "sft_dataset": len(dataset), "sft_collected": record["collected"],
+               "time_generate_s": generated - started, "time_train_s": trained - generated}
+        if fresh:
+            row.update(record["stats"])
         return row
 
-    def _update_anchor(self, iteration: int, stage: int) -> None:
-        """At the first step of Stage I in iteration ≥ 2, freeze the current policy as attempt 1's anchor."""
-        config = self.config
-        if config.algorithm != "score" or stage != 1 or iteration == 1:
-            return
-        if (self.step % config.steps_per_iteration) == 0:
+    def _update_anchor(self, phase: Phase, offset: int) -> None:
+        """At the first step of a Stage I in iteration ≥ 2, freeze the current policy as attempt 1's anchor."""
+        if phase.stage == 1 and phase.iteration > 1 and offset == 0:
             self.anchor = _frozen_copy(self.policy)
 
     # ---- evaluation
@@ -559,12 +723,12 @@ class Trainer:
             self.save()
             logger.close()
             raise
-        final = self.save()
+        final = self.save() if self.step else None          # `prompting` trains nothing: no checkpoint
         summary, episodes = self.evaluate()
         self._maybe_best(summary, final)
         from .evaluation import write_eval_outputs
 
-        write_eval_outputs(self.run_dir / "eval", summary, episodes, f"{config.algorithm} after {self.step} steps",
+        write_eval_outputs(self.run_dir / "eval", summary, episodes, f"{config.method} after {self.step} steps",
                            {"step": self.step, "skipped_steps": self.skipped})
         logger.close()
         _plot_curves(self.run_dir)
@@ -574,7 +738,7 @@ class Trainer:
         from .evaluation import episode_record
 
         with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as fh:
-            for ep in self._last_episodes[:count]:
+            for ep in getattr(self, "_last_episodes", [])[:count]:
                 fh.write(json.dumps({"step": self.step, **episode_record(ep)}, ensure_ascii=False) + "\n")
 
 
@@ -589,6 +753,7 @@ def _truncate_log(path: Path, step: int) -> None:
 def _plot_curves(run_dir: Path) -> None:
     from .plots import plot_training_curves
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    log = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
     if rows:
         plot_training_curves(rows, run_dir / "training_curves.png")

@@ -49,14 +49,14 @@ def test_schedule_interleaves_stages():
     c = TrainConfig(iterations=2, stage1_steps=2, stage2_steps=3)
     assert [c.phase(s) for s in range(c.total_steps)] == [
         (1, 1), (1, 1), (1, 2), (1, 2), (1, 2), (2, 1), (2, 1), (2, 2), (2, 2), (2, 2)]
-    m = TrainConfig(algorithm="multi_turn", iterations=1, stage1_steps=5, stage2_steps=3)
-    assert m.total_steps == 3 and {m.phase(s)[1] for s in range(3)} == {2}
+    m = TrainConfig(method="stage2-only", iterations=1, stage1_steps=5, stage2_steps=3)
+    assert m.total_steps == 8 and {m.phase(s)[1] for s in range(8)} == {2}   # same budget, all Stage II
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(algorithm="ppo"), "algorithm must be one of"),
+    (dict(method="ppo"), "method must be one of"),
     (dict(samples=1), "rloo' needs samples >= 2"),
-    (dict(attempts=1), "needs attempts >= 2"),
+    (dict(attempts=1), "attempts must be >= 2"),
     (dict(stage1_steps=0, stage2_steps=0), "no steps"),
     (dict(lr=0.0), "lr must be a positive"),
     (dict(beta2=-1.0), "beta2 must be a finite number >= 0"),
@@ -198,7 +198,7 @@ def test_cli_train_resume_and_errors(tiny_model_dir, tmp_path, parity_task, caps
     assert main(["train", "--resume", str(run)]) == 0           # already complete: nothing to redo
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     capsys.readouterr()
-    for bad, message in [(["--lr", "-1"], "lr must be a positive"), (["--algorithm", "star"], "algorithm"),
+    for bad, message in [(["--lr", "-1"], "lr must be a positive"), (["--method", "star2"], "method"),
                          (["--samples", "1"], "samples >= 2"), (["--stage1-steps", "x"], "expected an integer")]:
         assert main(args[:-2] + ["--out", str(tmp_path / "never")] + bad) == 2
         err = capsys.readouterr().err.strip().splitlines()

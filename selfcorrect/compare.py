@@ -1,0 +1,138 @@
+"""``selfcorrect compare``: train several methods × seeds, evaluate them on the same problems, tabulate.
+
+Layout of ``--out DIR``::
+
+    DIR/<method>/seed-<s>/     a normal run directory (train + final eval in eval/)
+    DIR/table.md, table.json   the paper's table: one row per method, episodes of all
+                               seeds pooled, 95% CIs by a cluster bootstrap over problems
+                               (Wilson for proportions when there is one seed)
+    DIR/edit_ratio.png         edit-distance-ratio histograms per method (paper Fig. 4/5)
+    DIR/training_curves.png    training reward at attempt 1 and 2 per method
+    DIR/delta.png              Δ(t1, t2) per method with its 95% CI
+
+A run whose ``eval/metrics.json`` exists is finished and skipped; a run with a
+checkpoint is resumed; anything else starts over — so re-running a crashed
+compare continues where it stopped.  Every method evaluates the same
+``eval_limit`` problems of the same held-out split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics, plots
+from .checkpoint import list_checkpoints
+from .errors import ConfigError
+from .evaluation import atomic_write, write_json
+from .trainer import METHODS, TrainConfig, Trainer
+
+
+def run_dir(out: Path, method: str, seed: int) -> Path:
+    return out / method / f"seed-{seed}"
+
+
+def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: Path,
+                train: Callable[[Trainer], Any] | None = None,
+                on_run: Callable[[str, int, str], None] | None = None) -> dict[str, Any]:
+    """Train/evaluate every (method, seed) not finished yet, then write the comparison; returns table.json."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if not methods or not seeds:
+        raise ConfigError("compare needs at least one method and one seed")
+    train = train or (lambda trainer: trainer.train())
+    for method in methods:
+        for seed in seeds:
+            path = run_dir(out, method, seed)
+            if (path / "eval" / "metrics.json").is_file():
+                if on_run:
+                    on_run(method, seed, "finished earlier: skipped")
+                continue
+            if list_checkpoints(path):
+                if on_run:
+                    on_run(method, seed, "resuming")
+                trainer = Trainer.resume(path)
+            else:
+                if on_run:
+                    on_run(method, seed, "training")
+                config = dataclasses.replace(base, method=method, seed=seed, out=str(path), overwrite=True)
+                trainer = Trainer.create(config)
+            train(trainer)
+    return write_comparison(out, methods, seeds)
+
+
+def _load_eval(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path / "eval" / "samples.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def pooled_summary(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """:func:`metrics.summarize` over eval samples of several seeds, clustered by problem id."""
+    return metrics.summarize(
+        rewards=np.array([[a["reward"] for a in r["attempts"]] for r in rows], dtype=float),
+        texts=[[a["text"] for a in r["attempts"]] for r in rows],
+        parsed=[[a["answer"] for a in r["attempts"]] for r in rows],
+        truncated=np.array([[a["truncated"] for a in r["attempts"]] for r in rows], dtype=bool),
+        lengths=np.array([[a["tokens"] for a in r["attempts"]] for r in rows], dtype=float),
+        group_ids=[r["id"] for r in rows],
+        seed=seed,
+    )
+
+
+def _curves(path: Path) -> dict[int, dict[str, float]]:
+    log = path / "metrics.jsonl"
+    if not log.is_file():
+        return {}
+    out = {}
+    for line in log.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[row["step"]] = {k: v for k, v in row.items() if k in ("reward_t1", "reward_t2")}
+    return out
+
+
+def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+    """Pool each method's eval episodes over seeds and write table.md/json and the plots."""
+    summaries: dict[str, dict[str, Any]] = {}
+    table: dict[str, Any] = {"methods": {}, "seeds": list(seeds)}
+    curves: dict[str, dict[str, list[float]]] = {}
+    for method in methods:
+        rows, per_seed = [], []
+        for seed in seeds:
+            seed_rows = _load_eval(run_dir(out, method, seed))
+            rows.extend(seed_rows)
+            r = np.array([[a["reward"] for a in x["attempts"]] for x in seed_rows], dtype=float)
+            per_seed.append({"seed": seed, "accuracy": r.mean(0).tolist()})
+        summary = pooled_summary(rows)
+        summaries[method] = summary
+        keys = ("n", "n_groups", "attempts", "accuracy", "delta", "delta_i2c", "delta_c2i",
+                "edit_distance_ratio", "copy_rate", "parse_rate", "ci95", "ci_method")
+        table["methods"][method] = {**{k: summary.get(k) for k in keys}, "per_seed": per_seed}
+        steps: dict[int, list[dict[str, float]]] = {}
+        for seed in seeds:
+            for step, row in _curves(run_dir(out, method, seed)).items():
+                steps.setdefault(step, []).append(row)
+        if steps:
+            xs = sorted(steps)
+            curves[method] = {"step": xs, **{k: [float(np.mean([r[k] for r in steps[s] if k in r] or [np.nan]))
+                                                 for s in xs] for k in ("reward_t1", "reward_t2")}}
+    write_json(out / "table.json", table)
+    with atomic_write(out / "table.md") as fh:
+        fh.write(f"# Comparison ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: "
+                 f"{', '.join(map(str, seeds))}; held-out problems, greedy)\n\n{metrics.format_table(summaries)}\n")
+    if all(s.get("edit_histogram") for s in summaries.values()):
+        plots.plot_edit_histograms(summaries, out / "edit_ratio.png")
+    if curves:
+        plots.plot_method_curves(curves, out / "training_curves.png")
+    plots.plot_delta_bars(summaries, out / "delta.png")
+    return table

@@ -1,0 +1,159 @@
+"""Baselines and ablations: what each method trains on, budgets, and `compare` end to end (tiny model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from selfcorrect.algorithms.sft import pair_episodes, sft_loss, star_filter
+from selfcorrect.compare import run_compare
+from selfcorrect.rollout import ConversationBuilder
+from selfcorrect.rollout.episodes import Attempt, Episode
+from selfcorrect.tasks.base import Problem
+from selfcorrect.trainer import METHODS, TrainConfig, Trainer
+
+PARITY_TASK = """
+from selfcorrect.tasks.base import Problem, Task
+
+def make_task(split: str = "train"):
+    return Task(name="parity", problems=[Problem(id=f"{split}{i}", question=f"Say {i}") for i in range(12)],
+                format_prompt=lambda p: p.question, correction_instruction="Try again.",
+                verify=lambda text, p: float(len(text) % 2 == 0), extract_answer=lambda text: text or None)
+"""
+
+
+@pytest.fixture()
+def parity_task(tmp_path):
+    path = tmp_path / "parity_task.py"
+    path.write_text(PARITY_TASK)
+    return f"{path}:make_task"
+
+
+def _config(model_dir, out, task, **overrides) -> TrainConfig:
+    base = dict(model=str(model_dir), task=task, out=str(out), iterations=1, stage1_steps=1, stage2_steps=1,
+                problems_per_step=2, samples=2, max_new_tokens=3, eval_limit=2, eval_max_new_tokens=2,
+                micro_batch_problems=1, autocast="none", report_to=["none"], log_samples_every=0, lr=1e-3,
+                star_rounds=2, sft_steps=1, sft_batch_episodes=4, sft_keep="D+")
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def _episode(pid: str, rewards: list[float], ids: list[list[int]] | None = None) -> Episode:
+    ids = ids or [[10 + k] for k in range(len(rewards))]
+    attempts, start = [], 3
+    for k, (r, a) in enumerate(zip(rewards, ids)):
+        attempts.append(Attempt(ids=a, start=start, text=str(a), truncated=False, reward=r, answer=str(a)))
+        start += len(a) + 2
+    return Episode(problem=Problem(id=pid, question=pid), sample=0, tokens=[0] * start, attempts=attempts)
+
+
+def test_star_filter_keeps_exactly_wrong_to_right():
+    eps = [_episode("a", [0, 1]), _episode("b", [1, 1]), _episode("c", [1, 0]), _episode("d", [0, 0]),
+           _episode("e", [0, 1])]
+    assert [e.problem.id for e in star_filter(eps, "D")] == ["a", "e"]
+    assert [e.problem.id for e in star_filter(eps, "D+")] == ["a", "b", "e"]
+    with pytest.raises(ValueError):
+        star_filter(eps, "D++")
+
+
+def test_pair_sft_pairs_wrong_with_right(default_tokenizer):
+    builder = ConversationBuilder(default_tokenizer, "Fix it.")
+    eos = default_tokenizer.eos_token_id
+    a_w1, a_r, a_w2 = _episode("A", [0], [[101, eos]]), _episode("A", [1], [[102, eos]]), _episode("A", [0], [[103, eos]])
+    b_w = _episode("B", [0], [[201, eos]])                           # no right answer: no pair
+    c_r1, c_r2 = _episode("C", [1], [[301, eos]]), _episode("C", [1], [[302, eos]])
+    firsts = [a_w1, a_r, a_w2, b_w, c_r1, c_r2]
+    prompts = {"A": "qa", "B": "qb", "C": "qc"}
+    d = pair_episodes(builder, firsts, prompts, "D")
+    assert [(e.problem.id, e.attempts[0].ids[0], e.attempts[1].ids[0]) for e in d] == [("A", 101, 102), ("A", 103, 102)]
+    assert all(e.attempts[0].reward == 0.0 and e.attempts[1].reward == 1.0 for e in d)
+    d_plus = pair_episodes(builder, firsts, prompts, "D+")
+    assert [(e.problem.id, e.attempts[0].ids[0], e.attempts[1].ids[0]) for e in d_plus] == [
+        ("A", 101, 102), ("A", 103, 102), ("C", 301, 302), ("C", 302, 301)]
+    # the second attempt follows the correction instruction in the token sequence
+    e = d[0]
+    assert e.tokens[e.attempts[1].start:e.attempts[1].end] == [102, eos]
+    assert "Fix it." in default_tokenizer.decode(e.tokens[e.attempts[0].end:e.attempts[1].start])
+
+
+def test_sft_loss_is_attempt_two_token_mean():
+    mask = torch.zeros(1, 2, 6, dtype=torch.bool)
+    mask[0, 0, 1:3] = True
+    mask[0, 1, 4:6] = True
+    logp = torch.log(torch.tensor([[0.9, 0.5, 0.5, 0.9, 0.25, 0.5]])).requires_grad_()
+    loss = sft_loss(logp, mask, trained=[False, True])
+    assert torch.isclose(loss, -(torch.log(torch.tensor(0.25)) + torch.log(torch.tensor(0.5))) / 2)
+    loss.backward()
+    assert logp.grad[0, :4].eq(0).all() and torch.allclose(logp.grad[0, 4:], torch.tensor([-0.5, -0.5]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_spends_the_same_sample_budget(method):
+    c = TrainConfig(method=method, iterations=2, stage1_steps=3, stage2_steps=5, problems_per_step=4, samples=2,
+                    star_rounds=4, sft_steps=7)
+    budget = c.episode_budget
+    assert budget == 2 * 8 * 4 * 2
+    spent = sum(p.steps * c.problems_per_step * c.samples if p.kind == "rl" else p.collect_episodes
+                for p in c.schedule())
+    assert spent == (0 if method == "prompting" else budget)
+    kinds = {p.objective or p.collect for p in c.schedule()}
+    expected = {"score": {"stage1", "stage2"}, "no-shaping": {"stage1", "stage2"}, "stage2-only": {"stage2"},
+                "single-turn": {"single"}, "star": {"star"}, "pair-sft": {"pair"},
+                "star-stage2": {"stage1", "star"}, "prompting": set()}[method]
+    assert kinds == expected
+
+
+def test_star_trains_only_on_filtered_attempt_two(tiny_model_dir, tmp_path, parity_task):
+    trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "star", parity_task, method="star",
+                                     sft_keep="D"))
+    row = trainer.train_step()
+    record = torch.load(tmp_path / "star" / "sft" / "phase-0.pt", weights_only=False)
+    assert row["sft_collected"] == record["collected"] == 4          # budget 8 episodes / 2 rounds
+    assert all(e.attempts[0].reward == 0.0 and e.attempts[1].reward == 1.0 for e in record["episodes"])
+    assert row["sft_dataset"] == len(record["episodes"])
+    assert row["skipped"] == (len(record["episodes"]) == 0)
+
+
+def test_single_turn_and_no_shaping_objectives(tiny_model_dir, tmp_path, parity_task, monkeypatch):
+    trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "single", parity_task, method="single-turn"))
+    trainer.train_step()
+    assert all(len(ep.attempts) == 1 for ep in trainer._last_episodes)   # training touches attempt 1 only
+    seen = {}
+    import selfcorrect.trainer as trainer_module
+
+    original = trainer_module.stage_two_loss
+
+    def spy(*args, **kwargs):
+        seen["alpha"] = kwargs["alpha"]
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "stage_two_loss", spy)
+    no_shaping = Trainer.create(_config(tiny_model_dir, tmp_path / "ns", parity_task, method="no-shaping",
+                                        stage1_steps=0))
+    no_shaping.train_step()
+    assert seen["alpha"] == 0.0
+
+
+def test_compare_end_to_end_and_resumable(tiny_model_dir, tmp_path, parity_task):
+    base = _config(tiny_model_dir, tmp_path / "unused", parity_task)
+    out = tmp_path / "cmp"
+    events = []
+    methods = ["score", "star", "pair-sft", "prompting"]
+    table = run_compare(base, methods, [0, 1], out, on_run=lambda m, s, what: events.append((m, s, what)))
+    assert [e[2] for e in events] == ["training"] * 8
+    assert set(table["methods"]) == set(methods)
+    for m in methods:
+        entry = table["methods"][m]
+        assert entry["n"] == 4 and entry["n_groups"] == 2            # 2 problems x 2 seeds, same problems
+        assert len(entry["per_seed"]) == 2 and "delta" in entry["ci95"]
+    md = (out / "table.md").read_text()
+    assert all(f"| {m} |" in md for m in methods)
+    for png in ("edit_ratio.png", "training_curves.png", "delta.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert not list((out / "prompting" / "seed-0").glob("checkpoint-*"))   # nothing trained, nothing saved
+    events.clear()
+    run_compare(base, methods, [0, 1], out, on_run=lambda m, s, what: events.append((m, s, what)))
+    assert all("skipped" in e[2] for e in events) and len(events) == 8
+    assert json.loads((out / "table.json").read_text())["seeds"] == [0, 1]
