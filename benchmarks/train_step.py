@@ -129,6 +129,9 @@ def _floor(trainer, episodes, max_new_tokens: int) -> dict[str, float]:
         trainer.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     times["forward"] = time.perf_counter() - start
     labels = batch["input_ids"].masked_fill(~batch["attempt_mask"].any(1), -100)
+    checkpointed = getattr(model, "is_gradient_checkpointing", False)
+    if checkpointed:                          # the floor is *bare*: no activation recomputation
+        model.gradient_checkpointing_disable()
     start = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss

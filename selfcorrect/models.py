@@ -137,6 +137,8 @@ def _resolve(spec: str) -> tuple[str | Path, dict]:
             raise SelfCorrectError(f"model file not found: {spec}")
         return path.parent, {"gguf_file": path.name}
     if path.is_dir():
+        if (path / "adapter_config.json").exists():   # a LoRA checkpoint: base + adapter
+            return path, {"adapter": True}
         if not (path / "config.json").exists():
             raise SelfCorrectError(f"model directory {spec} has no config.json (not a Hugging Face model directory)")
         return path, {}
@@ -161,6 +163,7 @@ def load_tokenizer(spec: str = DEFAULT_MODEL, padding_side: str = "left"):
     from transformers import AutoTokenizer
 
     source, extra = _resolve(spec)
+    extra.pop("adapter", None)                       # LoRA checkpoints carry the tokenizer too
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     except (OSError, ValueError) as err:
@@ -182,6 +185,8 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", dev
 
     source, extra = _resolve(spec)
     torch_dtype = resolve_dtype(dtype, device)
+    if extra.pop("adapter", False):
+        return _load_adapter_merged(Path(source), torch_dtype, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **extra)
     except (OSError, ValueError) as err:
@@ -192,6 +197,21 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", dev
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     model.to(device)
+    model.eval()
+    return model
+
+
+def _load_adapter_merged(path: Path, dtype: torch.dtype, device):
+    """A LoRA checkpoint as plain merged weights: its base model (from adapter_config.json) + the adapter."""
+    import json
+
+    from .lora import load_adapter
+
+    base_spec = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_spec:
+        raise SelfCorrectError(f"LoRA checkpoint {path}: adapter_config.json names no base model")
+    base = load_model(str(base_spec), dtype=dtype, device=device)
+    model = load_adapter(base, path, trainable=False).merge_and_unload()
     model.eval()
     return model
 

@@ -63,6 +63,8 @@ from .checkpoint import (has_anchor, latest_checkpoint, load_anchor, load_state,
 from .config import from_dict, load_yaml, to_dict
 from .errors import ConfigError
 from .logprobs import token_logprobs
+from .distributed import DataParallel
+from .lora import apply_lora, base_model_context, export_merged, load_adapter
 from .rollout import ConversationBuilder, Episode, SamplingParams, TransformersBackend, collate, sample_episodes
 
 METHODS = ("score", "stage2-only", "no-shaping", "single-turn", "star", "pair-sft", "star-stage2", "prompting")
@@ -172,6 +174,14 @@ class TrainConfig:
     """Parameter dtype of the trained model (float32 keeps Adam exact; bfloat16 halves memory)."""
     autocast: str = "bf16"
     """Mixed precision for forward passes and generation: bf16 or none."""
+    lora_r: int = 0
+    """LoRA rank (0 = train all weights). With LoRA, π_ref is the base model with the adapter disabled: no second copy."""
+    lora_alpha: float = 16.0
+    """LoRA scaling alpha."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules that get adapters (names like q_proj,v_proj, or all-linear)."""
     gradient_checkpointing: bool = True
     """Recompute each layer's activations in the backward pass: several times less activation memory for some extra compute (see benchmarks/train_step.py)."""
     device: str = "auto"
@@ -219,6 +229,8 @@ class TrainConfig:
             need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
                  f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
+        need(self.lora_r >= 0, f"lora_r must be >= 0 (0 = no LoRA), got {self.lora_r!r}")
+        need(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         need(self.total_steps >= 1 or self.method == "prompting",
              "the schedule has no steps: set stage1_steps/stage2_steps (and sft_steps for SFT methods)")
         need(self.baseline != "rloo" or self.samples >= 2,
@@ -343,7 +355,11 @@ def step_loss(config: TrainConfig, objective: str, policy, reference, anchor, ba
     groups = torch.tensor([ids[ep.problem.id] for ep in batch], device=device)                      # [B]
 
     with torch.no_grad(), _autocast(config, device):
-        ref_logp = token_logprobs(reference, input_ids, attention_mask, label_mask, config.logprob_chunk)
+        if reference is None:          # LoRA: π_ref = the policy with its adapter switched off
+            with base_model_context(policy):
+                ref_logp = token_logprobs(policy, input_ids, attention_mask, label_mask, config.logprob_chunk)
+        else:
+            ref_logp = token_logprobs(reference, input_ids, attention_mask, label_mask, config.logprob_chunk)
         anchor_logp = ref_logp if anchor is reference or objective != "stage1" else \
             token_logprobs(anchor, input_ids, attention_mask, label_mask, config.logprob_chunk)
     with _autocast(config, device):
@@ -463,16 +479,27 @@ class Trainer:
 
         self.config = config
         self.run_dir = run_dir
-        self.device = torch.device(resolve_device(config.device))
+        device = resolve_device(config.device)
+        self.dist = DataParallel(cpu=device == "cpu")    # a world of one unless launched by accelerate/torchrun
+        self.device = self.dist.device if self.dist.world > 1 else torch.device(device)
         torch.manual_seed(config.seed)
         self.task = load_task(config.task, **_task_options(config, config.train_split))
         self.eval_task = load_task(config.task, **_task_options(config, config.eval_split))
         self.tokenizer = load_tokenizer(config.model)
         self.policy = load_model(config.model, dtype=config.dtype, device=self.device)
-        self.reference = _frozen_copy(self.policy)        # π_ref: the initial model, never updated
+        if config.lora_r:
+            # π_ref is the policy with its adapter disabled (lora.base_model_context): no second copy.
+            self.reference = None
+            self.policy = (load_adapter(self.policy, checkpoint, trainable=True) if checkpoint is not None else
+                           apply_lora(self.policy, config.lora_r, config.lora_alpha, config.lora_dropout,
+                                      config.lora_target_modules))
+        else:
+            self.reference = _frozen_copy(self.policy)    # π_ref: the initial model, never updated
+            if checkpoint is not None:                    # resume: the policy continues from the checkpoint
+                self.policy = load_model(str(checkpoint), dtype=config.dtype, device=self.device)
         self.anchor = self.reference                      # Stage I anchor of attempt 1 (see module docstring)
-        if checkpoint is not None:                        # resume: the policy continues from the checkpoint
-            self.policy = load_model(str(checkpoint), dtype=config.dtype, device=self.device)
+        if config.gradient_checkpointing and config.lora_r:
+            self.policy.enable_input_require_grads()     # frozen embeddings: let checkpointed layers get grads
         if config.gradient_checkpointing:
             enable = getattr(self.policy, "activation_checkpointing_enable", None) or \
                 self.policy.gradient_checkpointing_enable              # renamed in transformers 5.x
@@ -502,9 +529,12 @@ class Trainer:
                               "--overwrite true to reuse it, or another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
         trainer = cls(config, run_dir)
-        import yaml
+        trainer.dist.barrier()                            # every process checked the directory before we write
+        if trainer.dist.main:
+            import yaml
 
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        trainer.dist.barrier()
         return trainer
 
     @classmethod
@@ -521,7 +551,7 @@ class Trainer:
         trainer.stream = ProblemStream(len(trainer.task.problems), config.seed, **state["data"])
         trainer.step, trainer.best, trainer.skipped = state["step"], state.get("best"), state.get("skipped", 0)
         if has_anchor(checkpoint):
-            trainer.anchor = _frozen_copy(trainer.reference)
+            trainer.anchor = _frozen_copy(trainer.policy if trainer.reference is None else trainer.reference)
             load_anchor(checkpoint, trainer.anchor)
         _truncate_log(run_dir / "metrics.jsonl", trainer.step)
         set_rng_state(state["rng"])
@@ -535,9 +565,12 @@ class Trainer:
                  "phase": self.config.phase(self.step - 1) if self.step else None,
                  "sft_index": getattr(self, "_sft_index", None)}
         anchor = None if self.anchor is self.reference else self.anchor
-        path = save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, anchor)
-        protect = {self.run_dir / self.best["checkpoint"]} if self.best else set()
-        prune_checkpoints(self.run_dir, self.config.keep_last, protect)
+        path = self.run_dir / f"checkpoint-{self.step}"
+        if self.dist.main:                                # every process holds the same weights
+            save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, anchor)
+            protect = {self.run_dir / self.best["checkpoint"]} if self.best else set()
+            prune_checkpoints(self.run_dir, self.config.keep_last, protect)
+        self.dist.barrier()
         return path
 
     # ---- one step
@@ -554,12 +587,16 @@ class Trainer:
                 **row}
 
     def _optimizer_step(self, losses: list[float]) -> tuple[float, float, bool]:
-        """Clip, check for non-finite values, step (or skip); returns (loss, grad norm, skipped)."""
+        """Sum gradients over processes, clip, check for non-finite values, step (or skip).
+
+        Returns (loss, grad norm, skipped); ``losses`` are this process's micro-batch losses.
+        """
         params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.dist.sum_gradients(params)
         limit = self.config.max_grad_norm if self.config.max_grad_norm else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, limit) if any(p.grad is not None for p in params) \
             else torch.tensor(0.0)
-        loss = float(sum(losses)) if losses else float("nan")
+        loss = self.dist.sum(float(sum(losses)) if losses else float("nan"))
         skipped = not (math.isfinite(loss) and torch.isfinite(grad_norm))
         if skipped:                       # never let a NaN/inf (or an empty dataset) touch weights or Adam
             self.skipped += 1
@@ -571,9 +608,12 @@ class Trainer:
         return loss, float(grad_norm), skipped
 
     def _rollout(self, problems, attempts: int) -> list[Episode]:
+        """This process's share of the problems, rolled out with per-row seeds (batch- and process-invariant)."""
         with _autocast(self.config, self.device):
-            return sample_episodes(self.backend, self.builder, self.task, problems, samples=self.config.samples,
-                                   attempts=attempts, params=self.config.sampling_params())
+            return sample_episodes(self.backend, self.builder, self.task, self.dist.shard(problems),
+                                   samples=self.config.samples, attempts=attempts,
+                                   params=self.config.sampling_params(),
+                                   per_row_seed=self.config.seed * 1_000_003 + self.step)
 
     def _rl_step(self, phase: Phase) -> dict[str, Any]:
         config = self.config
@@ -584,9 +624,10 @@ class Trainer:
         generated = time.perf_counter()
 
         losses, kls, ordered = [], [], []
+        norm = len(problems) * config.samples             # episodes of the whole step, over all processes
         for batch in micro_batches(episodes, config.micro_batch_problems):
             out = step_loss(config, phase.objective, self.policy, self.reference, self.anchor, batch,
-                            self.tokenizer.pad_token_id, len(episodes), self.device)
+                            self.tokenizer.pad_token_id, norm, self.device)
             if not torch.isfinite(out.loss):
                 losses.append(float("nan"))
                 break
@@ -597,11 +638,14 @@ class Trainer:
         trained = time.perf_counter()
         loss, grad_norm, skipped = self._optimizer_step(losses)
 
-        tokens = sum(len(a.ids) for ep in episodes for a in ep.attempts)
         kl = torch.cat(kls) if kls else torch.full((len(episodes), attempts), float("nan"))
-        self._last_episodes = episodes
+        if len(ordered) != len(episodes):                 # a micro-batch failed: keep rows aligned with kl
+            ordered, kl = episodes, torch.full((len(episodes), attempts), float("nan"))
+        ordered, kl = self.dist.gather(ordered), torch.cat(self.dist.gather([kl]))     # the whole step
+        tokens = sum(len(a.ids) for ep in ordered for a in ep.attempts)
+        self._last_episodes = ordered
         return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self.scheduler.get_last_lr()[0],
-                **batch_metrics(ordered or episodes, kl), "generated_tokens": tokens,
+                **batch_metrics(ordered, kl), "generated_tokens": tokens,
                 "tokens_per_s": tokens / max(trained - started, 1e-9),
                 "time_generate_s": generated - started, "time_train_s": trained - generated}
 
@@ -623,18 +667,23 @@ class Trainer:
         if phase.collect == "star":        # the current model's own K-attempt traces, filtered
             traces = self._rollout(problems, config.attempts)
             dataset = star_filter(traces, config.sft_keep)
-            stats = batch_metrics(traces, torch.full((len(traces), config.attempts), float("nan")))
         else:                              # Pair-SFT: independent first attempts of the (base) model
-            firsts = self._rollout(problems, 1)
+            traces = self._rollout(problems, 1)
             prompts = {p.id: self.task.first_prompt(p) for p in problems}
-            dataset = pair_episodes(self.builder, firsts, prompts, config.sft_keep)
-            traces = firsts
-            stats = {"reward_t1": float(np.mean([ep.attempts[0].reward for ep in firsts]))}
+            dataset = pair_episodes(self.builder, traces, prompts, config.sft_keep)
+        # Shards hold whole problems; every process ends up with the whole dataset.
+        traces, dataset = self.dist.gather(traces), self.dist.gather(dataset)
+        if phase.collect == "star":
+            stats = batch_metrics(traces, torch.full((len(traces), config.attempts), float("nan")))
+        else:
+            stats = {"reward_t1": float(np.mean([ep.attempts[0].reward for ep in traces]))}
         record = {"episodes": dataset, "collected": len(traces), "stats": stats, "stream": self.stream.state()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(record, tmp)
-        tmp.replace(path)
+        if self.dist.main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(record, tmp)
+            tmp.replace(path)
+        self.dist.barrier()
         self._last_episodes = traces
         return record
 
@@ -642,6 +691,7 @@ class Trainer:
         config = self.config
         started = time.perf_counter()
         fresh = offset == 0 and not self._sft_path(index).is_file()
+        self.dist.barrier()                               # nobody reads the file before everyone checked it
         if getattr(self, "_sft_index", None) != index:
             self._sft_record, self._sft_index = self._collect(index, phase), index
         record = self._sft_record
@@ -653,7 +703,8 @@ class Trainer:
                 config.seed * 7919 + index * 104729 + (offset * config.sft_batch_episodes) // len(dataset)))
             start = (offset * config.sft_batch_episodes) % len(dataset)
             picks = [dataset[int(order[(start + i) % len(dataset)])] for i in range(config.sft_batch_episodes)]
-            norm = sum(len(ep.attempts[1].ids) for ep in picks)
+            norm = sum(len(ep.attempts[1].ids) for ep in picks)      # trained tokens of the whole step
+            picks = self.dist.shard(picks)
             for lo in range(0, len(picks), config.micro_batch_problems * config.samples):
                 loss = sft_step_loss(config, self.policy, picks[lo: lo + config.micro_batch_problems * config.samples],
                                      self.tokenizer.pad_token_id, norm, self.device)
@@ -698,40 +749,55 @@ class Trainer:
     # ---- the loop
 
     def train(self, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Run the remaining steps; checkpoint periodically, on Ctrl-C and at the end. Returns the last row."""
+        """Run the remaining steps; checkpoint periodically, on Ctrl-C and at the end. Returns the last row.
+
+        In a data-parallel job only the main process logs, evaluates and writes
+        files; the others return ``{"final_eval": None}``.
+        """
         config = self.config
-        logger = RunLogger(self.run_dir, config, resume=self.step > 0)
+        main = self.dist.main
+        logger = RunLogger(self.run_dir, config, resume=self.step > 0) if main else None
         row: dict[str, Any] = {}
         try:
             while self.step < config.total_steps:
                 row = self.train_step()
-                if config.log_samples_every and self.step % config.log_samples_every == 0:
+                if main and config.log_samples_every and self.step % config.log_samples_every == 0:
                     self._log_samples()
                 evaluated = None
                 if config.eval_every and self.step % config.eval_every == 0 and self.step < config.total_steps:
-                    evaluated, _ = self.evaluate()
-                    row.update({f"eval_acc_t{k + 1}": a for k, a in enumerate(evaluated["accuracy"])},
-                               eval_delta=evaluated["delta"])
-                logger.log(self.step, row)
-                if on_step is not None:
-                    on_step(self.step, row)
+                    if main:
+                        evaluated, _ = self.evaluate()
+                        row.update({f"eval_acc_t{k + 1}": a for k, a in enumerate(evaluated["accuracy"])},
+                                   eval_delta=evaluated["delta"])
+                    self.dist.barrier()
+                if main:
+                    logger.log(self.step, row)
+                    if on_step is not None:
+                        on_step(self.step, row)
                 if config.save_every and self.step % config.save_every == 0 and self.step < config.total_steps:
                     path = self.save()
                     if evaluated is not None:
                         self._maybe_best(evaluated, path)
         except KeyboardInterrupt:
             self.save()
-            logger.close()
+            if logger is not None:
+                logger.close()
             raise
         final = self.save() if self.step else None          # `prompting` trains nothing: no checkpoint
+        if not main:
+            self.dist.barrier()                             # wait for the main process's evaluation
+            return {**row, "final_eval": None}
         summary, episodes = self.evaluate()
         self._maybe_best(summary, final)
         from .evaluation import write_eval_outputs
 
         write_eval_outputs(self.run_dir / "eval", summary, episodes, f"{config.method} after {self.step} steps",
                            {"step": self.step, "skipped_steps": self.skipped})
+        if config.lora_r:
+            export_merged(self.policy, self.tokenizer, self.run_dir / "merged")
         logger.close()
         _plot_curves(self.run_dir)
+        self.dist.barrier()
         return {**row, "final_eval": summary}
 
     def _log_samples(self, count: int = 4) -> None:

@@ -198,3 +198,20 @@ def test_bad_attempts_and_samples(tiny_model):
         sample_episodes(backend, builder, task, task.problems, samples=0)
     with pytest.raises(ConfigError, match="batch size"):
         TransformersBackend(model, tok, batch_size=0)
+
+
+def test_per_row_seeds_make_samples_independent_of_batching(tiny_model):
+    """The same (problem, sample, attempt) samples the same tokens alone, in a batch, or in another batch size."""
+    model, tok = tiny_model
+    problems = [Problem(id=f"p{i}", question=f"Say {i} words", answer="x") for i in range(3)]
+    task = _task(problems)
+    builder = ConversationBuilder(tok, task.correction_instruction)
+    hot = SamplingParams(temperature=1.0, max_new_tokens=6)
+    together = sample_episodes(TransformersBackend(model, tok, batch_size=8), builder, task, problems, samples=2,
+                               attempts=2, params=hot, per_row_seed=7)
+    alone = [sample_episodes(TransformersBackend(model, tok, batch_size=1), builder, task, [p], samples=2,
+                             attempts=2, params=hot, per_row_seed=7) for p in problems]
+    assert [a.ids for e in together for a in e.attempts] == [a.ids for es in alone for e in es for a in e.attempts]
+    other = sample_episodes(TransformersBackend(model, tok), builder, task, problems, samples=2, attempts=2,
+                            params=hot, per_row_seed=8)
+    assert [a.ids for e in together for a in e.attempts] != [a.ids for e in other for a in e.attempts]

@@ -62,8 +62,14 @@ class GenerationBackend(Protocol):
     eos_token_ids: set[int]
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
-                 progress: Callable[[int], None] | None = None) -> list[Generation]:
-        """Continue every prompt once; ``progress(n)`` is called as ``n`` more prompts finish."""
+                 progress: Callable[[int], None] | None = None,
+                 seeds: Sequence[int] | None = None) -> list[Generation]:
+        """Continue every prompt once; ``progress(n)`` is called as ``n`` more prompts finish.
+
+        With ``seeds`` (one per prompt), each row samples from its own generator,
+        so a row's continuation does not depend on which other rows share its batch
+        (or its process, in data-parallel training).
+        """
         ...
 
 
@@ -116,7 +122,8 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
-                 progress: Callable[[int], None] | None = None) -> list[Generation]:
+                 progress: Callable[[int], None] | None = None,
+                 seeds: Sequence[int] | None = None) -> list[Generation]:
         if not prompts:
             return []
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -126,7 +133,8 @@ class TransformersBackend:
         try:
             for lo in range(0, len(order), self.batch_size):
                 idx = order[lo: lo + self.batch_size]
-                for i, gen in zip(idx, self._generate_batch([prompts[i] for i in idx], params)):
+                row_seeds = [seeds[i] for i in idx] if seeds is not None else None
+                for i, gen in zip(idx, self._generate_batch([prompts[i] for i in idx], params, row_seeds)):
                     results[i] = gen
                 if progress is not None:
                     progress(len(idx))
@@ -174,8 +182,11 @@ class TransformersBackend:
                          use_cache=True, logits_to_keep=1, **kwargs)
         return out.logits[:, -1, :].float(), getattr(out, cache_kwarg), attention_mask, position_ids[:, -1:]
 
-    def _generate_batch(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+    def _generate_batch(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                        seeds: Sequence[int] | None = None) -> list[Generation]:
         device = next(self.model.parameters()).device
+        generators = None if seeds is None or params.greedy else \
+            [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
         warpers = None if params.greedy else self._warpers(params)
         eos = torch.tensor(sorted(self.eos_token_ids), device=device)
         b = len(prompts)
@@ -190,8 +201,13 @@ class TransformersBackend:
             if warpers is None:
                 tokens = logits.argmax(-1)
             else:
-                scores = warpers(None, logits)
-                tokens = torch.multinomial(torch.softmax(scores, -1), 1).squeeze(-1)
+                probs = torch.softmax(warpers(None, logits), -1)                 # [b_active, V]
+                if generators is None:
+                    tokens = torch.multinomial(probs, 1).squeeze(-1)
+                else:   # exponential race: argmax p_i / E_i with E_i ~ Exp(1) samples i with probability p_i
+                    race = torch.stack([torch.empty(probs.shape[-1], device=device).exponential_(generator=generators[r])
+                                        for r in active.tolist()])
+                    tokens = (probs / race).argmax(-1)
             for row, tok in zip(active.tolist(), tokens.tolist()):
                 sampled[row].append(tok)
             done = torch.isin(tokens, eos)
@@ -219,7 +235,8 @@ def _cache_argument(model) -> str:
     """The forward() keyword of the KV cache: ``cache`` (transformers >= 5.20) or ``past_key_values``."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model   # PEFT wraps forward(**kwargs)
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:

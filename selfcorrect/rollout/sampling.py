@@ -9,6 +9,7 @@ attempt 1 before attempt 2 exists.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -32,11 +33,25 @@ def new_episodes(builder: ConversationBuilder, task: Task, problems: Sequence[Pr
     return episodes
 
 
+def row_seed(base: int, problem_id: str, sample: int, attempt: int) -> int:
+    """A sampling seed for one (problem, sample, attempt), the same in every process and batch."""
+    digest = hashlib.sha256(f"{base}|{problem_id}|{sample}|{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 def extend_episodes(backend: GenerationBackend, builder: ConversationBuilder, task: Task,
-                    episodes: Sequence[Episode], params: SamplingParams, progress: Progress | None = None) -> None:
-    """Generate and score one more attempt for every episode (in place)."""
+                    episodes: Sequence[Episode], params: SamplingParams, progress: Progress | None = None,
+                    seed: int | None = None) -> None:
+    """Generate and score one more attempt for every episode (in place).
+
+    With ``seed``, every row samples from its own generator seeded by
+    :func:`row_seed`, so an episode is the same whatever batch or process it
+    lands in; without it, sampling uses torch's global generator.
+    """
     contexts = [builder.open_next_turn(ep) if ep.attempts else ep.tokens for ep in episodes]
-    generations = backend.generate(contexts, params, progress)
+    seeds = None if seed is None else [row_seed(seed, ep.problem.id, ep.sample, len(ep.attempts))
+                                       for ep in episodes]
+    generations = backend.generate(contexts, params, progress, seeds=seeds)
     attempts = [builder.append_attempt(ep, g.ids, g.truncated) for ep, g in zip(episodes, generations)]
     rewards = task.rewards([a.text for a in attempts], [ep.problem for ep in episodes])
     for attempt, reward in zip(attempts, rewards):
@@ -47,12 +62,15 @@ def extend_episodes(backend: GenerationBackend, builder: ConversationBuilder, ta
 def sample_episodes(backend: GenerationBackend, builder: ConversationBuilder, task: Task,
                     problems: Sequence[Problem], *, samples: int = 1, attempts: int = 2,
                     params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
-                    seed: int | None = None, progress: Progress | None = None) -> list[Episode]:
+                    seed: int | None = None, progress: Progress | None = None,
+                    per_row_seed: int | None = None) -> list[Episode]:
     """Roll out ``samples`` episodes of ``attempts`` attempts for each problem.
 
     ``params`` may be one :class:`SamplingParams` for all attempts or one per
     attempt.  ``seed`` seeds torch's global generator first (sampling is then
-    reproducible for a fixed batch composition).  ``progress(n)`` receives
+    reproducible for a fixed batch composition); ``per_row_seed`` instead gives
+    every (problem, sample, attempt) its own generator (see :func:`extend_episodes`),
+    which makes episodes independent of batching.  ``progress(n)`` receives
     counts of finished generations (``len(problems) * samples * attempts`` in total).
     """
     if not isinstance(attempts, int) or attempts < 1:
@@ -64,5 +82,5 @@ def sample_episodes(backend: GenerationBackend, builder: ConversationBuilder, ta
         torch.manual_seed(seed)
     episodes = new_episodes(builder, task, problems, samples)
     for k in range(attempts):
-        extend_episodes(backend, builder, task, episodes, per_attempt[k], progress)
+        extend_episodes(backend, builder, task, episodes, per_attempt[k], progress, seed=per_row_seed)
     return episodes

@@ -1,0 +1,79 @@
+"""Data-parallel training: each process rolls out its share of a step's problems; gradients are summed.
+
+Launched with ``accelerate launch -m selfcorrect.cli train ...`` (or
+``torchrun``), every process
+
+* draws the *same* problems for a step (same seed, same data stream) and keeps
+  its shard ``problems[rank::world]`` — so RLOO groups (all samples of a
+  problem) never straddle processes;
+* samples with per-(problem, sample, attempt) seeds, so an episode is the same
+  whichever process generates it;
+* normalises its loss by the episodes of the *whole* step and all-reduces
+  (sums) gradients before clipping and the optimizer step — the update equals
+  the single-process update on the same global batch;
+* logs, evaluates and checkpoints on the main process only.
+
+accelerate's :class:`~accelerate.PartialState` sets up the process group
+(gloo on CPU, NCCL on GPUs) from the launcher's environment; a plain
+``selfcorrect train`` is a world of one and nothing here communicates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+class DataParallel:
+    """This process's rank in the job and the few collectives the trainer needs."""
+
+    def __init__(self, cpu: bool):
+        from accelerate import PartialState
+
+        self.state = PartialState(cpu=cpu)
+        self.rank = self.state.process_index
+        self.world = self.state.num_processes
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.state.device
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This process's share: every ``world``-th item starting at ``rank``."""
+        return list(items[self.rank::self.world])
+
+    def sum_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """All-reduce (sum) gradients; a parameter without a gradient contributes zeros."""
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+
+    def sum(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        return float(t.item())
+
+    def gather(self, items: list[Any]) -> list[Any]:
+        """Every process's list, concatenated in rank order (on every process)."""
+        if self.world == 1:
+            return list(items)
+        parts: list[list[Any] | None] = [None] * self.world
+        torch.distributed.all_gather_object(parts, items)
+        return [x for part in parts for x in (part or [])]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()

@@ -1,0 +1,68 @@
+"""LoRA through PEFT: adapters on the policy, the base model (adapter off) as the reference.
+
+With ``lora_r > 0`` the trainer wraps the policy in a PEFT ``LoraConfig``
+adapter and trains only the adapter.  The KL reference π_ref is the *same*
+model with the adapter disabled (``PeftModel.disable_adapter()``), so there is
+no second copy of the weights in memory.  Checkpoints hold the adapter
+(``adapter_config.json`` + ``adapter_model.safetensors``) and the tokenizer;
+:func:`selfcorrect.models.load_model` loads such a directory as base + adapter
+merged, and training ends by exporting merged weights to ``RUN/merged/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from .errors import ConfigError
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _peft():
+    try:
+        import peft
+    except ImportError:
+        raise ConfigError("LoRA needs the peft package: pip install peft") from None
+    return peft
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def apply_lora(model, r: int, alpha: float, dropout: float, target_modules: list[str]):
+    """Wrap ``model`` with a trainable LoRA adapter (``target_modules == ["all-linear"]``: every linear layer)."""
+    peft = _peft()
+    targets = "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                             task_type="CAUSAL_LM")
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as err:
+        raise ConfigError(f"LoRA target modules {target_modules}: {err}") from None
+
+
+def load_adapter(model, checkpoint: str | Path, trainable: bool):
+    """``model`` (the base) with the adapter saved in ``checkpoint``."""
+    return _peft().PeftModel.from_pretrained(model, str(checkpoint), is_trainable=trainable)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+def base_model_context(model):
+    """Context in which ``model`` computes as its base model (adapter off); a no-op for plain models."""
+    return model.disable_adapter() if is_peft(model) else contextlib.nullcontext()
+
+
+def export_merged(model, tokenizer, out: str | Path) -> Path:
+    """Save base + adapter merged into plain weights (loadable without peft) to ``out``."""
+    import copy
+
+    merged = copy.deepcopy(model).merge_and_unload()
+    out = Path(out)
+    merged.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
