@@ -59,7 +59,7 @@ class EvalConfig:
     max_new_tokens: int = 256
     """Token limit per attempt; attempts that hit it count as truncated."""
     seed: int = 0
-    """Seed of torch's generator before sampling and of the bootstrap CIs."""
+    """Seed of sampling (one generator per problem, sample and attempt) and of the bootstrap CIs."""
     batch_size: int = 64
     """Sequences generated per batch."""
     dtype: str = "auto"
@@ -266,20 +266,17 @@ def run_eval(config: EvalConfig, progress_factory: Callable[[str, int], Any] | N
     ``progress_factory(description, total)`` returns a callable that advances
     a progress display by ``n`` (the CLI passes a rich progress bar).
     """
-    import torch
-
     task, problems, model, tokenizer = prepare(config)
     out = Path(config.out)
     builder = ConversationBuilder(tokenizer, task.correction_instruction, config.system_prompt)
     backend = TransformersBackend(model, tokenizer, batch_size=config.batch_size)
     progress = progress_factory or (lambda description, total: None)
 
-    torch.manual_seed(config.seed)
     started = time.perf_counter()
     episodes = new_episodes(builder, task, problems, config.samples)
     advance = progress("generating", len(episodes) * config.attempts)
-    for k in range(config.attempts):
-        extend_episodes(backend, builder, task, episodes, config.sampling_params(), advance)
+    for k in range(config.attempts):   # per-row seeds: samples do not depend on --batch-size
+        extend_episodes(backend, builder, task, episodes, config.sampling_params(), advance, seed=config.seed)
     seconds = time.perf_counter() - started
 
     summary = summarize_episodes(episodes, seed=config.seed)
@@ -299,15 +296,13 @@ def run_eval(config: EvalConfig, progress_factory: Callable[[str, int], Any] | N
 
 def run_scaling(config: EvalConfig, task, problems, builder, backend, progress) -> list[dict[str, Any]]:
     """Sample max(B) first attempts per problem, self-correct the first max(B)/2, vote at each budget."""
-    import torch
-
     top = max(config.budgets)
     params = config.sampling_params(temperature=config.scaling_temperature)
-    torch.manual_seed(config.seed + 1)
     episodes = new_episodes(builder, task, problems, top)
     advance = progress("scaling", len(episodes) + len(problems) * (top // 2))
-    extend_episodes(backend, builder, task, episodes, params, advance)
-    extend_episodes(backend, builder, task, [ep for ep in episodes if ep.sample < top // 2], params, advance)
+    extend_episodes(backend, builder, task, episodes, params, advance, seed=config.seed + 1)
+    extend_episodes(backend, builder, task, [ep for ep in episodes if ep.sample < top // 2], params, advance,
+                    seed=config.seed + 1)
     rows = scaling_table(episodes, config.budgets, task.answers_match, seed=config.seed)
     out = Path(config.out)
     write_json(out / "scaling.json", rows)
