@@ -75,6 +75,19 @@ def _draw_hist(ax, counts: list[int], edges: list[float], extras: Mapping[str, A
     ax.text(0.98, 0.97, "\n".join(notes), transform=ax.transAxes, ha="right", va="top", fontsize=9)
 
 
+def _error_bars(values: Sequence[float], cis: Sequence[Any]) -> tuple[list[float], list[float]]:
+    """Matplotlib ``yerr`` (below, above) for percentage ``values`` and fractional ``[low, high]`` CIs (None: no bar)."""
+    lower, upper = [], []
+    for y, ci in zip(values, cis):
+        if ci is None or ci[0] is None or ci[1] is None:
+            lower.append(0.0)
+            upper.append(0.0)
+        else:
+            lower.append(max(0.0, y - 100.0 * ci[0]))
+            upper.append(max(0.0, 100.0 * ci[1] - y))
+    return lower, upper
+
+
 def plot_edit_histogram(
     summary_or_hist: Mapping[str, Any],
     path: str | os.PathLike[str],
@@ -139,14 +152,7 @@ def plot_accuracy_per_attempt(
     cis = (summary.get("ci95") or {}).get("accuracy") or [None] * len(acc)
     xs = list(range(1, len(acc) + 1))
     ys = [100.0 * a for a in acc]
-    lower, upper = [], []
-    for y, ci in zip(ys, cis):
-        if ci is None or ci[0] is None or ci[1] is None:
-            lower.append(0.0)
-            upper.append(0.0)
-        else:
-            lower.append(max(0.0, y - 100.0 * ci[0]))
-            upper.append(max(0.0, 100.0 * ci[1] - y))
+    lower, upper = _error_bars(ys, cis)
     fig = _figure(max(4.0, 1.2 * len(acc) + 2.0), 4.0)
     ax = fig.add_subplot()
     ax.bar(xs, ys, yerr=[lower, upper], capsize=6, color="C0", alpha=0.85)
@@ -304,15 +310,7 @@ def plot_delta_bars(summaries: Mapping[str, Mapping[str, Any]], path: str | os.P
     """Bar chart of Δ(t1, t2) (percentage points) per method with 95% CI error bars."""
     names = list(summaries)
     deltas = [100.0 * (summaries[n].get("delta") or 0.0) for n in names]
-    lower, upper = [], []
-    for name, d in zip(names, deltas):
-        ci = (summaries[name].get("ci95") or {}).get("delta")
-        if ci is None or None in ci:
-            lower.append(0.0)
-            upper.append(0.0)
-        else:
-            lower.append(max(0.0, d - 100.0 * ci[0]))
-            upper.append(max(0.0, 100.0 * ci[1] - d))
+    lower, upper = _error_bars(deltas, [(summaries[n].get("ci95") or {}).get("delta") for n in names])
     fig = _figure(max(5.0, 1.1 * len(names) + 2.0), 4.0)
     ax = fig.add_subplot()
     xs = list(range(len(names)))

@@ -15,14 +15,6 @@ from safetensors.torch import load_file
 from selfcorrect.distributed import DataParallel
 
 CONFIGS = Path(__file__).resolve().parents[1] / "selfcorrect" / "configs" / "accelerate"
-PARITY_TASK = """
-from selfcorrect.tasks.base import Problem, Task
-
-def make_task(split: str = "train"):
-    return Task(name="parity", problems=[Problem(id=f"{split}{i}", question=f"Say {i}") for i in range(12)],
-                format_prompt=lambda p: p.question, correction_instruction="Try again.",
-                verify=lambda text, p: float(len(text) % 2 == 0), extract_answer=lambda text: text or None)
-"""
 
 
 def _free_port() -> int:
@@ -31,10 +23,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(tiny_model_dir, tmp_path):
-    task = tmp_path / "parity_task.py"
-    task.write_text(PARITY_TASK)
-    args = ["train", "--model", str(tiny_model_dir), "--task", f"{task}:make_task", "--stage1-steps", "1",
+def test_two_processes_equal_one_process(tiny_model_dir, tmp_path, parity_task):
+    args = ["train", "--model", str(tiny_model_dir), "--task", parity_task, "--stage1-steps", "1",
             "--stage2-steps", "1", "--problems-per-step", "4", "--samples", "2", "--max-new-tokens", "4",
             "--eval-limit", "2", "--eval-max-new-tokens", "2", "--report-to", "none", "--autocast", "none",
             "--lr", "1e-3", "--temperature", "1.0"]

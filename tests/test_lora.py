@@ -12,20 +12,10 @@ from selfcorrect.models import load_model
 from selfcorrect.rollout import collate
 from selfcorrect.trainer import TrainConfig, Trainer
 
-PARITY_TASK = """
-from selfcorrect.tasks.base import Problem, Task
-
-def make_task(split: str = "train"):
-    return Task(name="parity", problems=[Problem(id=f"{split}{i}", question=f"Say {i}") for i in range(12)],
-                format_prompt=lambda p: p.question, correction_instruction="Try again.",
-                verify=lambda text, p: float(len(text) % 2 == 0), extract_answer=lambda text: text or None)
-"""
 
 
-def _trainer(model_dir, tmp_path, **overrides) -> Trainer:
-    task = tmp_path / "parity_task.py"
-    task.write_text(PARITY_TASK)
-    config = dict(model=str(model_dir), task=f"{task}:make_task", out=str(tmp_path / "run"), iterations=1,
+def _trainer(model_dir, tmp_path, task, **overrides) -> Trainer:
+    config = dict(model=str(model_dir), task=task, out=str(tmp_path / "run"), iterations=1,
                   stage1_steps=1, stage2_steps=1, problems_per_step=2, samples=2, max_new_tokens=4, eval_limit=2,
                   eval_max_new_tokens=2, autocast="none", report_to=["none"], log_samples_every=0, lr=0.05,
                   lora_r=4, lora_alpha=8.0)
@@ -39,8 +29,8 @@ def _scores(model, episodes, pad_id):
         return token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["attempt_mask"].any(1))
 
 
-def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir, tmp_path):
-    trainer = _trainer(tiny_model_dir, tmp_path)
+def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir, tmp_path, parity_task):
+    trainer = _trainer(tiny_model_dir, tmp_path, parity_task)
     assert trainer.reference is None                        # no second copy of the weights
     trainable = [n for n, p in trainer.policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -56,8 +46,8 @@ def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir, t
     assert not torch.allclose(_scores(trainer.policy, episodes, pad), disabled, atol=1e-4)   # the adapter learnt
 
 
-def test_lora_checkpoint_loads_merged_and_resumes(tiny_model_dir, tmp_path):
-    trainer = _trainer(tiny_model_dir, tmp_path)
+def test_lora_checkpoint_loads_merged_and_resumes(tiny_model_dir, tmp_path, parity_task):
+    trainer = _trainer(tiny_model_dir, tmp_path, parity_task)
     trainer.train()
     checkpoint = tmp_path / "run" / "checkpoint-2"
     assert (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "model.safetensors").exists()

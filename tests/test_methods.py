@@ -14,21 +14,6 @@ from selfcorrect.rollout.episodes import Attempt, Episode
 from selfcorrect.tasks.base import Problem
 from selfcorrect.trainer import METHODS, TrainConfig, Trainer
 
-PARITY_TASK = """
-from selfcorrect.tasks.base import Problem, Task
-
-def make_task(split: str = "train"):
-    return Task(name="parity", problems=[Problem(id=f"{split}{i}", question=f"Say {i}") for i in range(12)],
-                format_prompt=lambda p: p.question, correction_instruction="Try again.",
-                verify=lambda text, p: float(len(text) % 2 == 0), extract_answer=lambda text: text or None)
-"""
-
-
-@pytest.fixture()
-def parity_task(tmp_path):
-    path = tmp_path / "parity_task.py"
-    path.write_text(PARITY_TASK)
-    return f"{path}:make_task"
 
 
 def _config(model_dir, out, task, **overrides) -> TrainConfig:

@@ -13,22 +13,6 @@ from selfcorrect.errors import ConfigError
 from selfcorrect.trainer import ProblemStream, TrainConfig, Trainer, micro_batches
 
 
-PARITY_TASK = """
-from selfcorrect.tasks.base import Problem, Task
-
-def make_task(split: str = "train"):
-    # reward 1 when the completion has an even number of characters: varied rewards from a random model
-    return Task(name="parity", problems=[Problem(id=f"{split}{i}", question=f"Say {i}") for i in range(12)],
-                format_prompt=lambda p: p.question, correction_instruction="Try again.",
-                verify=lambda text, p: float(len(text) % 2 == 0), extract_answer=lambda text: text or None)
-"""
-
-
-@pytest.fixture()
-def parity_task(tmp_path):
-    path = tmp_path / "parity_task.py"
-    path.write_text(PARITY_TASK)
-    return f"{path}:make_task"
 
 
 def _config(model_dir, out, task="arithmetic", **overrides) -> TrainConfig:
