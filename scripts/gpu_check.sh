@@ -34,6 +34,6 @@ timeout 150 "$PYTHON" benchmarks/gpu_run.py --arch default --steps 4 --problems 
     --max-new-tokens 128 --json "$LOG_DIR/run_full.json" 2>&1 | tee "$LOG_DIR/run_full.log"
 
 echo "== SCoRe run: same, LoRA r=16"
-timeout 90 "$PYTHON" benchmarks/gpu_run.py --arch default --steps 4 --problems 16 --samples 4 \
+timeout 150 "$PYTHON" benchmarks/gpu_run.py --arch default --steps 4 --problems 16 --samples 4 \
     --max-new-tokens 128 --lora-r 16 --json "$LOG_DIR/run_lora.json" 2>&1 | tee "$LOG_DIR/run_lora.log"
 echo "gpu_check: done"

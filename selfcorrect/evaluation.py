@@ -29,7 +29,8 @@ import numpy as np
 from . import metrics, plots
 from .config import to_dict
 from .errors import ConfigError
-from .rollout import ConversationBuilder, Episode, SamplingParams, TransformersBackend, extend_episodes, new_episodes
+from .rollout import (ConversationBuilder, Episode, SamplingParams, TransformersBackend, end_of_turn_ids,
+                      extend_episodes, new_episodes)
 
 
 @dataclass
@@ -61,7 +62,11 @@ class EvalConfig:
     seed: int = 0
     """Seed of sampling (one generator per problem, sample and attempt) and of the bootstrap CIs."""
     batch_size: int = 64
-    """Sequences generated per batch."""
+    """Sequences generated per batch (transformers backend)."""
+    backend: str = "transformers"
+    """Generation backend: transformers, or vllm (experimental; `pip install 'selfcorrect[vllm]'`, prefix caching)."""
+    vllm_gpu_memory_utilization: float = 0.9
+    """Share of GPU memory the vLLM engine may take (vllm backend)."""
     dtype: str = "auto"
     """Parameter dtype: auto (bf16 on CPU and bf16-capable GPUs), float32, bfloat16, float16."""
     device: str = "auto"
@@ -86,6 +91,8 @@ class EvalConfig:
             raise ConfigError(f"limit must be >= 1 (or None for all problems), got {self.limit!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.backend not in ("transformers", "vllm"):
+            raise ConfigError(f"backend must be transformers or vllm, got {self.backend!r}")
         if self.temperature == 0.0 and self.samples > 1:
             raise ConfigError("samples > 1 with greedy decoding (temperature 0) gives identical copies; "
                               "set a temperature > 0")
@@ -244,6 +251,7 @@ def scaling_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def prepare(config: EvalConfig):
     """Load task, model and tokenizer; every user error surfaces here, before any generation."""
+    from .lora import is_adapter_dir
     from .models import load_model, load_tokenizer
     from .tasks import accepts_option, load_task
 
@@ -256,8 +264,25 @@ def prepare(config: EvalConfig):
     if not problems:
         raise ConfigError(f"task {config.task!r} has no problems with options {config.task_options}")
     tokenizer = load_tokenizer(config.model)
+    if config.backend == "vllm" and not is_adapter_dir(config.model):
+        return task, problems, None, tokenizer          # the engine loads the weights itself
     model = load_model(config.model, dtype=config.dtype, device=device)
     return task, problems, model, tokenizer
+
+
+def make_backend(config: EvalConfig, model, tokenizer):
+    """The generation backend of an evaluation (a LoRA checkpoint reaches vLLM as merged weights)."""
+    if config.backend == "transformers":
+        return TransformersBackend(model, tokenizer, batch_size=config.batch_size)
+    from .rollout.vllm_backend import VLLMBackend, engine_source
+
+    base = json.loads((Path(config.model) / "adapter_config.json").read_text())["base_model_name_or_path"] \
+        if model is not None else config.model
+    backend = VLLMBackend.create(engine_source(base), end_of_turn_ids(tokenizer), dtype=config.dtype,
+                                 seed=config.seed, gpu_memory_utilization=config.vllm_gpu_memory_utilization)
+    if model is not None:
+        backend.sync_weights(model)
+    return backend
 
 
 def run_eval(config: EvalConfig, progress_factory: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
@@ -269,7 +294,7 @@ def run_eval(config: EvalConfig, progress_factory: Callable[[str, int], Any] | N
     task, problems, model, tokenizer = prepare(config)
     out = Path(config.out)
     builder = ConversationBuilder(tokenizer, task.correction_instruction, config.system_prompt)
-    backend = TransformersBackend(model, tokenizer, batch_size=config.batch_size)
+    backend = make_backend(config, model, tokenizer)
     progress = progress_factory or (lambda description, total: None)
 
     started = time.perf_counter()

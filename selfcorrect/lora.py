@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -66,3 +70,34 @@ def export_merged(model, tokenizer, out: str | Path) -> Path:
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def merged_weights(model) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of the model as plain weights, with the LoRA update added where there is one.
+
+    Names are the base model's own (``model.layers.0.self_attn.q_proj.weight``),
+    so an inference engine that loads Hugging Face checkpoints accepts them.
+    The merge is computed out of place (``W + ΔW``): merging into the policy and
+    unmerging after would round bf16 base weights a little more at every sync.
+    """
+    if not is_peft(model):
+        return [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+    base = model.get_base_model()
+    deltas = {}
+    for name, module in base.named_modules():
+        if hasattr(module, "get_delta_weight") and hasattr(module, "lora_A"):
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    delta = module.get_delta_weight(adapter).detach()
+                    key = f"{name}.weight"
+                    deltas[key] = deltas[key] + delta if key in deltas else delta
+    weights = []
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        plain = name.replace(".base_layer.", ".")
+        tensor = tensor.detach()
+        if plain in deltas:
+            tensor = tensor + deltas[plain].to(tensor.dtype)
+        weights.append((plain, tensor))
+    return weights

@@ -65,7 +65,8 @@ from .errors import ConfigError
 from .logprobs import token_logprobs
 from .distributed import DataParallel
 from .lora import apply_lora, base_model_context, export_merged, load_adapter
-from .rollout import ConversationBuilder, Episode, SamplingParams, TransformersBackend, collate, sample_episodes
+from .rollout import (ConversationBuilder, Episode, SamplingParams, TransformersBackend, collate, end_of_turn_ids,
+                      sample_episodes)
 
 METHODS = ("score", "stage2-only", "no-shaping", "single-turn", "star", "pair-sft", "star-stage2", "prompting")
 
@@ -89,6 +90,7 @@ class Phase:
     collect_episodes: int = 0
     """SFT phases: episodes generated to build the dataset (its share of the sample budget)."""
 OPTIMIZERS = ("adam", "adamw")
+BACKENDS = ("transformers", "vllm")
 
 
 @dataclass
@@ -153,7 +155,13 @@ class TrainConfig:
     max_new_tokens: int = 64
     """Token limit per attempt."""
     generation_batch_size: int = 64
-    """Sequences generated per batch."""
+    """Sequences generated per batch (transformers backend)."""
+    rollout_backend: str = "transformers"
+    """Who samples rollouts: transformers (selfcorrect's batched decode loop) or vllm (experimental, `pip install 'selfcorrect[vllm]'`: a colocated engine with prefix caching; policy weights are pushed into it after every optimizer step)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Share of the GPU's memory the colocated vLLM engine may take (its weights + KV cache); training gets the rest."""
+    vllm_max_model_len: int = 0
+    """Longest sequence (prompt + all attempts) the vLLM engine plans its KV cache for; 0 = the model's own limit."""
 
     # ---- optimisation
     optimizer: str = "adam"
@@ -218,6 +226,11 @@ class TrainConfig:
         need(self.kl_in in KL_PLACEMENTS, f"kl_in must be one of {', '.join(KL_PLACEMENTS)}, got {self.kl_in!r}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.autocast in ("bf16", "none"), f"autocast must be bf16 or none, got {self.autocast!r}")
+        need(self.rollout_backend in BACKENDS,
+             f"rollout_backend must be one of {', '.join(BACKENDS)}, got {self.rollout_backend!r}")
+        need(0.0 < self.vllm_gpu_memory_utilization <= 1.0,
+             f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization!r}")
+        need(self.vllm_max_model_len >= 0, f"vllm_max_model_len must be >= 0, got {self.vllm_max_model_len!r}")
         for name in ("iterations", "problems_per_step", "samples", "attempts", "micro_batch_problems",
                      "generation_batch_size", "logprob_chunk", "eval_limit", "eval_max_new_tokens", "star_rounds",
                      "sft_batch_episodes"):
@@ -513,13 +526,31 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         self.builder = ConversationBuilder(self.tokenizer, self.task.correction_instruction)
-        self.backend = TransformersBackend(self.policy, self.tokenizer, batch_size=config.generation_batch_size)
+        self.backend = self._make_backend()
         self.stream = ProblemStream(len(self.task.problems), config.seed)
         self.step = 0
         self.best: dict[str, Any] | None = None
         self.skipped = 0
 
     # ---- construction
+
+    def _make_backend(self):
+        """The rollout backend; a vLLM engine starts from the base model and gets the policy's weights."""
+        config = self.config
+        if config.rollout_backend == "transformers":
+            return TransformersBackend(self.policy, self.tokenizer, batch_size=config.generation_batch_size)
+        if self.dist.world > 1:
+            raise ConfigError("rollout_backend vllm runs one engine in a single process for now; "
+                              "data-parallel runs use rollout_backend transformers")
+        from .rollout.vllm_backend import VLLMBackend, engine_source
+
+        backend = VLLMBackend.create(
+            engine_source(config.model), end_of_turn_ids(self.tokenizer, getattr(self.policy, "generation_config", None)),
+            dtype="bfloat16" if config.autocast == "bf16" else config.dtype, seed=config.seed,
+            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+            max_model_len=config.vllm_max_model_len or None)
+        backend.sync_weights(self.policy)            # a resumed (or LoRA) policy differs from the files on disk
+        return backend
 
     @classmethod
     def create(cls, config: TrainConfig) -> Trainer:
@@ -602,6 +633,8 @@ class Trainer:
             self.skipped += 1
         else:
             self.optimizer.step()
+            if hasattr(self.backend, "sync_weights"):   # an inference engine holds its own copy of the weights
+                self.backend.sync_weights(self.policy)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1

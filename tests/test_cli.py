@@ -10,6 +10,7 @@ without a traceback.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -283,6 +284,8 @@ BAD_INPUTS = {
     "malformed-jsonl-line": (_jsonl_with_bad_line, None),
     "empty-jsonl": (_empty_jsonl, None),
     "cuda-unavailable": (["--device", "cuda"], "device 'cuda' requested but CUDA is not available"),
+    "unknown-backend": (["--backend", "sglang"], "backend must be transformers or vllm, got 'sglang'"),
+    "vllm-not-installed": (["--backend", "vllm"], "the vllm rollout backend needs vLLM: pip install 'selfcorrect[vllm]'"),
 }
 
 
@@ -294,6 +297,8 @@ def test_eval_user_error_is_one_line_and_writes_nothing(case, tiny_model_dir, tm
 
         if torch.cuda.is_available():
             pytest.skip("CUDA is available here")
+    if case == "vllm-not-installed" and importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
     monkeypatch.chdir(tmp_path)
     if callable(flags):
         flags, message = flags(tmp_path)

@@ -1,0 +1,141 @@
+"""Generation through vLLM (experimental): ``pip install selfcorrect[vllm]``.
+
+:class:`VLLMBackend` implements the same contract as
+:class:`~selfcorrect.rollout.backends.TransformersBackend` — token ids in,
+sampled ids out, ending with the end-of-turn token when one was sampled,
+``truncated`` when the token limit was hit, results in input order, per-row
+seeds — so episodes, masks and losses do not know which backend sampled them.
+
+What vLLM adds:
+
+* **Prefix caching.**  The engine runs with ``enable_prefix_caching=True``.
+  An attempt-2 prompt *starts with* the whole attempt-1 conversation, and the
+  samples of one problem share their prompt, so their KV blocks are computed
+  once and reused.
+* **Colocated training.**  The engine lives in the training process, on the
+  same GPU (``gpu_memory_utilization`` caps its share).  After every
+  optimizer step the trainer calls :meth:`VLLMBackend.sync_weights`: the
+  policy's weights (LoRA merged in, :func:`selfcorrect.lora.merged_weights`)
+  are loaded into the engine's model and the prefix cache is reset — cached
+  KV blocks were computed by the old weights.
+
+The engine is any object with vLLM's ``LLM`` interface (``generate``,
+``reset_prefix_cache``, and a model with ``load_weights`` reachable through
+:func:`_load_weights`); tests use a fake one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from .backends import Generation, SamplingParams
+
+
+def _vllm():
+    try:
+        import vllm
+    except ImportError:
+        raise ConfigError("the vllm rollout backend needs vLLM: pip install 'selfcorrect[vllm]' "
+                          "(or use the transformers backend)") from None
+    return vllm
+
+
+class VLLMBackend:
+    """Batched sampling with a vLLM engine; see the module docstring."""
+
+    def __init__(self, engine: Any, eos_token_ids: set[int], sampling_params_cls: Callable[..., Any] | None = None):
+        self.engine = engine
+        self.eos_token_ids = set(eos_token_ids)
+        self._sampling_params_cls = sampling_params_cls or _vllm().SamplingParams
+        self.syncs = 0
+
+    @classmethod
+    def create(cls, model: str | Path, eos_token_ids: set[int], *, dtype: str = "auto",
+               gpu_memory_utilization: float = 0.3, max_model_len: int | None = None, seed: int = 0,
+               **engine_kwargs: Any) -> VLLMBackend:
+        """Start a colocated engine for the Hugging Face model directory (or hub id) ``model``."""
+        if not 0.0 < gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"vllm gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
+        vllm = _vllm()
+        # The engine must run in this process so that sync_weights can reach its model.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        engine = vllm.LLM(model=str(model), dtype=dtype, seed=seed, enable_prefix_caching=True,
+                          gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                          **engine_kwargs)
+        return cls(engine, eos_token_ids, vllm.SamplingParams)
+
+    def _sampling(self, params: SamplingParams, seed: int | None):
+        return self._sampling_params_cls(
+            n=1, temperature=float(params.temperature), top_p=float(params.top_p),
+            top_k=int(params.top_k) if params.top_k else -1, max_tokens=params.max_new_tokens,
+            stop_token_ids=sorted(self.eos_token_ids), seed=None if params.greedy else seed,
+            skip_special_tokens=False, detokenize=False)
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 progress: Callable[[int], None] | None = None,
+                 seeds: Sequence[int] | None = None) -> list[Generation]:
+        if not prompts:
+            return []
+        requests = [{"prompt_token_ids": list(p)} for p in prompts]
+        sampling = [self._sampling(params, None if seeds is None else int(seeds[i]) % 2**63)
+                    for i in range(len(prompts))]
+        outputs = self.engine.generate(requests, sampling, use_tqdm=False)
+        results = [self._generation(out.outputs[0], params) for out in outputs]
+        if progress is not None:
+            progress(len(results))
+        return results
+
+    def _generation(self, completion: Any, params: SamplingParams) -> Generation:
+        """vLLM's completion as a :class:`Generation`: ids end with the end-of-turn token that stopped it."""
+        ids = list(completion.token_ids)
+        stop = completion.stop_reason
+        if completion.finish_reason == "stop" and isinstance(stop, int) and (not ids or ids[-1] != stop):
+            ids.append(stop)          # a stop_token_ids hit that the engine left out of token_ids
+        ended = bool(ids) and ids[-1] in self.eos_token_ids
+        return Generation(ids=ids[: params.max_new_tokens], truncated=not ended)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load ``(Hugging Face name, tensor)`` pairs into the engine's model; drop stale cached prefixes."""
+        _load_weights(self.engine, weights)
+        self.engine.reset_prefix_cache()
+        self.syncs += 1
+
+    def sync_weights(self, policy) -> None:
+        """Make the engine sample from ``policy``'s current weights (LoRA adapters merged in)."""
+        from ..lora import merged_weights
+
+        with torch.no_grad():
+            self.load_weights(merged_weights(policy))
+
+
+def _load_weights(engine: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Call ``load_weights`` on the model inside ``engine`` (a vLLM ``LLM`` in this process, or a fake)."""
+    weights = list(weights)
+    if hasattr(engine, "load_weights"):                   # a fake engine, or a future vLLM API
+        engine.load_weights(weights)
+        return
+    if hasattr(engine, "apply_model"):                    # vLLM >= 0.9: run a function on every worker's model
+        engine.apply_model(lambda model: model.load_weights(weights))
+        return
+    executor = engine.llm_engine.model_executor         # older in-process engines
+    executor.driver_worker.model_runner.model.load_weights(weights)
+
+
+def engine_source(spec: str) -> str:
+    """What vLLM loads for a model spec: a Hugging Face directory or hub id (``default``: its cached directory)."""
+    from ..models import _resolve
+
+    source, extra = _resolve(spec)
+    if "gguf_file" in extra:
+        raise ConfigError(f"the vllm backend loads Hugging Face directories, not .gguf files ({spec}): "
+                          "save the model with save_pretrained first, or use the transformers backend")
+    if extra.get("adapter"):
+        raise ConfigError(f"{spec} is a LoRA checkpoint: start the engine from its base model "
+                          "(VLLMBackend.sync_weights loads the merged weights)")
+    return str(source)
