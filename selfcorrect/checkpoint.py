@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 
 from .errors import ConfigError
 
@@ -50,17 +50,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str, Any], anchor=None) -> Path:
-    """Write ``run_dir/checkpoint-step`` atomically and return its path."""
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str, Any], anchor=None,
+                    weights: dict[str, torch.Tensor] | None = None,
+                    anchor_weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``run_dir/checkpoint-step`` atomically and return its path.
+
+    ``weights`` / ``anchor_weights``: the full state dicts of sharded models
+    (gathered by the caller), written instead of the modules' own tensors.
+    """
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if weights is not None:
+            weights = _without_tied_copies(model, weights)     # gathered copies no longer share memory
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": weights} if weights else {}))
         tokenizer.save_pretrained(tmp)
         torch.save({**state, "rng": rng_state()}, tmp / STATE_FILE)
-        if anchor is not None:  # save_model handles tied (shared) tensors
+        if anchor_weights is not None:
+            save_file(_without_tied_copies(anchor, anchor_weights), str(tmp / ANCHOR_FILE))
+        elif anchor is not None:  # save_model handles tied (shared) tensors
             save_model(anchor, str(tmp / ANCHOR_FILE))
         if final.exists():
             shutil.rmtree(final)
@@ -69,6 +79,17 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _without_tied_copies(model, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights`` keeping one name per tied parameter, as :func:`safetensors.torch.load_model` expects."""
+    seen: set[int] = set()
+    tied = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            tied.add(name)
+        seen.add(id(param))
+    return {k: v.contiguous() for k, v in weights.items() if k not in tied}
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

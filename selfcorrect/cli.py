@@ -126,6 +126,8 @@ def _run_training(config, console, compare_base: bool) -> int:
         write_eval_outputs(trainer.run_dir / "eval-base", base, episodes, "base model")
         summaries["base (prompting only)"] = base
     result = _live_train(trainer, console)
+    if result["final_eval"] is None:           # not the main process of a multi-process run: it reports nothing
+        return 0
     summaries[f"{config.method} ({trainer.step} steps)"] = result["final_eval"]
     console.print(rich_table(summaries, title=f"held-out {config.task}, greedy, n={config.eval_limit}"))
     if compare_base:

@@ -28,6 +28,23 @@ def _backbone_and_head(model):
     return inner, backbone, head
 
 
+def _last_hidden_state(model, backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The backbone's output, through the *whole* model's forward.
+
+    Calling the backbone directly would skip the outer module's hooks — those
+    of PEFT, and FSDP's, which gather the embedding/output weights and reduce
+    their gradients.  The full forward computes logits at one position only.
+    """
+    captured: list[torch.Tensor] = []
+    handle = backbone.register_forward_hook(
+        lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
 def _chunk_logprobs(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
                     bias: torch.Tensor | None, softcap: float | None) -> torch.Tensor:
     logits = torch.nn.functional.linear(hidden, weight, bias).float()          # [c, V]
@@ -44,7 +61,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     Returns float32 ``[B, T]``; differentiable when grad is enabled.
     """
     inner, backbone, head = _backbone_and_head(model)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hidden = _last_hidden_state(model, backbone, input_ids, attention_mask)      # [B, T, H]
     predicts = label_mask[:, 1:]                                   # [B, T-1]: position t-1 predicts token t
     rows = hidden[:, :-1][predicts]                                # [N, H]
     labels = input_ids[:, 1:][predicts]                            # [N]

@@ -65,6 +65,8 @@ from .errors import ConfigError
 from .logprobs import token_logprobs
 from .distributed import DataParallel
 from .lora import apply_lora, base_model_context, export_merged, load_adapter
+from .sharding import SHARDINGS, copy_weights, full_optimizer_state, full_state_dict, gathered, \
+    load_full_optimizer_state, scalar, shard, sharding_from_launcher
 from .rollout import (ConversationBuilder, Episode, SamplingParams, TransformersBackend, collate, end_of_turn_ids,
                       sample_episodes)
 
@@ -190,6 +192,8 @@ class TrainConfig:
     """LoRA dropout."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Modules that get adapters (names like q_proj,v_proj, or all-linear)."""
+    sharding: str = "none"
+    """Multi-process memory layout: none (every process holds all weights and Adam state; gradients summed), zero2 (FSDP2: gradients and Adam state sharded) or zero3 (FSDP2: weights too). `accelerate launch` with configs/accelerate/fsdp_zero{2,3}.yaml selects it."""
     gradient_checkpointing: bool = True
     """Recompute each layer's activations in the backward pass: several times less activation memory for some extra compute (see benchmarks/train_step.py)."""
     device: str = "auto"
@@ -226,6 +230,9 @@ class TrainConfig:
         need(self.kl_in in KL_PLACEMENTS, f"kl_in must be one of {', '.join(KL_PLACEMENTS)}, got {self.kl_in!r}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.autocast in ("bf16", "none"), f"autocast must be bf16 or none, got {self.autocast!r}")
+        need(self.sharding in SHARDINGS, f"sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
+        need(self.sharding == "none" or not self.lora_r,
+             "LoRA with sharding is not supported: LoRA trains few weights (use sharding: none)")
         need(self.rollout_backend in BACKENDS,
              f"rollout_backend must be one of {', '.join(BACKENDS)}, got {self.rollout_backend!r}")
         need(0.0 < self.vllm_gpu_memory_utilization <= 1.0,
@@ -495,6 +502,8 @@ class Trainer:
         device = resolve_device(config.device)
         self.dist = DataParallel(cpu=device == "cpu")    # a world of one unless launched by accelerate/torchrun
         self.device = self.dist.device if self.dist.world > 1 else torch.device(device)
+        self.sharding = sharding_from_launcher(config.sharding)
+        self._check_sharding()
         torch.manual_seed(config.seed)
         self.task = load_task(config.task, **_task_options(config, config.train_split))
         self.eval_task = load_task(config.task, **_task_options(config, config.eval_split))
@@ -519,6 +528,9 @@ class Trainer:
             enable()
         self.policy.config.use_cache = True
         self.policy.train()
+        if self.sharding != "none":                       # after checkpointing, before the optimizer sees params
+            shard(self.policy, self.sharding)
+            shard(self.reference, self.sharding)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optim_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
         self.optimizer = optim_cls(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -533,6 +545,32 @@ class Trainer:
         self.skipped = 0
 
     # ---- construction
+
+    def _check_sharding(self) -> None:
+        if self.sharding == "none":
+            return
+        config, world = self.config, self.dist.world
+        if config.lora_r:
+            raise ConfigError("LoRA with sharding is not supported: LoRA trains few weights (use sharding: none)")
+        if not torch.distributed.is_initialized():
+            raise ConfigError(f"sharding {self.sharding} splits the model over processes: launch with "
+                              "`accelerate launch` or `torchrun` (a single plain process has nothing to shard with)")
+        # Every FSDP forward/backward is a collective: all processes must run the same number of micro-batches.
+        if config.problems_per_step % world:
+            raise ConfigError(f"sharding: problems_per_step ({config.problems_per_step}) must be a multiple of "
+                              f"the number of processes ({world})")
+        if any(p.kind != "rl" for p in config.schedule()) and config.sft_batch_episodes % world:
+            raise ConfigError(f"sharding: sft_batch_episodes ({config.sft_batch_episodes}) must be a multiple of "
+                              f"the number of processes ({world})")
+
+    def _gathered(self):
+        """All weights on every process while generating (see selfcorrect.sharding.gathered); a no-op unsharded."""
+        return gathered(self.policy, self.sharding)
+
+    @property
+    def _loss_scale(self) -> float:
+        """FSDP averages gradients over processes; our losses are normalised for a sum."""
+        return float(self.dist.world) if self.sharding != "none" else 1.0
 
     def _make_backend(self):
         """The rollout backend; a vLLM engine starts from the base model and gets the policy's weights."""
@@ -577,13 +615,22 @@ class Trainer:
         checkpoint = latest_checkpoint(run_dir)
         trainer = cls(config, run_dir, checkpoint)
         state = load_state(checkpoint)
-        trainer.optimizer.load_state_dict(state["optimizer"])
+        if state.get("sharded_optimizer", False) != (trainer.sharding != "none"):
+            raise ConfigError(f"--resume {run_dir}: its checkpoint was written with"
+                              f"{'' if state.get('sharded_optimizer') else 'out'} sharding; resume it the same way")
+        if trainer.sharding != "none":
+            load_full_optimizer_state(trainer.policy, trainer.optimizer, state["optimizer"])
+        else:
+            trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.stream = ProblemStream(len(trainer.task.problems), config.seed, **state["data"])
         trainer.step, trainer.best, trainer.skipped = state["step"], state.get("best"), state.get("skipped", 0)
         if has_anchor(checkpoint):
-            trainer.anchor = _frozen_copy(trainer.policy if trainer.reference is None else trainer.reference)
-            load_anchor(checkpoint, trainer.anchor)
+            if trainer.sharding != "none":
+                trainer.anchor = trainer._sharded_anchor(checkpoint=checkpoint)
+            else:
+                trainer.anchor = _frozen_copy(trainer.policy if trainer.reference is None else trainer.reference)
+                load_anchor(checkpoint, trainer.anchor)
         _truncate_log(run_dir / "metrics.jsonl", trainer.step)
         set_rng_state(state["rng"])
         return trainer
@@ -591,14 +638,19 @@ class Trainer:
     # ---- checkpoints
 
     def save(self) -> Path:
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        sharded = self.sharding != "none"
+        optimizer = full_optimizer_state(self.policy, self.optimizer) if sharded else self.optimizer.state_dict()
+        state = {"optimizer": optimizer, "sharded_optimizer": sharded, "scheduler": self.scheduler.state_dict(),
                  "data": self.stream.state(), "step": self.step, "best": self.best, "skipped": self.skipped,
                  "phase": self.config.phase(self.step - 1) if self.step else None,
                  "sft_index": getattr(self, "_sft_index", None)}
         anchor = None if self.anchor is self.reference else self.anchor
         path = self.run_dir / f"checkpoint-{self.step}"
+        weights = full_state_dict(self.policy) if sharded else None     # collectives: every process takes part
+        anchor_weights = full_state_dict(anchor) if sharded and anchor is not None else None
         if self.dist.main:                                # every process holds the same weights
-            save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, anchor)
+            save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, anchor,
+                            weights=weights, anchor_weights=anchor_weights)
             protect = {self.run_dir / self.best["checkpoint"]} if self.best else set()
             prune_checkpoints(self.run_dir, self.config.keep_last, protect)
         self.dist.barrier()
@@ -623,9 +675,10 @@ class Trainer:
         Returns (loss, grad norm, skipped); ``losses`` are this process's micro-batch losses.
         """
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.dist.sum_gradients(params)
+        if self.sharding == "none":                       # FSDP has already reduced (and sharded) them
+            self.dist.sum_gradients(params)
         limit = self.config.max_grad_norm if self.config.max_grad_norm else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, limit) if any(p.grad is not None for p in params) \
+        grad_norm = scalar(torch.nn.utils.clip_grad_norm_(params, limit)) if any(p.grad is not None for p in params) \
             else torch.tensor(0.0)
         loss = self.dist.sum(float(sum(losses)) if losses else float("nan"))
         skipped = not (math.isfinite(loss) and torch.isfinite(grad_norm))
@@ -642,7 +695,7 @@ class Trainer:
 
     def _rollout(self, problems, attempts: int) -> list[Episode]:
         """This process's share of the problems, rolled out with per-row seeds (batch- and process-invariant)."""
-        with _autocast(self.config, self.device):
+        with self._gathered(), _autocast(self.config, self.device):
             return sample_episodes(self.backend, self.builder, self.task, self.dist.shard(problems),
                                    samples=self.config.samples, attempts=attempts,
                                    params=self.config.sampling_params(),
@@ -661,10 +714,10 @@ class Trainer:
         for batch in micro_batches(episodes, config.micro_batch_problems):
             out = step_loss(config, phase.objective, self.policy, self.reference, self.anchor, batch,
                             self.tokenizer.pad_token_id, norm, self.device)
-            if not torch.isfinite(out.loss):
+            if not torch.isfinite(out.loss) and self.sharding == "none":
                 losses.append(float("nan"))
-                break
-            out.loss.backward()
+                break                 # (sharded: every process must run every backward; the step is skipped later)
+            (out.loss * self._loss_scale).backward()
             losses.append(float(out.loss.detach()))
             kls.append(out.kl.cpu())
             ordered.extend(batch)
@@ -741,10 +794,10 @@ class Trainer:
             for lo in range(0, len(picks), config.micro_batch_problems * config.samples):
                 loss = sft_step_loss(config, self.policy, picks[lo: lo + config.micro_batch_problems * config.samples],
                                      self.tokenizer.pad_token_id, norm, self.device)
-                if not torch.isfinite(loss):
+                if not torch.isfinite(loss) and self.sharding == "none":
                     losses.append(float("nan"))
                     break
-                loss.backward()
+                (loss * self._loss_scale).backward()
                 losses.append(float(loss.detach()))
         trained = time.perf_counter()
         loss, grad_norm, skipped = self._optimizer_step(losses)
@@ -758,7 +811,19 @@ class Trainer:
     def _update_anchor(self, phase: Phase, offset: int) -> None:
         """At the first step of a Stage I in iteration ≥ 2, freeze the current policy as attempt 1's anchor."""
         if phase.stage == 1 and phase.iteration > 1 and offset == 0:
-            self.anchor = _frozen_copy(self.policy)
+            self.anchor = _frozen_copy(self.policy) if self.sharding == "none" else self._sharded_anchor(self.policy)
+
+    def _sharded_anchor(self, source=None, checkpoint: Path | None = None):
+        """A frozen, sharded copy of ``source`` (or of the anchor saved in ``checkpoint``)."""
+        from .models import load_model
+
+        anchor = _frozen_copy(load_model(self.config.model, dtype=self.config.dtype, device=self.device))
+        if checkpoint is not None:
+            load_anchor(checkpoint, anchor)
+        shard(anchor, self.sharding)
+        if source is not None:
+            copy_weights(anchor, source)
+        return anchor
 
     # ---- evaluation
 
@@ -798,10 +863,11 @@ class Trainer:
                     self._log_samples()
                 evaluated = None
                 if config.eval_every and self.step % config.eval_every == 0 and self.step < config.total_steps:
-                    if main:
-                        evaluated, _ = self.evaluate()
-                        row.update({f"eval_acc_t{k + 1}": a for k, a in enumerate(evaluated["accuracy"])},
-                                   eval_delta=evaluated["delta"])
+                    with self._gathered():                  # sharded: every process joins the gather
+                        if main:
+                            evaluated, _ = self.evaluate()
+                            row.update({f"eval_acc_t{k + 1}": a for k, a in enumerate(evaluated["accuracy"])},
+                                       eval_delta=evaluated["delta"])
                     self.dist.barrier()
                 if main:
                     logger.log(self.step, row)
@@ -817,10 +883,11 @@ class Trainer:
                 logger.close()
             raise
         final = self.save() if self.step else None          # `prompting` trains nothing: no checkpoint
+        with self._gathered():                              # sharded: every process joins the gather
+            summary, episodes = self.evaluate() if main else (None, None)
         if not main:
             self.dist.barrier()                             # wait for the main process's evaluation
             return {**row, "final_eval": None}
-        summary, episodes = self.evaluate()
         self._maybe_best(summary, final)
         from .evaluation import write_eval_outputs
 

@@ -1,8 +1,14 @@
-"""Data-parallel training: 2 CPU processes (gloo, via `accelerate launch`) == 1 process on the same global batch."""
+"""Data-parallel training: 2 CPU processes (gloo, via `accelerate launch`) == 1 process on the same global batch.
+
+Replicated (``sharding: none``) and sharded (FSDP2 ZeRO-2/3 layouts, launched
+with the shipped ``fsdp_zero{2,3}.yaml`` made to run on CPUs) runs, and a
+sharded run resumed from a checkpoint that holds a Stage I anchor.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -53,10 +59,104 @@ def test_single_process_world():
     assert dp.shard([1, 2, 3]) == [1, 2, 3] and dp.gather([4]) == [4] and dp.sum(2.5) == 2.5
 
 
-@pytest.mark.parametrize("name", ["multi_gpu", "multi_node", "cpu"])
+@pytest.mark.parametrize("name", ["multi_gpu", "multi_node", "cpu", "fsdp_zero2", "fsdp_zero3"])
 def test_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import load_config_from_file
 
     config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
     assert config.num_processes >= 2
-    assert str(config.distributed_type).endswith("CPU" if name == "cpu" else "GPU")
+    kind = {"cpu": "CPU", "fsdp_zero2": "FSDP", "fsdp_zero3": "FSDP"}.get(name, "GPU")
+    assert str(config.distributed_type).endswith(kind)
+    if kind == "FSDP":
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_reshard_after_forward"] == (name == "fsdp_zero3")
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "none"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_RESHARD_AFTER_FORWARD": "true"}, "zero3"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_RESHARD_AFTER_FORWARD": "false"}, "zero2"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}, "zero2"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "FULL_SHARD"}, "zero3"),
+])
+def test_sharding_follows_the_launcher(env, expected, monkeypatch):
+    from selfcorrect.sharding import sharding_from_launcher
+
+    for key in ("ACCELERATE_USE_FSDP", "FSDP_RESHARD_AFTER_FORWARD", "FSDP_SHARDING_STRATEGY",
+                "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert sharding_from_launcher("none") == expected
+    assert sharding_from_launcher("zero2") == "zero2"          # an explicit setting wins
+
+
+def test_deepspeed_launch_and_bad_sharding_are_clear_errors(monkeypatch, tiny_model_dir, tmp_path):
+    from selfcorrect.errors import ConfigError
+    from selfcorrect.sharding import sharding_from_launcher
+    from selfcorrect.trainer import TrainConfig, Trainer
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="fsdp_zero2.yaml"):
+        sharding_from_launcher("none")
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    with pytest.raises(ConfigError, match="sharding must be one of none, zero2, zero3"):
+        TrainConfig(sharding="zero1")
+    with pytest.raises(ConfigError, match="LoRA with sharding"):
+        TrainConfig(sharding="zero3", lora_r=8)
+    with pytest.raises(ConfigError, match="launch with `accelerate launch` or `torchrun`"):
+        Trainer.create(TrainConfig(model=str(tiny_model_dir), out=str(tmp_path / "r"), sharding="zero3",
+                                   task_options={"n": 4}, report_to=["none"]))
+
+
+def _cpu_launch_config(name: str, tmp_path: Path) -> Path:
+    """A shipped GPU config made to run 2 processes on this CPU (everything else as shipped)."""
+    import yaml
+
+    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    config.update(num_processes=2, use_cpu=True)
+    config.pop("gpu_ids", None)
+    path = tmp_path / f"{name}-cpu.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_sharded_two_processes_equal_one_process_and_resume(tiny_model_dir, tmp_path, parity_task):
+    """ZeRO-3 and ZeRO-2 layouts (FSDP2, 2 processes) == 1 replicated process; a sharded resume == straight."""
+    args = ["train", "--model", str(tiny_model_dir), "--task", parity_task, "--iterations", "2",
+            "--stage1-steps", "1", "--stage2-steps", "1", "--problems-per-step", "4", "--samples", "2",
+            "--max-new-tokens", "4", "--eval-limit", "2", "--eval-max-new-tokens", "2", "--report-to", "none",
+            "--autocast", "none", "--lr", "1e-3", "--temperature", "1.0", "--save-every", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(command, out=None):
+        done = subprocess.run([*command, *([] if out is None else ["--out", str(out)])], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def launched(name):
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(_cpu_launch_config(name, tmp_path)), "--main_process_port", str(_free_port()),
+                "-m", "selfcorrect.cli"]
+
+    def weights(run_dir):
+        return load_file(str(run_dir / "checkpoint-4" / "model.safetensors"))
+
+    run([sys.executable, "-m", "selfcorrect.cli", *args], tmp_path / "one")
+    run([*launched("fsdp_zero3"), *args], tmp_path / "zero3")
+    run([*launched("fsdp_zero2"), *args], tmp_path / "zero2")
+    # resume the ZeRO-3 run from step 3 (iteration 2's Stage I: its checkpoint holds the anchor)
+    shutil.copytree(tmp_path / "zero3", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoint-4")
+    assert (tmp_path / "resumed" / "checkpoint-3" / "anchor.safetensors").is_file()
+    run([*launched("fsdp_zero3"), "train", "--resume", str(tmp_path / "resumed")])
+
+    one = weights(tmp_path / "one")
+    initial = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert max((one[k] - initial[k]).abs().max().item() for k in one) > 1e-4     # training did something
+    for other in ("zero3", "zero2", "resumed"):
+        theirs = weights(tmp_path / other)
+        assert theirs.keys() == one.keys(), other
+        for key in one:
+            assert torch.allclose(one[key], theirs[key], atol=1e-5, rtol=0), (other, key)
+    assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 4
