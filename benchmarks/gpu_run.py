@@ -9,6 +9,7 @@ Rewards are ~0 (nothing is learnt in a few steps); this measures the machinery.
 
     python benchmarks/gpu_run.py [--arch default|tiny] [--steps 4] [--problems 16] [--samples 4]
                                  [--max-new-tokens 128] [--device cuda] [--lora-r 0]
+    torchrun --nproc_per_node N benchmarks/gpu_run.py --sharding zero3 ...     # FSDP2 sharded
 
 Prints one line per step (phase, generate/train seconds, generated tokens/s,
 peak memory) and a summary; the first step includes CUDA warm-up and is
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--micro-batch-problems", type=int, default=16)
     parser.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0 = full fine-tuning)")
+    parser.add_argument("--sharding", choices=["none", "zero2", "zero3"], default="none",
+                        help="FSDP2 sharding (launch with torchrun, e.g. --nproc_per_node 1)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json", help="also write the per-step rows here")
     args = parser.parse_args()
@@ -69,11 +72,14 @@ def main() -> None:
                              problems_per_step=args.problems, samples=args.samples, temperature=1.0,
                              max_new_tokens=args.max_new_tokens, micro_batch_problems=args.micro_batch_problems,
                              generation_batch_size=args.problems * args.samples, lora_r=args.lora_r,
+                             sharding=args.sharding,
                              eval_every=0, eval_limit=1, save_every=0, report_to=["none"], log_samples_every=0)
         loaded = time.perf_counter()
         trainer = Trainer.create(config)
         params = sum(p.numel() for p in trainer.policy.parameters())
-        print(f"device {torch.cuda.get_device_name() if cuda else args.device}; model {args.arch} "
+        say = print if trainer.dist.main else (lambda *a, **k: None)
+        say(f"device {torch.cuda.get_device_name() if cuda else args.device}; sharding {args.sharding}; "
+              f"model {args.arch} "
               f"({params / 1e6:.1f}M params, random init); {args.problems} problems x {args.samples} samples x "
               f"2 attempts, <= {args.max_new_tokens} new tokens; setup {time.perf_counter() - loaded:.1f} s",
               flush=True)
@@ -88,17 +94,17 @@ def main() -> None:
             row["step_s"] = time.perf_counter() - started
             row["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9 if cuda else float("nan")
             rows.append(row)
-            print(f"step {trainer.step} stage {row['stage']}: {row['step_s']:.2f} s "
+            say(f"step {trainer.step} stage {row['stage']}: {row['step_s']:.2f} s "
                   f"(generate {row['time_generate_s']:.2f} s, train {row['time_train_s']:.2f} s), "
                   f"{row['generated_tokens']} tokens, {row['generated_tokens'] / row['time_generate_s']:.0f} "
                   f"generated tok/s, loss {row['loss']:.4f}, peak {row['peak_gb']:.2f} GB", flush=True)
         timed = rows[1:] or rows
         mean = lambda key: statistics.fmean(r[key] for r in timed)          # noqa: E731
         gen_rate = sum(r["generated_tokens"] for r in timed) / sum(r["time_generate_s"] for r in timed)
-        print(f"summary (steps 2..{len(rows)}): step {mean('step_s'):.2f} s, generate {mean('time_generate_s'):.2f} s,"
+        say(f"summary (steps 2..{len(rows)}): step {mean('step_s'):.2f} s, generate {mean('time_generate_s'):.2f} s,"
               f" train {mean('time_train_s'):.2f} s, {gen_rate:.0f} generated tok/s, "
               f"{mean('tokens_per_s'):.0f} tok/s over the step, peak {max(r['peak_gb'] for r in rows):.2f} GB")
-        if args.json:
+        if args.json and trainer.dist.main:
             Path(args.json).write_text(json.dumps(rows, indent=1, default=float))
 
 
