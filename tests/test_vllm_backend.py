@@ -67,6 +67,7 @@ class FakeLLM:
             for name, tensor in weights:
                 own[name].copy_(tensor)
         self.loads += 1
+        self.loaded_dtypes = {tensor.dtype for _, tensor in weights}
         self.stale_cache = True
 
     def reset_prefix_cache(self) -> bool:
@@ -190,6 +191,16 @@ def test_lora_weights_reach_the_engine_merged(tiny_model, tmp_path):
     assert all(torch.equal(after[n], t) for n, t in base_before.items())
 
 
+def test_synced_weights_are_cast_to_the_engine_dtype(tiny_model):
+    model, tok = tiny_model                                # float32, like a trained policy
+    from selfcorrect.rollout import end_of_turn_ids
+
+    backend = VLLMBackend(FakeLLM(model), end_of_turn_ids(tok), FakeSamplingParams, weight_dtype=torch.bfloat16)
+    backend.sync_weights(model)
+    assert backend.engine.loaded_dtypes == {torch.bfloat16}
+    assert backend.syncs == 1 and backend.engine.resets == 1
+
+
 def _patch_engine(monkeypatch, created: list):
     def create(cls, model, eos_token_ids, **kwargs):
         from selfcorrect.models import load_model
@@ -266,3 +277,4 @@ def test_real_vllm_greedy_matches_the_transformers_backend_on_the_default_model(
     report = json.loads((tmp_path / "p.json").read_text())
     assert report["identical_attempts"] >= 0.9 * report["attempts"], report
     assert report["weight_sync_changes_outputs"] and report["weight_restore_restores_outputs"], report
+    assert report["weight_sync_matches_transformers"], report

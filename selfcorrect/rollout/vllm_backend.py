@@ -49,9 +49,12 @@ def _vllm():
 class VLLMBackend:
     """Batched sampling with a vLLM engine; see the module docstring."""
 
-    def __init__(self, engine: Any, eos_token_ids: set[int], sampling_params_cls: Callable[..., Any] | None = None):
+    def __init__(self, engine: Any, eos_token_ids: set[int], sampling_params_cls: Callable[..., Any] | None = None,
+                 weight_dtype: torch.dtype | None = None):
         self.engine = engine
         self.eos_token_ids = set(eos_token_ids)
+        self.weight_dtype = weight_dtype
+        """The engine's parameter dtype: synced weights are cast to it here (float32 policy, bf16 engine)."""
         self._sampling_params_cls = sampling_params_cls or _vllm().SamplingParams
         self.syncs = 0
 
@@ -68,7 +71,10 @@ class VLLMBackend:
         engine = vllm.LLM(model=str(model), dtype=dtype, seed=seed, enable_prefix_caching=True,
                           gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                           **engine_kwargs)
-        return cls(engine, eos_token_ids, vllm.SamplingParams)
+        from ..models import resolve_dtype
+
+        return cls(engine, eos_token_ids, vllm.SamplingParams,
+                   weight_dtype=None if dtype == "auto" else resolve_dtype(dtype))
 
     def _sampling(self, params: SamplingParams, seed: int | None):
         return self._sampling_params_cls(
@@ -111,20 +117,31 @@ class VLLMBackend:
         from ..lora import merged_weights
 
         with torch.no_grad():
-            self.load_weights(merged_weights(policy))
+            weights = merged_weights(policy)
+            if self.weight_dtype is not None:
+                weights = [(name, t.to(self.weight_dtype)) for name, t in weights]
+            self.load_weights(weights)
 
 
 def _load_weights(engine: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Call ``load_weights`` on the model inside ``engine`` (a vLLM ``LLM`` in this process, or a fake)."""
+    """Load ``(name, tensor)`` pairs into the model inside ``engine`` (a vLLM ``LLM`` in this process, or a fake).
+
+    vLLM's model runner re-processes weights after loading (fused q/k/v,
+    backend-specific layouts), so the running model's own ``load_weights``
+    fails on some platforms; ``model_runner.reload_weights`` (vLLM >= 0.11)
+    does the whole load + post-processing.  It needs the engine core in this
+    process: :meth:`VLLMBackend.create` sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0``.
+    """
     weights = list(weights)
-    if hasattr(engine, "load_weights"):                   # a fake engine, or a future vLLM API
+    if hasattr(engine, "load_weights"):                   # a fake engine
         engine.load_weights(weights)
         return
-    if hasattr(engine, "apply_model"):                    # vLLM >= 0.9: run a function on every worker's model
-        engine.apply_model(lambda model: model.load_weights(weights))
-        return
-    executor = engine.llm_engine.model_executor         # older in-process engines
-    executor.driver_worker.model_runner.model.load_weights(weights)
+    worker = getattr(engine.llm_engine.model_executor, "driver_worker", None)
+    if worker is None:
+        raise ConfigError("vllm backend: the engine runs in another process, so its weights cannot be "
+                          "updated; set VLLM_ENABLE_V1_MULTIPROCESSING=0 before creating it")
+    runner = getattr(worker, "worker", worker).model_runner
+    runner.reload_weights(weights_iterator=iter(weights))
 
 
 def engine_source(spec: str) -> str:
