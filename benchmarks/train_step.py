@@ -202,13 +202,39 @@ def _trl_worker(steps: int, out: str, queue) -> None:
 
 
 def _in_process(target, *args) -> dict:
+    """Run ``target(*args, queue)`` in a fresh process and return what it put on the queue.
+
+    A child that dies (e.g. killed for memory) is reported instead of waited for forever.
+    """
+    import queue as queues
+
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queues.Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"{target.__name__} died with exit code {proc.exitcode}"
+                                 f"{' (killed: out of memory?)' if proc.exitcode == -9 else ''}") from None
     proc.join()
     return result
+
+
+def _time_worker(max_new_tokens: int, out: str, queue) -> None:
+    """One SCoRe step (after a warm-up step) and the bare floor on the same episodes, in a fresh process."""
+    torch.manual_seed(0)
+    trainer = _trainer(max_new_tokens, out)
+    trainer.train_step()                      # warm-up (allocator, kernels); not timed
+    start = time.perf_counter()
+    row = trainer.train_step()
+    ours = time.perf_counter() - start
+    floor = _floor(trainer, trainer._last_episodes, max_new_tokens)
+    queue.put({"ours": ours, "row": {k: row[k] for k in ("time_generate_s", "time_train_s", "generated_tokens")},
+               "floor": floor})
 
 
 def main() -> None:
@@ -221,16 +247,10 @@ def main() -> None:
     parts = {p.strip() for p in args.parts.split(",")}
     ratios = []
 
-    if "time" in parts:
-        torch.manual_seed(0)
-        trainer = _trainer(args.max_new_tokens, args.out)
-        trainer.train_step()                      # warm-up (allocator, kernels); not timed
-        start = time.perf_counter()
-        row = trainer.train_step()
-        ours = time.perf_counter() - start
-        floor = _floor(trainer, trainer._last_episodes, args.max_new_tokens)
+    if "time" in parts:          # each part in its own process: the parent stays small (memory children)
+        timed = _in_process(_time_worker, args.max_new_tokens, args.out)
+        ours, row, floor = timed["ours"], timed["row"], timed["floor"]
         floor_total = sum(floor.values())
-        del trainer
         print(f"selfcorrect step : {ours:6.1f} s (generate {row['time_generate_s']:.1f} s, "
               f"score+loss+update {row['time_train_s']:.1f} s, {row['generated_tokens']} tokens)")
         print(f"floor            : {floor_total:6.1f} s (generate {floor['generate']:.1f} s, no-grad forward "

@@ -122,9 +122,10 @@ def _run_training(config, console, compare_base: bool) -> int:
     summaries = {}
     if compare_base:
         console.print(f"evaluating the base model on {config.eval_limit} held-out problems ...")
-        base, episodes = trainer.evaluate()
-        write_eval_outputs(trainer.run_dir / "eval-base", base, episodes, "base model")
-        summaries["base (prompting only)"] = base
+        base, episodes = trainer.evaluate_on_main()
+        if base is not None:
+            write_eval_outputs(trainer.run_dir / "eval-base", base, episodes, "base model")
+            summaries["base (prompting only)"] = base
     result = _live_train(trainer, console)
     if result["final_eval"] is None:           # not the main process of a multi-process run: it reports nothing
         return 0

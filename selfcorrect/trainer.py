@@ -827,7 +827,18 @@ class Trainer:
 
     # ---- evaluation
 
+    def evaluate_on_main(self, limit: int | None = None) -> tuple[dict[str, Any] | None, list[Episode] | None]:
+        """:meth:`evaluate` on the main process; every process must call it (sharded weights are gathered).
+
+        Returns ``(None, None)`` on the other processes.
+        """
+        with self._gathered():
+            result = self.evaluate(limit) if self.dist.main else (None, None)
+        self.dist.barrier()
+        return result
+
     def evaluate(self, limit: int | None = None) -> tuple[dict[str, Any], list[Episode]]:
+        """Greedy K-attempt episodes on the held-out problems, in this process (see :meth:`evaluate_on_main`)."""
         from .evaluation import summarize_episodes
 
         problems = self.eval_task.problems[: limit or self.config.eval_limit]
@@ -863,12 +874,10 @@ class Trainer:
                     self._log_samples()
                 evaluated = None
                 if config.eval_every and self.step % config.eval_every == 0 and self.step < config.total_steps:
-                    with self._gathered():                  # sharded: every process joins the gather
-                        if main:
-                            evaluated, _ = self.evaluate()
-                            row.update({f"eval_acc_t{k + 1}": a for k, a in enumerate(evaluated["accuracy"])},
-                                       eval_delta=evaluated["delta"])
-                    self.dist.barrier()
+                    evaluated, _ = self.evaluate_on_main()
+                    if main:
+                        row.update({f"eval_acc_t{k + 1}": a for k, a in enumerate(evaluated["accuracy"])},
+                                   eval_delta=evaluated["delta"])
                 if main:
                     logger.log(self.step, row)
                     if on_step is not None:
@@ -883,10 +892,9 @@ class Trainer:
                 logger.close()
             raise
         final = self.save() if self.step else None          # `prompting` trains nothing: no checkpoint
-        with self._gathered():                              # sharded: every process joins the gather
-            summary, episodes = self.evaluate() if main else (None, None)
+        summary, episodes = self.evaluate_on_main()
         if not main:
-            self.dist.barrier()                             # wait for the main process's evaluation
+            self.dist.barrier()                             # wait for the main process's files
             return {**row, "final_eval": None}
         self._maybe_best(summary, final)
         from .evaluation import write_eval_outputs
