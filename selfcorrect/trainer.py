@@ -757,8 +757,14 @@ class Trainer:
             traces = self._rollout(problems, 1)
             prompts = {p.id: self.task.first_prompt(p) for p in problems}
             dataset = pair_episodes(self.builder, traces, prompts, config.sft_keep)
-        # Shards hold whole problems; every process ends up with the whole dataset.
-        traces, dataset = self.dist.gather(traces), self.dist.gather(dataset)
+        # Shards hold whole problems; every process ends up with the whole dataset, in the order one
+        # process would have built it (rank order would make the SFT batches depend on the process count).
+        position = {p.id: i for i, p in enumerate(problems)}
+
+        def canonical(episodes: list[Episode]) -> list[Episode]:
+            return sorted(episodes, key=lambda ep: position[ep.problem.id])   # stable: a problem's own order
+
+        traces, dataset = canonical(self.dist.gather(traces)), canonical(self.dist.gather(dataset))
         if phase.collect == "star":
             stats = batch_metrics(traces, torch.full((len(traces), config.attempts), float("nan")))
         else:
