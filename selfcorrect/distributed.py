@@ -66,6 +66,22 @@ class DataParallel:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
         return float(t.item())
 
+    def max(self, value: int) -> int:
+        """The largest ``value`` over all processes."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
+
+    def gather_ranks(self, items: list[Any]) -> list[list[Any]]:
+        """Every process's list, one per rank (on every process)."""
+        if self.world == 1:
+            return [list(items)]
+        parts: list[list[Any] | None] = [None] * self.world
+        torch.distributed.all_gather_object(parts, items)
+        return [list(part or []) for part in parts]
+
     def gather(self, items: list[Any]) -> list[Any]:
         """Every process's list, concatenated in rank order (on every process)."""
         if self.world == 1:

@@ -270,6 +270,16 @@ def prepare(config: EvalConfig):
     return task, problems, model, tokenizer
 
 
+def _generation_config(source: str):
+    """The model's generation config (its own end-of-turn tokens), or None where it has none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(source)
+    except OSError:
+        return None
+
+
 def make_backend(config: EvalConfig, model, tokenizer):
     """The generation backend of an evaluation (a LoRA checkpoint reaches vLLM as merged weights)."""
     if config.backend == "transformers":
@@ -278,7 +288,8 @@ def make_backend(config: EvalConfig, model, tokenizer):
 
     base = json.loads((Path(config.model) / "adapter_config.json").read_text())["base_model_name_or_path"] \
         if model is not None else config.model
-    backend = VLLMBackend.create(engine_source(base), end_of_turn_ids(tokenizer), dtype=config.dtype,
+    source = engine_source(base)
+    backend = VLLMBackend.create(source, end_of_turn_ids(tokenizer, _generation_config(source)), dtype=config.dtype,
                                  seed=config.seed, gpu_memory_utilization=config.vllm_gpu_memory_utilization)
     if model is not None:
         backend.sync_weights(model)

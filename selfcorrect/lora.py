@@ -86,8 +86,8 @@ def merged_weights(model) -> list[tuple[str, torch.Tensor]]:
     deltas = {}
     for name, module in base.named_modules():
         if hasattr(module, "get_delta_weight") and hasattr(module, "lora_A"):
-            for adapter in module.active_adapters:
-                if adapter in module.lora_A:
+            for adapter in module.active_adapters:       # (embedding adapters live in lora_embedding_A)
+                if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
                     delta = module.get_delta_weight(adapter).detach()
                     key = f"{name}.weight"
                     deltas[key] = deltas[key] + delta if key in deltas else delta

@@ -61,6 +61,9 @@ def sharding_from_launcher(configured: str) -> str:
     reshard = env.get("FSDP_RESHARD_AFTER_FORWARD", "").lower()
     if reshard == "false" or strategy in ("2", "SHARD_GRAD_OP"):
         return "zero2"
+    if strategy and strategy not in ("1", "FULL_SHARD"):
+        raise ConfigError(f"FSDP sharding strategy {strategy} is not supported: use FULL_SHARD (zero3) or "
+                          "SHARD_GRAD_OP (zero2), e.g. configs/accelerate/fsdp_zero3.yaml")
     return "zero3"
 
 
@@ -117,7 +120,7 @@ def gathered(model, mode: str) -> Iterator[None]:
 
 
 def full_state_dict(model) -> dict[str, torch.Tensor]:
-    """The whole model's weights on the CPU of every process (a collective for sharded models)."""
+    """The whole model's weights on the main process's CPU; ``{}`` on the others (a collective)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

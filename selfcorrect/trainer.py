@@ -233,6 +233,8 @@ class TrainConfig:
         need(self.sharding in SHARDINGS, f"sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
         need(self.sharding == "none" or not self.lora_r,
              "LoRA with sharding is not supported: LoRA trains few weights (use sharding: none)")
+        need(self.sharding == "none" or self.rollout_backend == "transformers",
+             "rollout_backend vllm cannot be combined with sharding yet (use sharding: none)")
         need(self.rollout_backend in BACKENDS,
              f"rollout_backend must be one of {', '.join(BACKENDS)}, got {self.rollout_backend!r}")
         need(0.0 < self.vllm_gpu_memory_utilization <= 1.0,
@@ -563,6 +565,12 @@ class Trainer:
             raise ConfigError(f"sharding: sft_batch_episodes ({config.sft_batch_episodes}) must be a multiple of "
                               f"the number of processes ({world})")
 
+    def _generation_autocast(self):
+        """bf16 autocast around our own decode loop; an inference engine keeps its own precision."""
+        if isinstance(self.backend, TransformersBackend):
+            return _autocast(self.config, self.device)
+        return contextlib.nullcontext()
+
     def _gathered(self):
         """All weights on every process while generating (see selfcorrect.sharding.gathered); a no-op unsharded."""
         return gathered(self.policy, self.sharding)
@@ -619,7 +627,8 @@ class Trainer:
             raise ConfigError(f"--resume {run_dir}: its checkpoint was written with"
                               f"{'' if state.get('sharded_optimizer') else 'out'} sharding; resume it the same way")
         if trainer.sharding != "none":
-            load_full_optimizer_state(trainer.policy, trainer.optimizer, state["optimizer"])
+            if state["optimizer"]:                        # empty: saved before any optimizer step
+                load_full_optimizer_state(trainer.policy, trainer.optimizer, state["optimizer"])
         else:
             trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
@@ -631,7 +640,9 @@ class Trainer:
             else:
                 trainer.anchor = _frozen_copy(trainer.policy if trainer.reference is None else trainer.reference)
                 load_anchor(checkpoint, trainer.anchor)
-        _truncate_log(run_dir / "metrics.jsonl", trainer.step)
+        if trainer.dist.main:
+            _truncate_log(run_dir / "metrics.jsonl", trainer.step)
+        trainer.dist.barrier()
         set_rng_state(state["rng"])
         return trainer
 
@@ -639,7 +650,10 @@ class Trainer:
 
     def save(self) -> Path:
         sharded = self.sharding != "none"
-        optimizer = full_optimizer_state(self.policy, self.optimizer) if sharded else self.optimizer.state_dict()
+        if sharded:   # (torch would take a dummy Adam step to build a state that does not exist yet)
+            optimizer = full_optimizer_state(self.policy, self.optimizer) if self.optimizer.state else {}
+        else:
+            optimizer = self.optimizer.state_dict()
         state = {"optimizer": optimizer, "sharded_optimizer": sharded, "scheduler": self.scheduler.state_dict(),
                  "data": self.stream.state(), "step": self.step, "best": self.best, "skipped": self.skipped,
                  "phase": self.config.phase(self.step - 1) if self.step else None,
@@ -695,7 +709,7 @@ class Trainer:
 
     def _rollout(self, problems, attempts: int) -> list[Episode]:
         """This process's share of the problems, rolled out with per-row seeds (batch- and process-invariant)."""
-        with self._gathered(), _autocast(self.config, self.device):
+        with self._gathered(), self._generation_autocast():
             return sample_episodes(self.backend, self.builder, self.task, self.dist.shard(problems),
                                    samples=self.config.samples, attempts=attempts,
                                    params=self.config.sampling_params(),
@@ -711,7 +725,11 @@ class Trainer:
 
         losses, kls, ordered = [], [], []
         norm = len(problems) * config.samples             # episodes of the whole step, over all processes
-        for batch in micro_batches(episodes, config.micro_batch_problems):
+        batches = micro_batches(episodes, config.micro_batch_problems)
+        # Sharded, every process must run as many forward/backward passes (collectives); a problem drawn
+        # twice in one step merges into one group and can leave a process a micro-batch short.
+        padding = self.dist.max(len(batches)) - len(batches) if self.sharding != "none" else 0
+        for batch in batches:
             out = step_loss(config, phase.objective, self.policy, self.reference, self.anchor, batch,
                             self.tokenizer.pad_token_id, norm, self.device)
             if not torch.isfinite(out.loss) and self.sharding == "none":
@@ -721,6 +739,10 @@ class Trainer:
             losses.append(float(out.loss.detach()))
             kls.append(out.kl.cpu())
             ordered.extend(batch)
+        for _ in range(padding):                          # passes that keep collectives aligned, adding nothing
+            out = step_loss(config, phase.objective, self.policy, self.reference, self.anchor, batches[-1],
+                            self.tokenizer.pad_token_id, norm, self.device)
+            (out.loss * 0.0).backward()
         trained = time.perf_counter()
         loss, grad_norm, skipped = self._optimizer_step(losses)
 
@@ -750,21 +772,16 @@ class Trainer:
         config = self.config
         count = max(1, math.ceil(phase.collect_episodes / config.samples))
         problems = [self.task.problems[i] for i in self.stream.take(count)]
+        # Every process rolls out its shard; all traces are put back in the order one process would have
+        # produced them, and every process builds the same dataset from them (so the SFT batches do not
+        # depend on the number of processes, even when a problem was drawn twice).
+        traces = self._gather_in_problem_order(self._rollout(problems, 1 if phase.collect == "pair" else
+                                                             config.attempts), len(problems))
         if phase.collect == "star":        # the current model's own K-attempt traces, filtered
-            traces = self._rollout(problems, config.attempts)
             dataset = star_filter(traces, config.sft_keep)
         else:                              # Pair-SFT: independent first attempts of the (base) model
-            traces = self._rollout(problems, 1)
             prompts = {p.id: self.task.first_prompt(p) for p in problems}
             dataset = pair_episodes(self.builder, traces, prompts, config.sft_keep)
-        # Shards hold whole problems; every process ends up with the whole dataset, in the order one
-        # process would have built it (rank order would make the SFT batches depend on the process count).
-        position = {p.id: i for i, p in enumerate(problems)}
-
-        def canonical(episodes: list[Episode]) -> list[Episode]:
-            return sorted(episodes, key=lambda ep: position[ep.problem.id])   # stable: a problem's own order
-
-        traces, dataset = canonical(self.dist.gather(traces)), canonical(self.dist.gather(dataset))
         if phase.collect == "star":
             stats = batch_metrics(traces, torch.full((len(traces), config.attempts), float("nan")))
         else:
@@ -778,6 +795,18 @@ class Trainer:
         self.dist.barrier()
         self._last_episodes = traces
         return record
+
+    def _gather_in_problem_order(self, local: list[Episode], count: int) -> list[Episode]:
+        """All processes' episodes of a step's ``count`` problems in the problems' order.
+
+        Process ``r`` rolled out ``problems[r::world]``, ``samples`` episodes each, problem-major.
+        """
+        per_rank, world, n = self.dist.gather_ranks(local), self.dist.world, self.config.samples
+        ordered = []
+        for index in range(count):
+            j = index // world
+            ordered.extend(per_rank[index % world][j * n:(j + 1) * n])
+        return ordered
 
     def _sft_step(self, index: int, phase: Phase, offset: int) -> dict[str, Any]:
         config = self.config
@@ -849,7 +878,7 @@ class Trainer:
 
         problems = self.eval_task.problems[: limit or self.config.eval_limit]
         builder = ConversationBuilder(self.tokenizer, self.eval_task.correction_instruction)
-        with _autocast(self.config, self.device):
+        with self._generation_autocast():
             episodes = sample_episodes(self.backend, builder, self.eval_task, problems, samples=1,
                                        attempts=self.config.attempts,
                                        params=SamplingParams(max_new_tokens=self.config.eval_max_new_tokens))

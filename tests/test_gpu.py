@@ -99,7 +99,7 @@ def _config(model_dir, out, task, **overrides) -> TrainConfig:
 
 
 def test_bf16_score_run_on_cuda_trains_and_resumes(tiny_model_dir, tmp_path, parity_task):
-    """6 steps straight vs 4 + Ctrl-C + resume on CUDA: same losses and (near-)same weights."""
+    """6 steps straight vs 4 + Ctrl-C + resume on CUDA: (near-)same weights."""
     from safetensors.torch import load_file
 
     straight = Trainer.create(_config(tiny_model_dir, tmp_path / "a", parity_task))

@@ -109,7 +109,8 @@ class VLLMBackend:
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load ``(Hugging Face name, tensor)`` pairs into the engine's model; drop stale cached prefixes."""
         _load_weights(self.engine, weights)
-        self.engine.reset_prefix_cache()
+        if self.engine.reset_prefix_cache() is False:      # stale KV blocks would be served silently
+            raise RuntimeError("vLLM did not reset its prefix cache after a weight update")
         self.syncs += 1
 
     def sync_weights(self, policy) -> None:
