@@ -16,6 +16,8 @@
   It is shared by the whole session: a test that changes the weights or the
   tokenizer must work on a copy (``copy.deepcopy(model)``) or load its own
   from ``tiny_model_dir``.
+* ``interrupt_training`` — ``interrupt(trainer, step)`` runs training until
+  ``step`` and presses Ctrl-C there (resume tests).
 """
 
 from __future__ import annotations
@@ -91,3 +93,18 @@ def parity_task(tmp_path):
     path = tmp_path / "parity_task.py"
     path.write_text(PARITY_TASK)
     return f"{path}:make_task"
+
+
+@pytest.fixture()
+def interrupt_training():
+    """``interrupt(trainer, step)``: train until ``step`` finishes, then press Ctrl-C (the trainer checkpoints)."""
+
+    def interrupt(trainer, step: int) -> None:
+        def stop(done: int, row) -> None:
+            if done == step:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train(stop)
+
+    return interrupt

@@ -98,7 +98,7 @@ def _config(model_dir, out, task, **overrides) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def test_bf16_score_run_on_cuda_trains_and_resumes(tiny_model_dir, tmp_path, parity_task):
+def test_bf16_score_run_on_cuda_trains_and_resumes(tiny_model_dir, tmp_path, parity_task, interrupt_training):
     """6 steps straight vs 4 + Ctrl-C + resume on CUDA: (near-)same weights."""
     from safetensors.torch import load_file
 
@@ -106,13 +106,7 @@ def test_bf16_score_run_on_cuda_trains_and_resumes(tiny_model_dir, tmp_path, par
     assert next(straight.policy.parameters()).device.type == torch.device(DEVICE).type
     straight.train()
     interrupted = Trainer.create(_config(tiny_model_dir, tmp_path / "b", parity_task))
-
-    def stop(step, row):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.train(stop)
+    interrupt_training(interrupted, 4)
     Trainer.resume(tmp_path / "b").train()
 
     a = load_file(str(tmp_path / "a" / "checkpoint-6" / "model.safetensors"))

@@ -77,19 +77,13 @@ def test_micro_batches_keep_whole_problems(tiny_model_dir, tmp_path):
         assert all(ids.count(i) == 2 for i in ids)
 
 
-def test_resume_after_interrupt_equals_straight_run(tiny_model_dir, tmp_path, parity_task):
+def test_resume_after_interrupt_equals_straight_run(tiny_model_dir, tmp_path, parity_task, interrupt_training):
     """6 steps straight vs 4 steps + Ctrl-C + resume: identical weights (resumed inside iteration 2's Stage I)."""
     straight = Trainer.create(_config(tiny_model_dir, tmp_path / "a", parity_task))
     straight.train()
 
     interrupted = Trainer.create(_config(tiny_model_dir, tmp_path / "b", parity_task))
-
-    def stop(step, row):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.train(stop)
+    interrupt_training(interrupted, 4)
     assert (tmp_path / "b" / "checkpoint-4" / "anchor.safetensors").is_file()  # Stage I anchor of iteration 2
     resumed = Trainer.resume(tmp_path / "b")
     assert resumed.step == 4 and resumed.config.phase(resumed.step) == (2, 1)
