@@ -60,19 +60,19 @@ class DataParallel:
             torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
 
     def sum(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-        return float(t.item())
+        """``value`` summed over all processes."""
+        return float(self._all_reduce(value, torch.float64, torch.distributed.ReduceOp.SUM))
 
     def max(self, value: int) -> int:
         """The largest ``value`` over all processes."""
+        return int(self._all_reduce(value, torch.int64, torch.distributed.ReduceOp.MAX))
+
+    def _all_reduce(self, value, dtype: torch.dtype, op):
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.int64, device=self.device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return int(t.item())
+        t = torch.tensor([value], dtype=dtype, device=self.device)
+        torch.distributed.all_reduce(t, op=op)
+        return t.item()
 
     def gather_ranks(self, items: list[Any]) -> list[list[Any]]:
         """Every process's list, one per rank (on every process)."""
@@ -84,11 +84,7 @@ class DataParallel:
 
     def gather(self, items: list[Any]) -> list[Any]:
         """Every process's list, concatenated in rank order (on every process)."""
-        if self.world == 1:
-            return list(items)
-        parts: list[list[Any] | None] = [None] * self.world
-        torch.distributed.all_gather_object(parts, items)
-        return [x for part in parts for x in (part or [])]
+        return [x for part in self.gather_ranks(items) for x in part]
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -231,10 +231,8 @@ class TrainConfig:
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.autocast in ("bf16", "none"), f"autocast must be bf16 or none, got {self.autocast!r}")
         need(self.sharding in SHARDINGS, f"sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
-        need(self.sharding == "none" or not self.lora_r,
-             "LoRA with sharding is not supported: LoRA trains few weights (use sharding: none)")
-        need(self.sharding == "none" or self.rollout_backend == "transformers",
-             "rollout_backend vllm cannot be combined with sharding yet (use sharding: none)")
+        conflict = self.sharding_conflict(self.sharding)
+        need(conflict is None, conflict or "")
         need(self.rollout_backend in BACKENDS,
              f"rollout_backend must be one of {', '.join(BACKENDS)}, got {self.rollout_backend!r}")
         need(0.0 < self.vllm_gpu_memory_utilization <= 1.0,
@@ -261,6 +259,16 @@ class TrainConfig:
         unknown = set(self.report_to) - {"tensorboard", "wandb", "none"}
         need(not unknown, f"report_to: unknown logger(s) {sorted(unknown)}; choose tensorboard, wandb or none")
         self.sampling_params()
+
+    def sharding_conflict(self, sharding: str) -> str | None:
+        """Why ``sharding`` (configured, or chosen by the launcher) cannot run with this config, if it cannot."""
+        if sharding == "none":
+            return None
+        if self.lora_r:
+            return "LoRA with sharding is not supported: LoRA trains few weights (use sharding: none)"
+        if self.rollout_backend != "transformers":
+            return "rollout_backend vllm cannot be combined with sharding yet (use sharding: none)"
+        return None
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
@@ -552,8 +560,9 @@ class Trainer:
         if self.sharding == "none":
             return
         config, world = self.config, self.dist.world
-        if config.lora_r:
-            raise ConfigError("LoRA with sharding is not supported: LoRA trains few weights (use sharding: none)")
+        conflict = config.sharding_conflict(self.sharding)          # the launcher may have chosen it
+        if conflict:
+            raise ConfigError(conflict)
         if not torch.distributed.is_initialized():
             raise ConfigError(f"sharding {self.sharding} splits the model over processes: launch with "
                               "`accelerate launch` or `torchrun` (a single plain process has nothing to shard with)")

@@ -111,6 +111,10 @@ def test_deepspeed_launch_and_bad_sharding_are_clear_errors(monkeypatch, tiny_mo
     monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "HYBRID_SHARD")
     with pytest.raises(ConfigError, match="HYBRID_SHARD is not supported"):
         sharding_from_launcher("none")
+    monkeypatch.delenv("FSDP_SHARDING_STRATEGY")          # sharding chosen by the launcher, vLLM by the config
+    with pytest.raises(ConfigError, match="rollout_backend vllm cannot be combined with sharding"):
+        Trainer.create(TrainConfig(model=str(tiny_model_dir), out=str(tmp_path / "v"), rollout_backend="vllm",
+                                   task_options={"n": 4}, report_to=["none"]))
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     with pytest.raises(ConfigError, match="launch with `accelerate launch` or `torchrun`"):
         Trainer.create(TrainConfig(model=str(tiny_model_dir), out=str(tmp_path / "r"), sharding="zero3",
