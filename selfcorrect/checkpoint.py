@@ -9,7 +9,9 @@
   torch, CUDA), data position, step, stage, iteration, best score;
 * ``anchor.safetensors`` — only when the Stage I anchor differs from the
   initial model (iterations after the first), so a resumed Stage I pins
-  attempt 1 to the very same weights.
+  attempt 1 to the very same weights;
+* ``deepspeed/`` — only for DeepSpeed runs: its per-process checkpoint (fp32
+  master weights and partitioned Adam state).
 
 A checkpoint is written to ``RUN/.tmp-checkpoint-N`` and renamed into place,
 so a crash mid-write never leaves a directory that looks complete.
@@ -52,11 +54,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str, Any], anchor=None,
                     weights: dict[str, torch.Tensor] | None = None,
-                    anchor_weights: dict[str, torch.Tensor] | None = None) -> Path:
+                    anchor_weights: dict[str, torch.Tensor] | None = None,
+                    extra: dict[str, Path] | None = None) -> Path:
     """Write ``run_dir/checkpoint-step`` atomically and return its path.
 
     ``weights`` / ``anchor_weights``: the full state dicts of sharded models
     (gathered by the caller), written instead of the modules' own tensors.
+    ``extra``: directories already written elsewhere, moved in under these names.
     """
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
@@ -72,11 +76,15 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str,
             save_file(_without_tied_copies(anchor, anchor_weights), str(tmp / ANCHOR_FILE))
         elif anchor is not None:  # save_model handles tied (shared) tensors
             save_model(anchor, str(tmp / ANCHOR_FILE))
+        for name, directory in (extra or {}).items():
+            shutil.move(str(directory), str(tmp / name))
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for directory in (extra or {}).values():
+            shutil.rmtree(directory, ignore_errors=True)
         raise
     return final
 

@@ -8,6 +8,9 @@ of the positions that predict an attempt token, and applies the output layer
 and log-softmax to those rows in chunks.  With gradients, each chunk is
 checkpointed: its ``[chunk, V]`` logits are recomputed in the backward pass
 instead of being stored, so peak memory holds one chunk of logits at a time.
+
+:class:`TokenLogprobs` is the same computation as a module, for engines that
+must see the log-probabilities as their model's output (DeepSpeed).
 """
 
 from __future__ import annotations
@@ -45,9 +48,10 @@ def _last_hidden_state(model, backbone, input_ids: torch.Tensor, attention_mask:
     return captured[-1]
 
 
-def _chunk_logprobs(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-                    bias: torch.Tensor | None, softcap: float | None) -> torch.Tensor:
-    logits = torch.nn.functional.linear(hidden, weight, bias).float()          # [c, V]
+def _chunk_logprobs(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
+                    softcap: float | None) -> torch.Tensor:
+    # A module call (not F.linear on its weight): the hooks of PEFT and DeepSpeed ZeRO-3 see it.
+    logits = head(hidden).float()                                             # [c, V]
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)   # [c]
@@ -58,25 +62,49 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     """``out[b, t] = log π(input_ids[b, t] | input_ids[b, < t])`` where ``label_mask[b, t]``, else 0.
 
     ``input_ids``, ``attention_mask``, ``label_mask``: ``[B, T]`` (right padded).
-    Returns float32 ``[B, T]``; differentiable when grad is enabled.
+    Returns float32 ``[B, T]``; differentiable when grad is enabled.  ``model`` may also be an
+    engine wrapping a :class:`TokenLogprobs` (DeepSpeed): it is then run through the engine.
     """
+    if isinstance(getattr(model, "module", None), TokenLogprobs):
+        return model(input_ids=input_ids, attention_mask=attention_mask, label_mask=label_mask,
+                     chunk_size=chunk_size)
     inner, backbone, head = _backbone_and_head(model)
     hidden = _last_hidden_state(model, backbone, input_ids, attention_mask)      # [B, T, H]
     predicts = label_mask[:, 1:]                                   # [B, T-1]: position t-1 predicts token t
     rows = hidden[:, :-1][predicts]                                # [N, H]
     labels = input_ids[:, 1:][predicts]                            # [N]
     softcap = getattr(inner.config, "final_logit_softcapping", None)
+    if hasattr(head.weight, "ds_id"):
+        # DeepSpeed ZeRO-3: each call of the output layer gathers its weight from all processes, so every
+        # process must make the same number of calls: one, whatever its number of rows (more logits memory).
+        chunk_size = max(rows.shape[0], 1)
     pieces = []
-    for lo in range(0, rows.shape[0], chunk_size):
-        args = (rows[lo:lo + chunk_size], labels[lo:lo + chunk_size], head.weight, head.bias, softcap)
+    for lo in range(0, max(rows.shape[0], 1), chunk_size):
+        args = (rows[lo:lo + chunk_size], labels[lo:lo + chunk_size], head, softcap)
         if torch.is_grad_enabled():
             pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
         else:
             pieces.append(_chunk_logprobs(*args))
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    if pieces:
-        out[:, 1:][predicts] = torch.cat(pieces)
+    out[:, 1:][predicts] = torch.cat(pieces)
     return out
+
+
+class TokenLogprobs(torch.nn.Module):
+    """``model`` whose forward returns :func:`token_logprobs` (``[B, T]``) instead of logits.
+
+    DeepSpeed prepares its backward pass from hooks on the *output* of its
+    engine's forward; wrapping the policy in this module makes the
+    log-probabilities, from which every loss is built, that output.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_mask: torch.Tensor,
+                chunk_size: int = 1024) -> torch.Tensor:
+        return token_logprobs(self.model, input_ids, attention_mask, label_mask, chunk_size)
 
 
 def full_logits_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -5,8 +5,10 @@ state over the processes: each holds ``1/world`` of them and gathers a layer's
 parameters just before using it.  ``sharding: zero2`` (FSDP shard-grad-op)
 keeps the gathered parameters from a layer's forward until its backward —
 fewer gathers, more memory — and shards gradients and Adam state the same way.
-Both are the memory layouts DeepSpeed calls ZeRO stage 3 and 2; the
-implementation is PyTorch's own FSDP2, which needs nothing beyond torch.
+Both are the memory layouts DeepSpeed calls ZeRO stage 3 and 2; this module
+implements them with PyTorch's own FSDP2, which needs nothing beyond torch
+(``sharding_engine: deepspeed`` runs them on DeepSpeed's engine instead, see
+:mod:`selfcorrect.deepspeed_engine`).
 
 How the trainer stays correct and deadlock-free (every FSDP forward and
 backward is a collective that all processes must enter together):
@@ -39,32 +41,48 @@ import torch
 from .errors import ConfigError
 
 SHARDINGS = ("none", "zero2", "zero3")
+ENGINES = ("fsdp", "deepspeed")
 
 
-def sharding_from_launcher(configured: str) -> str:
-    """The sharding mode: the configured one, else what ``accelerate launch`` with an FSDP config asks for.
+def sharding_from_launcher(configured: str, engine: str) -> tuple[str, str]:
+    """(sharding, engine): the configured ones, else what ``accelerate launch`` with an FSDP or DeepSpeed config asks for.
 
     ``accelerate launch --config_file configs/accelerate/fsdp_zero3.yaml`` sets
     ``ACCELERATE_USE_FSDP=true`` and ``FSDP_RESHARD_AFTER_FORWARD`` (or, for
-    FSDP1-style configs, ``FSDP_SHARDING_STRATEGY``).
+    FSDP1-style configs, ``FSDP_SHARDING_STRATEGY``); a DeepSpeed config sets
+    ``ACCELERATE_USE_DEEPSPEED=true`` and ``ACCELERATE_DEEPSPEED_ZERO_STAGE``.
     """
     if configured != "none":
-        return configured
+        return configured, engine
     env = os.environ
     if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        raise ConfigError("this launch asks for DeepSpeed, which selfcorrect does not drive; the same ZeRO-2/3 "
-                          "sharding runs on PyTorch FSDP2: accelerate launch --config_file "
-                          "configs/accelerate/fsdp_zero2.yaml (or fsdp_zero3.yaml) ...")
+        return _deepspeed_launch(env), "deepspeed"
     if env.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
-        return "none"
+        return "none", engine
     strategy = env.get("FSDP_SHARDING_STRATEGY", "").upper()
     reshard = env.get("FSDP_RESHARD_AFTER_FORWARD", "").lower()
     if reshard == "false" or strategy in ("2", "SHARD_GRAD_OP"):
-        return "zero2"
+        return "zero2", "fsdp"
     if strategy and strategy not in ("1", "FULL_SHARD"):
         raise ConfigError(f"FSDP sharding strategy {strategy} is not supported: use FULL_SHARD (zero3) or "
                           "SHARD_GRAD_OP (zero2), e.g. configs/accelerate/fsdp_zero3.yaml")
-    return "zero3"
+    return "zero3", "fsdp"
+
+
+def _deepspeed_launch(env) -> str:
+    """The sharding an accelerate DeepSpeed config asks for; settings selfcorrect does not drive are errors."""
+    hint = "use configs/accelerate/deepspeed_zero2.yaml or deepspeed_zero3.yaml"
+    if env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        raise ConfigError("a DeepSpeed JSON config (deepspeed_config_file) is not read: selfcorrect builds the "
+                          f"DeepSpeed config from its own training config; {hint}")
+    for key in ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"):
+        if env.get(key, "none").lower() not in ("none", ""):
+            raise ConfigError(f"DeepSpeed offloading ({key}={env[key]}) is not supported yet; {hint}")
+    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
+    if stage not in ("2", "3"):
+        raise ConfigError(f"DeepSpeed ZeRO stage {stage or '(unset)'} is not supported: selfcorrect runs stages "
+                          f"2 and 3; {hint}")
+    return f"zero{stage}"
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:

@@ -45,6 +45,7 @@ import contextlib
 import copy
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,7 +66,8 @@ from .errors import ConfigError
 from .logprobs import token_logprobs
 from .distributed import DataParallel
 from .lora import apply_lora, base_model_context, export_merged, load_adapter
-from .sharding import SHARDINGS, copy_weights, full_optimizer_state, full_state_dict, gathered, \
+from . import deepspeed_engine as ds
+from .sharding import ENGINES, SHARDINGS, copy_weights, full_optimizer_state, full_state_dict, gathered, \
     load_full_optimizer_state, scalar, shard, sharding_from_launcher
 from .rollout import (ConversationBuilder, Episode, SamplingParams, TransformersBackend, collate, end_of_turn_ids,
                       sample_episodes)
@@ -193,7 +195,9 @@ class TrainConfig:
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Modules that get adapters (names like q_proj,v_proj, or all-linear)."""
     sharding: str = "none"
-    """Multi-process memory layout: none (every process holds all weights and Adam state; gradients summed), zero2 (FSDP2: gradients and Adam state sharded) or zero3 (FSDP2: weights too). `accelerate launch` with configs/accelerate/fsdp_zero{2,3}.yaml selects it."""
+    """Multi-process memory layout: none (every process holds all weights and Adam state; gradients summed), zero2 (gradients and Adam state sharded) or zero3 (weights too). `accelerate launch` with configs/accelerate/{fsdp,deepspeed}_zero{2,3}.yaml selects it."""
+    sharding_engine: str = "fsdp"
+    """Who implements zero2/zero3: fsdp (PyTorch FSDP2, built in) or deepspeed (DeepSpeed's ZeRO engine, `pip install 'selfcorrect[deepspeed]'`; resume needs the same number of processes). A DeepSpeed accelerate config selects deepspeed."""
     gradient_checkpointing: bool = True
     """Recompute each layer's activations in the backward pass: several times less activation memory for some extra compute (see benchmarks/train_step.py)."""
     device: str = "auto"
@@ -231,6 +235,8 @@ class TrainConfig:
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.autocast in ("bf16", "none"), f"autocast must be bf16 or none, got {self.autocast!r}")
         need(self.sharding in SHARDINGS, f"sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
+        need(self.sharding_engine in ENGINES,
+             f"sharding_engine must be one of {', '.join(ENGINES)}, got {self.sharding_engine!r}")
         conflict = self.sharding_conflict(self.sharding)
         need(conflict is None, conflict or "")
         need(self.rollout_backend in BACKENDS,
@@ -512,7 +518,7 @@ class Trainer:
         device = resolve_device(config.device)
         self.dist = DataParallel(cpu=device == "cpu")    # a world of one unless launched by accelerate/torchrun
         self.device = self.dist.device if self.dist.world > 1 else torch.device(device)
-        self.sharding = sharding_from_launcher(config.sharding)
+        self.sharding, self.sharding_engine = sharding_from_launcher(config.sharding, config.sharding_engine)
         self._check_sharding()
         torch.manual_seed(config.seed)
         self.task = load_task(config.task, **_task_options(config, config.train_split))
@@ -529,7 +535,6 @@ class Trainer:
             self.reference = _frozen_copy(self.policy)    # π_ref: the initial model, never updated
             if checkpoint is not None:                    # resume: the policy continues from the checkpoint
                 self.policy = load_model(str(checkpoint), dtype=config.dtype, device=self.device)
-        self.anchor = self.reference                      # Stage I anchor of attempt 1 (see module docstring)
         if config.gradient_checkpointing and config.lora_r:
             self.policy.enable_input_require_grads()     # frozen embeddings: let checkpointed layers get grads
         if config.gradient_checkpointing:
@@ -538,7 +543,7 @@ class Trainer:
             enable()
         self.policy.config.use_cache = True
         self.policy.train()
-        if self.sharding != "none":                       # after checkpointing, before the optimizer sees params
+        if self.sharding != "none" and self.sharding_engine == "fsdp":    # after checkpointing, before the optimizer
             shard(self.policy, self.sharding)
             shard(self.reference, self.sharding)
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -547,6 +552,14 @@ class Trainer:
         warmup = config.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        # DeepSpeed: its engine runs the policy's forward/backward and the optimizer (see deepspeed_engine.py);
+        # self.policy stays the Hugging Face model (generation, saving).
+        self.engine = None
+        if self.sharding != "none" and self.sharding_engine == "deepspeed":
+            self.engine = ds.train_engine(self.policy, self.optimizer, self._zero_stage, config.max_grad_norm,
+                                          bf16=config.dtype == "bfloat16")
+            self.reference = ds.frozen(self.reference, self._zero_stage, bf16=config.dtype == "bfloat16")
+        self.anchor = self.reference                      # Stage I anchor of attempt 1 (see module docstring)
         self.builder = ConversationBuilder(self.tokenizer, self.task.correction_instruction)
         self.backend = self._make_backend()
         self.stream = ProblemStream(len(self.task.problems), config.seed)
@@ -563,6 +576,8 @@ class Trainer:
         conflict = config.sharding_conflict(self.sharding)          # the launcher may have chosen it
         if conflict:
             raise ConfigError(conflict)
+        if self.sharding_engine == "deepspeed":
+            ds.require_deepspeed()
         if not torch.distributed.is_initialized():
             raise ConfigError(f"sharding {self.sharding} splits the model over processes: launch with "
                               "`accelerate launch` or `torchrun` (a single plain process has nothing to shard with)")
@@ -582,12 +597,35 @@ class Trainer:
 
     def _gathered(self):
         """All weights on every process while generating (see selfcorrect.sharding.gathered); a no-op unsharded."""
+        if self.engine is not None:
+            return ds.gathered(self.engine)
         return gathered(self.policy, self.sharding)
 
     @property
+    def _zero_stage(self) -> int:
+        return {"zero2": 2, "zero3": 3}.get(self.sharding, 0)
+
+    @property
+    def _whole_weights(self) -> bool:
+        """Every process holds all of the policy's weights (unsharded, or DeepSpeed ZeRO-2)."""
+        return self.sharding == "none" or (self.engine is not None and self._zero_stage == 2)
+
+    @property
+    def _trained(self):
+        """What the loss's forward passes run through: the DeepSpeed engine, else the policy itself."""
+        return self.engine if self.engine is not None else self.policy
+
+    @property
     def _loss_scale(self) -> float:
-        """FSDP averages gradients over processes; our losses are normalised for a sum."""
+        """FSDP and DeepSpeed average gradients over processes; our losses are normalised for a sum."""
         return float(self.dist.world) if self.sharding != "none" else 1.0
+
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Accumulate one micro-batch's gradients (``last``: the step's final micro-batch)."""
+        if self.engine is not None:
+            ds.backward(self.engine, loss, last)
+        else:
+            loss.backward()
 
     def _make_backend(self):
         """The rollout backend; a vLLM engine starts from the base model and gets the policy's weights."""
@@ -632,10 +670,18 @@ class Trainer:
         checkpoint = latest_checkpoint(run_dir)
         trainer = cls(config, run_dir, checkpoint)
         state = load_state(checkpoint)
-        if state.get("sharded_optimizer", False) != (trainer.sharding != "none"):
-            raise ConfigError(f"--resume {run_dir}: its checkpoint was written with"
-                              f"{'' if state.get('sharded_optimizer') else 'out'} sharding; resume it the same way")
-        if trainer.sharding != "none":
+        saved = state.get("sharding_engine", "fsdp") if state.get("sharded_optimizer", False) else "none"
+        running = trainer.sharding_engine if trainer.sharding != "none" else "none"
+        if saved != running:
+            layout = {"none": "without sharding", "fsdp": "with FSDP sharding", "deepspeed": "with DeepSpeed"}
+            raise ConfigError(f"--resume {run_dir}: its checkpoint was written {layout[saved]}, this launch runs "
+                              f"{layout[running]}; resume it the same way")
+        if trainer.engine is not None:                    # DeepSpeed's own per-process checkpoint
+            if state.get("world") != trainer.dist.world:
+                raise ConfigError(f"--resume {run_dir}: a DeepSpeed checkpoint resumes on the number of processes "
+                                  f"that wrote it ({state.get('world')}), not {trainer.dist.world}")
+            ds.load(trainer.engine, checkpoint / "deepspeed")
+        elif trainer.sharding != "none":
             if state["optimizer"]:                        # empty: saved before any optimizer step
                 load_full_optimizer_state(trainer.policy, trainer.optimizer, state["optimizer"])
         else:
@@ -644,7 +690,7 @@ class Trainer:
         trainer.stream = ProblemStream(len(trainer.task.problems), config.seed, **state["data"])
         trainer.step, trainer.best, trainer.skipped = state["step"], state.get("best"), state.get("skipped", 0)
         if has_anchor(checkpoint):
-            if trainer.sharding != "none":
+            if not trainer._whole_weights:
                 trainer.anchor = trainer._sharded_anchor(checkpoint=checkpoint)
             else:
                 trainer.anchor = _frozen_copy(trainer.policy if trainer.reference is None else trainer.reference)
@@ -659,21 +705,34 @@ class Trainer:
 
     def save(self) -> Path:
         sharded = self.sharding != "none"
-        if sharded:   # (torch would take a dummy Adam step to build a state that does not exist yet)
+        anchor = None if self.anchor is self.reference else self.anchor
+        path = self.run_dir / f"checkpoint-{self.step}"
+        extra: dict[str, Path] = {}
+        # Collectives below: every process takes part.
+        if self.engine is not None:                       # DeepSpeed: its own checkpoint holds the optimizer
+            optimizer: dict[str, Any] = {}
+            extra["deepspeed"] = self.run_dir / f".tmp-deepspeed-{self.step}"
+            if self.dist.main:                            # left over from an interrupted save
+                shutil.rmtree(extra["deepspeed"], ignore_errors=True)
+            self.dist.barrier()
+            ds.save(self.engine, extra["deepspeed"])
+            weights, anchor_weights = ds.full_state_dict(self.engine), ds.full_state_dict(anchor)
+            anchor = ds.hf_model(anchor)
+        elif sharded:   # (torch would take a dummy Adam step to build a state that does not exist yet)
             optimizer = full_optimizer_state(self.policy, self.optimizer) if self.optimizer.state else {}
+            weights = full_state_dict(self.policy)
+            anchor_weights = full_state_dict(anchor) if anchor is not None else None
         else:
-            optimizer = self.optimizer.state_dict()
-        state = {"optimizer": optimizer, "sharded_optimizer": sharded, "scheduler": self.scheduler.state_dict(),
+            optimizer, weights, anchor_weights = self.optimizer.state_dict(), None, None
+        state = {"optimizer": optimizer, "sharded_optimizer": sharded, "sharding_engine": self.sharding_engine,
+                 "world": self.dist.world, "scheduler": self.scheduler.state_dict(),
                  "data": self.stream.state(), "step": self.step, "best": self.best, "skipped": self.skipped,
                  "phase": self.config.phase(self.step - 1) if self.step else None,
                  "sft_index": getattr(self, "_sft_index", None)}
-        anchor = None if self.anchor is self.reference else self.anchor
-        path = self.run_dir / f"checkpoint-{self.step}"
-        weights = full_state_dict(self.policy) if sharded else None     # collectives: every process takes part
-        anchor_weights = full_state_dict(anchor) if sharded and anchor is not None else None
+        self.dist.barrier()                               # every process has written its DeepSpeed partition
         if self.dist.main:                                # every process holds the same weights
             save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, anchor,
-                            weights=weights, anchor_weights=anchor_weights)
+                            weights=weights, anchor_weights=anchor_weights, extra=extra)
             protect = {self.run_dir / self.best["checkpoint"]} if self.best else set()
             prune_checkpoints(self.run_dir, self.config.keep_last, protect)
         self.dist.barrier()
@@ -697,13 +756,19 @@ class Trainer:
 
         Returns (loss, grad norm, skipped); ``losses`` are this process's micro-batch losses.
         """
+        loss = self.dist.sum(float(sum(losses)) if losses else float("nan"))
+        if self.engine is not None:       # DeepSpeed reduces, clips, steps; it skips non-finite gradients itself
+            grad_norm, applied = ds.step(self.engine) if losses else (0.0, False)
+            self.skipped += not applied
+            self.scheduler.step()
+            self.step += 1
+            return loss, grad_norm, not applied
         params = [p for p in self.policy.parameters() if p.requires_grad]
         if self.sharding == "none":                       # FSDP has already reduced (and sharded) them
             self.dist.sum_gradients(params)
         limit = self.config.max_grad_norm if self.config.max_grad_norm else float("inf")
         grad_norm = scalar(torch.nn.utils.clip_grad_norm_(params, limit)) if any(p.grad is not None for p in params) \
             else torch.tensor(0.0)
-        loss = self.dist.sum(float(sum(losses)) if losses else float("nan"))
         skipped = not (math.isfinite(loss) and torch.isfinite(grad_norm))
         if skipped:                       # never let a NaN/inf (or an empty dataset) touch weights or Adam
             self.skipped += 1
@@ -737,21 +802,20 @@ class Trainer:
         batches = micro_batches(episodes, config.micro_batch_problems)
         # Sharded, every process must run as many forward/backward passes (collectives); a problem drawn
         # twice in one step merges into one group and can leave a process a micro-batch short.
-        padding = self.dist.max(len(batches)) - len(batches) if self.sharding != "none" else 0
-        for batch in batches:
-            out = step_loss(config, phase.objective, self.policy, self.reference, self.anchor, batch,
+        passes = self.dist.max(len(batches)) if self.sharding != "none" else len(batches)
+        for i in range(passes):
+            padding = i >= len(batches)                   # a pass that keeps collectives aligned, adding nothing
+            batch = batches[-1] if padding else batches[i]
+            out = step_loss(config, phase.objective, self._trained, self.reference, self.anchor, batch,
                             self.tokenizer.pad_token_id, norm, self.device)
             if not torch.isfinite(out.loss) and self.sharding == "none":
                 losses.append(float("nan"))
                 break                 # (sharded: every process must run every backward; the step is skipped later)
-            (out.loss * self._loss_scale).backward()
-            losses.append(float(out.loss.detach()))
-            kls.append(out.kl.cpu())
-            ordered.extend(batch)
-        for _ in range(padding):                          # passes that keep collectives aligned, adding nothing
-            out = step_loss(config, phase.objective, self.policy, self.reference, self.anchor, batches[-1],
-                            self.tokenizer.pad_token_id, norm, self.device)
-            (out.loss * 0.0).backward()
+            self._backward(out.loss * (0.0 if padding else self._loss_scale), last=i == passes - 1)
+            if not padding:
+                losses.append(float(out.loss.detach()))
+                kls.append(out.kl.cpu())
+                ordered.extend(batch)
         trained = time.perf_counter()
         loss, grad_norm, skipped = self._optimizer_step(losses)
 
@@ -834,14 +898,15 @@ class Trainer:
             start = (offset * config.sft_batch_episodes) % len(dataset)
             picks = [dataset[int(order[(start + i) % len(dataset)])] for i in range(config.sft_batch_episodes)]
             norm = sum(len(ep.attempts[1].ids) for ep in picks)      # trained tokens of the whole step
-            picks = self.dist.shard(picks)
-            for lo in range(0, len(picks), config.micro_batch_problems * config.samples):
-                loss = sft_step_loss(config, self.policy, picks[lo: lo + config.micro_batch_problems * config.samples],
-                                     self.tokenizer.pad_token_id, norm, self.device)
+            picks, size = self.dist.shard(picks), config.micro_batch_problems * config.samples
+            starts = range(0, len(picks), size)
+            for lo in starts:
+                loss = sft_step_loss(config, self._trained, picks[lo: lo + size], self.tokenizer.pad_token_id,
+                                     norm, self.device)
                 if not torch.isfinite(loss) and self.sharding == "none":
                     losses.append(float("nan"))
                     break
-                (loss * self._loss_scale).backward()
+                self._backward(loss * self._loss_scale, last=lo == starts[-1])
                 losses.append(float(loss.detach()))
         trained = time.perf_counter()
         loss, grad_norm, skipped = self._optimizer_step(losses)
@@ -855,7 +920,7 @@ class Trainer:
     def _update_anchor(self, phase: Phase, offset: int) -> None:
         """At the first step of a Stage I in iteration ≥ 2, freeze the current policy as attempt 1's anchor."""
         if phase.stage == 1 and phase.iteration > 1 and offset == 0:
-            self.anchor = _frozen_copy(self.policy) if self.sharding == "none" else self._sharded_anchor(self.policy)
+            self.anchor = _frozen_copy(self.policy) if self._whole_weights else self._sharded_anchor(self.policy)
 
     def _sharded_anchor(self, source=None, checkpoint: Path | None = None):
         """A frozen, sharded copy of ``source`` (or of the anchor saved in ``checkpoint``)."""
@@ -864,6 +929,11 @@ class Trainer:
         anchor = _frozen_copy(load_model(self.config.model, dtype=self.config.dtype, device=self.device))
         if checkpoint is not None:
             load_anchor(checkpoint, anchor)
+        if self.engine is not None:                       # DeepSpeed ZeRO-3: an inference engine
+            anchor = ds.frozen(anchor, self._zero_stage, bf16=self.config.dtype == "bfloat16")
+            if source is not None:
+                ds.copy_weights(anchor, self.engine)
+            return anchor
         shard(anchor, self.sharding)
         if source is not None:
             copy_weights(anchor, source)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -60,49 +61,82 @@ def test_single_process_world():
     assert dp.shard([1, 2, 3]) == [1, 2, 3] and dp.gather([4]) == [4] and dp.sum(2.5) == 2.5
 
 
-@pytest.mark.parametrize("name", ["multi_gpu", "multi_node", "cpu", "fsdp_zero2", "fsdp_zero3"])
+@pytest.mark.parametrize("name", ["multi_gpu", "multi_node", "cpu", "fsdp_zero2", "fsdp_zero3", "deepspeed_zero2",
+                                  "deepspeed_zero3"])
 def test_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import load_config_from_file
 
     config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
     assert config.num_processes >= 2
-    kind = {"cpu": "CPU", "fsdp_zero2": "FSDP", "fsdp_zero3": "FSDP"}.get(name, "GPU")
+    kind = {"cpu": "CPU", "fsdp_zero2": "FSDP", "fsdp_zero3": "FSDP", "deepspeed_zero2": "DEEPSPEED",
+            "deepspeed_zero3": "DEEPSPEED"}.get(name, "GPU")
     assert str(config.distributed_type).endswith(kind)
     if kind == "FSDP":
         assert config.fsdp_config["fsdp_version"] == 2
         assert config.fsdp_config["fsdp_reshard_after_forward"] == (name == "fsdp_zero3")
+    if kind == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
+        assert config.deepspeed_config["offload_optimizer_device"] == "none"
+
+
+LAUNCHER_ENV = ("ACCELERATE_USE_FSDP", "FSDP_RESHARD_AFTER_FORWARD", "FSDP_SHARDING_STRATEGY", "ACCELERATE_USE_DEEPSPEED",
+                "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_DEEPSPEED_CONFIG_FILE",
+                "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE")
 
 
 @pytest.mark.parametrize("env, expected", [
-    ({}, "none"),
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_RESHARD_AFTER_FORWARD": "true"}, "zero3"),
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_RESHARD_AFTER_FORWARD": "false"}, "zero2"),
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}, "zero2"),
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "FULL_SHARD"}, "zero3"),
+    ({}, ("none", "fsdp")),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_RESHARD_AFTER_FORWARD": "true"}, ("zero3", "fsdp")),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_RESHARD_AFTER_FORWARD": "false"}, ("zero2", "fsdp")),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}, ("zero2", "fsdp")),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "FULL_SHARD"}, ("zero3", "fsdp")),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, ("zero3", "deepspeed")),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+      "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none"}, ("zero2", "deepspeed")),
 ])
 def test_sharding_follows_the_launcher(env, expected, monkeypatch):
     from selfcorrect.sharding import sharding_from_launcher
 
-    for key in ("ACCELERATE_USE_FSDP", "FSDP_RESHARD_AFTER_FORWARD", "FSDP_SHARDING_STRATEGY",
-                "ACCELERATE_USE_DEEPSPEED"):
+    for key in LAUNCHER_ENV:
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert sharding_from_launcher("none") == expected
-    assert sharding_from_launcher("zero2") == "zero2"          # an explicit setting wins
+    assert sharding_from_launcher("none", "fsdp") == expected
+    assert sharding_from_launcher("zero2", "fsdp") == ("zero2", "fsdp")          # an explicit setting wins
+    assert sharding_from_launcher("zero3", "deepspeed") == ("zero3", "deepspeed")
 
 
-def test_deepspeed_launch_and_bad_sharding_are_clear_errors(monkeypatch, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("env, message", [
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "1"}, "ZeRO stage 1 is not supported"),
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "cpu"},
+     "OFFLOAD_PARAM_DEVICE=cpu\\) is not supported"),
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"},
+     "DeepSpeed JSON config .* is not read"),
+])
+def test_deepspeed_launch_settings_we_do_not_drive_are_errors(env, message, monkeypatch):
+    from selfcorrect.errors import ConfigError
+    from selfcorrect.sharding import sharding_from_launcher
+
+    for key in LAUNCHER_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=message):
+        sharding_from_launcher("none", "fsdp")
+
+
+def test_bad_sharding_is_a_clear_error(monkeypatch, tiny_model_dir, tmp_path):
     from selfcorrect.errors import ConfigError
     from selfcorrect.sharding import sharding_from_launcher
     from selfcorrect.trainer import TrainConfig, Trainer
 
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(ConfigError, match="fsdp_zero2.yaml"):
-        sharding_from_launcher("none")
-    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    for key in LAUNCHER_ENV:
+        monkeypatch.delenv(key, raising=False)
     with pytest.raises(ConfigError, match="sharding must be one of none, zero2, zero3"):
         TrainConfig(sharding="zero1")
+    with pytest.raises(ConfigError, match="sharding_engine must be one of fsdp, deepspeed"):
+        TrainConfig(sharding="zero3", sharding_engine="megatron")
     with pytest.raises(ConfigError, match="LoRA with sharding"):
         TrainConfig(sharding="zero3", lora_r=8)
     with pytest.raises(ConfigError, match="rollout_backend vllm cannot be combined with sharding"):
@@ -110,7 +144,7 @@ def test_deepspeed_launch_and_bad_sharding_are_clear_errors(monkeypatch, tiny_mo
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "HYBRID_SHARD")
     with pytest.raises(ConfigError, match="HYBRID_SHARD is not supported"):
-        sharding_from_launcher("none")
+        sharding_from_launcher("none", "fsdp")
     monkeypatch.delenv("FSDP_SHARDING_STRATEGY")          # sharding chosen by the launcher, vLLM by the config
     with pytest.raises(ConfigError, match="rollout_backend vllm cannot be combined with sharding"):
         Trainer.create(TrainConfig(model=str(tiny_model_dir), out=str(tmp_path / "v"), rollout_backend="vllm",
@@ -133,29 +167,46 @@ def _cpu_launch_config(name: str, tmp_path: Path) -> Path:
     return path
 
 
-def test_sharded_two_processes_equal_one_process_and_resume(tiny_model_dir, tmp_path, parity_task):
-    """ZeRO-3 and ZeRO-2 layouts (FSDP2, 2 processes) == 1 replicated process; a sharded resume == straight.
+SHARDED_ARGS = ["train", "--iterations", "2", "--stage1-steps", "2", "--stage2-steps", "1", "--problems-per-step", "8",
+                "--samples", "2", "--micro-batch-problems", "1", "--seed", "3", "--max-new-tokens", "4",
+                "--eval-limit", "2", "--eval-max-new-tokens", "2", "--report-to", "none", "--autocast", "none",
+                "--lr", "1e-3", "--temperature", "1.0", "--save-every", "4"]
+
+
+def _run(command, out=None):
+    done = subprocess.run([*command, *([] if out is None else ["--out", str(out)])], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _launched(name: str, tmp_path: Path) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(_cpu_launch_config(name, tmp_path)), "--main_process_port", str(_free_port()), "-m", "selfcorrect.cli"]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tiny_model_dir, tmp_path_factory):
+    """(args, run dir) of the unsharded single-process run every sharded run is compared with (run once)."""
+    from conftest import PARITY_TASK
+
+    root = tmp_path_factory.mktemp("one-process")
+    (root / "parity_task.py").write_text(PARITY_TASK)
+    args = [*SHARDED_ARGS, "--model", str(tiny_model_dir), "--task", f"{root / 'parity_task.py'}:make_task"]
+    _run([sys.executable, "-m", "selfcorrect.cli", *args], root / "one")
+    return args, root / "one"
+
+
+@pytest.mark.parametrize("engine", ["fsdp", "deepspeed"])
+def test_sharded_two_processes_equal_one_process_and_resume(engine, one_process_run, tiny_model_dir, tmp_path):
+    """ZeRO-3 and ZeRO-2 layouts (FSDP2 or DeepSpeed, 2 processes) == 1 replicated process; a sharded resume == straight.
 
     6 steps: iteration 2's Stage I (steps 4-5) uses a sharded anchor, and the resume starts inside it,
     from checkpoint-4 (which holds the anchor).  Seed 3 draws a problem twice in step 2, on the same
     process, leaving it a micro-batch short: the padding pass must keep the collectives aligned.
     """
-    args = ["train", "--model", str(tiny_model_dir), "--task", parity_task, "--iterations", "2",
-            "--stage1-steps", "2", "--stage2-steps", "1", "--problems-per-step", "8", "--samples", "2",
-            "--micro-batch-problems", "1", "--seed", "3",
-            "--max-new-tokens", "4", "--eval-limit", "2", "--eval-max-new-tokens", "2", "--report-to", "none",
-            "--autocast", "none", "--lr", "1e-3", "--temperature", "1.0", "--save-every", "4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def run(command, out=None):
-        done = subprocess.run([*command, *([] if out is None else ["--out", str(out)])], capture_output=True,
-                              text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-
-    def launched(name):
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(_cpu_launch_config(name, tmp_path)), "--main_process_port", str(_free_port()),
-                "-m", "selfcorrect.cli"]
+    if engine == "deepspeed":
+        pytest.importorskip("deepspeed")
+    args, one_dir = one_process_run
 
     def weights(run_dir):
         return load_file(str(run_dir / "checkpoint-6" / "model.safetensors"))
@@ -163,16 +214,15 @@ def test_sharded_two_processes_equal_one_process_and_resume(tiny_model_dir, tmp_
     def rows(run_dir):
         return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
-    run([sys.executable, "-m", "selfcorrect.cli", *args], tmp_path / "one")
-    run([*launched("fsdp_zero3"), *args], tmp_path / "zero3")
-    run([*launched("fsdp_zero2"), *args], tmp_path / "zero2")
+    _run([*_launched(f"{engine}_zero3", tmp_path), *args], tmp_path / "zero3")
+    _run([*_launched(f"{engine}_zero2", tmp_path), *args], tmp_path / "zero2")
     # resume the ZeRO-3 run after step 4 (inside iteration 2's Stage I: its checkpoint holds the anchor)
     shutil.copytree(tmp_path / "zero3", tmp_path / "resumed")
     shutil.rmtree(tmp_path / "resumed" / "checkpoint-6")
     assert (tmp_path / "resumed" / "checkpoint-4" / "anchor.safetensors").is_file()
-    run([*launched("fsdp_zero3"), "train", "--resume", str(tmp_path / "resumed")])
+    _run([*_launched(f"{engine}_zero3", tmp_path), "train", "--resume", str(tmp_path / "resumed")])
 
-    one = weights(tmp_path / "one")
+    one = weights(one_dir)
     initial = load_file(str(tiny_model_dir / "model.safetensors"))
     assert max((one[k] - initial[k]).abs().max().item() for k in one) > 1e-4     # training did something
     for other in ("zero3", "zero2", "resumed"):
@@ -181,13 +231,27 @@ def test_sharded_two_processes_equal_one_process_and_resume(tiny_model_dir, tmp_
         for key in one:
             assert torch.allclose(one[key], theirs[key], atol=1e-5, rtol=0), (other, key)
         # Adam and clipping hide a constant gradient factor; the logged (pre-clip) norms do not.
-        for a, b in zip(rows(tmp_path / "one"), rows(tmp_path / other), strict=True):
+        for a, b in zip(rows(one_dir), rows(tmp_path / other), strict=True):
             assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), (other, a["step"])
             assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-7), (other, a["step"])
+    if engine == "deepspeed":   # DeepSpeed's per-process checkpoint resumes only the way it was written
+        assert (tmp_path / "zero3" / "checkpoint-6" / "deepspeed").is_dir()
+        one_process_deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
+        for launch, env, message in (
+                ([sys.executable, "-m", "selfcorrect.cli"], {},
+                 "written with DeepSpeed, this launch runs without sharding"),
+                ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
+                  str(_free_port()), "-m", "selfcorrect.cli"], one_process_deepspeed,
+                 "resumes on the number of processes that wrote it \\(2\\), not 1")):
+            done = subprocess.run([*launch, "train", "--resume", str(tmp_path / "zero3")], capture_output=True,
+                                  text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=300)
+            assert done.returncode != 0 and re.search(message, done.stderr), done.stderr[-3000:]
+            assert "Traceback" not in done.stderr or "torch.distributed.run" in launch    # (torchrun's own)
 
 
-def test_sharded_star_equals_one_process(tiny_model_dir, tmp_path, parity_task):
-    """The SFT path (STaR: collect, filter, supervised steps) under the ZeRO-3 layout == 1 process.
+@pytest.mark.parametrize("engine", ["fsdp", "deepspeed"])
+def test_sharded_star_equals_one_process(engine, tiny_model_dir, tmp_path, parity_task):
+    """The SFT path (STaR: collect, filter, supervised steps) under the ZeRO-3 layout (FSDP2 or DeepSpeed) == 1 process.
 
     Each round collects 8 of the task's 12 problems, so the second round crosses an epoch and draws
     some problems twice: the gathered dataset must still be in one process's order.
@@ -197,10 +261,10 @@ def test_sharded_star_equals_one_process(tiny_model_dir, tmp_path, parity_task):
             "--stage1-steps", "1", "--stage2-steps", "1", "--problems-per-step", "8", "--samples", "2",
             "--max-new-tokens", "4", "--eval-limit", "2", "--eval-max-new-tokens", "2", "--report-to", "none",
             "--autocast", "none", "--lr", "1e-3", "--temperature", "1.0"]    # round 2 redraws problems
+    if engine == "deepspeed":
+        pytest.importorskip("deepspeed")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(_cpu_launch_config("fsdp_zero3", tmp_path)), "--main_process_port", str(_free_port()),
-                "-m", "selfcorrect.cli"]
+    launcher = _launched(f"{engine}_zero3", tmp_path)
     for command, out in (([sys.executable, "-m", "selfcorrect.cli"], "one"), (launcher, "zero3")):
         done = subprocess.run([*command, *args, "--out", str(tmp_path / out)], capture_output=True, text=True,
                               env=env, timeout=300)

@@ -1,0 +1,185 @@
+"""DeepSpeed ZeRO-2 / ZeRO-3: the sharded layouts of :mod:`selfcorrect.sharding`, driven by DeepSpeed's engine.
+
+``sharding_engine: deepspeed`` (or ``accelerate launch`` with
+``configs/accelerate/deepspeed_zero{2,3}.yaml``) hands the policy to
+``deepspeed.initialize`` with selfcorrect's own Adam: DeepSpeed partitions the
+Adam state and gradients (ZeRO-2) and the weights too (ZeRO-3), reduces the
+gradients, clips them and runs the optimizer.  What the trainer keeps:
+
+* **The engine's output is the log-probabilities.**  The policy is wrapped in
+  :class:`~selfcorrect.logprobs.TokenLogprobs`, whose forward returns
+  ``log π(token)`` at the attempt tokens.  DeepSpeed hooks the *output* of an
+  engine's forward to prepare its backward pass, so the tensor the loss is
+  built from must be that output (not a hidden state captured on the side).
+* **One optimizer step per training step.**  Every micro-batch's backward
+  runs with the accumulation boundary set by hand (only the last one is a
+  boundary), then one ``engine.step()``: the step's gradients are the sum over
+  its micro-batches, whatever their number.
+* **Generation without collectives.**  Under ZeRO-3 every forward gathers each
+  layer's weights from all processes.  :func:`gathered` gathers all weights once
+  and detaches DeepSpeed's module hooks while processes decode different
+  numbers of tokens, then re-attaches them.
+* **Frozen models.**  Under ZeRO-3 the reference and the iteration-2 anchor are
+  inference engines (partitioned, no optimizer); under ZeRO-2 they are plain
+  copies, as without sharding.
+* **Checkpoints.**  The gathered weights are written as the usual Hugging Face
+  directory; DeepSpeed's own per-process checkpoint (fp32 master weights and the
+  partitioned Adam state) goes into ``checkpoint-N/deepspeed/`` for an exact
+  resume with the same number of processes.
+* **Skipped steps.**  DeepSpeed's overflow check skips a step whose gradients
+  are not finite (and clears them), in fp32 and bf16 alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+from .logprobs import TokenLogprobs
+
+CHECKPOINT_TAG = "zero"
+"""DeepSpeed's checkpoint tag (sub-folder) inside ``checkpoint-N/deepspeed``."""
+
+
+def require_deepspeed():
+    """``import deepspeed``, or a ConfigError that says how to install it."""
+    try:
+        import deepspeed
+    except ImportError as error:
+        raise ConfigError("sharding_engine deepspeed needs DeepSpeed: pip install 'selfcorrect[deepspeed]' "
+                          f"({error}); or use sharding_engine fsdp (PyTorch's own)") from None
+    return deepspeed
+
+
+def ds_config(stage: int, max_grad_norm: float, bf16: bool, train: bool = True) -> dict[str, Any]:
+    """The DeepSpeed config selfcorrect builds from its own TrainConfig (no separate JSON to keep in sync).
+
+    Batch sizes are bookkeeping only here: selfcorrect feeds the micro-batches and
+    marks the accumulation boundary itself (see the module docstring).
+    """
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": stage},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 2**31 - 1,            # selfcorrect logs; DeepSpeed stays quiet
+        "wall_clock_breakdown": False,
+    }
+    if train:
+        config["gradient_clipping"] = max_grad_norm
+        config["zero_allow_untested_optimizer"] = True     # selfcorrect's torch Adam/AdamW
+    return config
+
+
+def train_engine(model, optimizer: torch.optim.Optimizer, stage: int, max_grad_norm: float, bf16: bool):
+    """``deepspeed.initialize`` on the policy (wrapped to output log-probs) and selfcorrect's optimizer."""
+    deepspeed = require_deepspeed()
+    engine, *_ = deepspeed.initialize(model=TokenLogprobs(model), optimizer=optimizer,
+                                      config=ds_config(stage, max_grad_norm, bf16))
+    return engine
+
+
+def frozen(model, stage: int, bf16: bool):
+    """A frozen model for log-probs: a partitioned inference engine under ZeRO-3, the model itself under ZeRO-2."""
+    if stage != 3:
+        return model
+    deepspeed = require_deepspeed()
+    engine, *_ = deepspeed.initialize(model=TokenLogprobs(model), config=ds_config(3, 0.0, bf16, train=False))
+    engine.eval()
+    return engine
+
+
+def is_engine(model) -> bool:
+    return type(model).__name__ == "DeepSpeedEngine"
+
+
+def hf_model(model):
+    """The Hugging Face model inside an engine (or the model itself)."""
+    return model.module.model if is_engine(model) else model
+
+
+def _zero3(engine) -> bool:
+    return is_engine(engine) and engine.zero_optimization_stage() == 3
+
+
+def _offload(engine):
+    """DeepSpeed's ZeRO-3 parameter manager (it owns the module hooks)."""
+    optimizer = engine.optimizer
+    return getattr(optimizer, "parameter_offload", optimizer)
+
+
+@contextlib.contextmanager
+def gathered(engine) -> Iterator[None]:
+    """All of the engine's weights on every process, its ZeRO-3 hooks detached, for the duration.
+
+    Every process must enter (the gather is a collective); inside, processes may
+    run different numbers of forward passes.  A no-op below ZeRO-3.
+    """
+    if not _zero3(engine):
+        yield
+        return
+    deepspeed = require_deepspeed()
+    offload = _offload(engine)
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        # With the hooks attached, each module's forward would free its weights again (a collective to re-gather).
+        for param in params:
+            param.ds_active_sub_modules.clear()
+        for hook in [*offload.forward_hooks, *offload.backward_hooks]:
+            hook.remove()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        try:
+            yield
+        finally:
+            offload._register_deepspeed_module(offload.module)
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor] | None:
+    """The Hugging Face model's whole state dict on the main process's CPU, ``{}`` elsewhere (a collective).
+
+    ``None`` when the weights are not partitioned (below ZeRO-3): the model itself holds them.
+    """
+    if not _zero3(model):
+        return None
+    main = torch.distributed.get_rank() == 0
+    with gathered(model):
+        return {k: v.detach().cpu().clone() for k, v in hf_model(model).state_dict().items()} if main else {}
+
+
+@torch.no_grad()
+def copy_weights(target, source) -> None:
+    """``target``'s weights := ``source``'s (identically partitioned ZeRO-3 engines: partition by partition)."""
+    for t, s in zip(target.module.parameters(), source.module.parameters(), strict=True):
+        t.ds_tensor.copy_(s.ds_tensor)
+
+
+def backward(engine, loss: torch.Tensor, last: bool) -> None:
+    """Accumulate this micro-batch's gradients; the last micro-batch of a step is the reduction boundary."""
+    engine.set_gradient_accumulation_boundary(last)
+    engine.backward(loss, scale_wrt_gas=False)
+
+
+def step(engine) -> tuple[float, bool]:
+    """DeepSpeed's clip + optimizer step; returns (pre-clip gradient norm, whether the step was applied)."""
+    engine.set_gradient_accumulation_boundary(True)
+    engine.step()
+    norm = engine.get_global_grad_norm()
+    return float(norm) if norm is not None else float("nan"), engine.was_step_applied()
+
+
+def save(engine, directory: Path) -> None:
+    """DeepSpeed's own checkpoint (every process writes its partition; a collective)."""
+    engine.save_checkpoint(str(directory), tag=CHECKPOINT_TAG, save_latest=False)
+
+
+def load(engine, directory: Path) -> None:
+    """Restore weights, fp32 master weights and Adam state saved by :func:`save` (same number of processes)."""
+    loaded, _ = engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG, load_optimizer_states=True,
+                                       load_lr_scheduler_states=False)
+    if loaded is None:
+        raise ConfigError(f"{directory}: no DeepSpeed checkpoint to resume from")
