@@ -10,6 +10,7 @@ Rewards are ~0 (nothing is learnt in a few steps); this measures the machinery.
     python benchmarks/gpu_run.py [--arch default|tiny] [--steps 4] [--problems 16] [--samples 4]
                                  [--max-new-tokens 128] [--device cuda] [--lora-r 0]
     torchrun --nproc_per_node N benchmarks/gpu_run.py --sharding zero3 ...     # FSDP2 sharded
+    torchrun --nproc_per_node N benchmarks/gpu_run.py --sharding zero3 --sharding-engine deepspeed ...
 
 Prints one line per step (phase, generate/train seconds, generated tokens/s,
 peak memory) and a summary; the first step includes CUDA warm-up and is
@@ -56,7 +57,8 @@ def main() -> None:
     parser.add_argument("--micro-batch-problems", type=int, default=16)
     parser.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0 = full fine-tuning)")
     parser.add_argument("--sharding", choices=["none", "zero2", "zero3"], default="none",
-                        help="FSDP2 sharding (launch with torchrun, e.g. --nproc_per_node 1)")
+                        help="ZeRO layout (launch with torchrun, e.g. --nproc_per_node 1)")
+    parser.add_argument("--sharding-engine", choices=["fsdp", "deepspeed"], default="fsdp")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json", help="also write the per-step rows here")
     args = parser.parse_args()
@@ -72,13 +74,14 @@ def main() -> None:
                              problems_per_step=args.problems, samples=args.samples, temperature=1.0,
                              max_new_tokens=args.max_new_tokens, micro_batch_problems=args.micro_batch_problems,
                              generation_batch_size=args.problems * args.samples, lora_r=args.lora_r,
-                             sharding=args.sharding,
+                             sharding=args.sharding, sharding_engine=args.sharding_engine,
                              eval_every=0, eval_limit=1, save_every=0, report_to=["none"], log_samples_every=0)
         loaded = time.perf_counter()
         trainer = Trainer.create(config)
         params = sum(p.numel() for p in trainer.policy.parameters())
         say = print if trainer.dist.main else (lambda *a, **k: None)
-        say(f"device {torch.cuda.get_device_name() if cuda else args.device}; sharding {args.sharding}; "
+        say(f"device {torch.cuda.get_device_name() if cuda else args.device}; "
+            f"sharding {args.sharding} ({args.sharding_engine if args.sharding != 'none' else '-'}); "
               f"model {args.arch} "
               f"({params / 1e6:.1f}M params, random init); {args.problems} problems x {args.samples} samples x "
               f"2 attempts, <= {args.max_new_tokens} new tokens; setup {time.perf_counter() - loaded:.1f} s",

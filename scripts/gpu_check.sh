@@ -5,7 +5,7 @@
 # the runs use the default model's architecture with random weights (both with
 # the default tokenizer, which `make setup` installs).  Prints step time,
 # generated tokens/s and peak GPU memory for full fine-tuning, LoRA, and the
-# FSDP2 (ZeRO-3 layout) code path.  Logs go to $LOG_DIR (default runs/gpu_check).
+# ZeRO-3 layout on FSDP2 and (when DeepSpeed is installed) on DeepSpeed's engine.  Logs go to $LOG_DIR (default runs/gpu_check).
 # Every stage runs even if an earlier one failed; the exit status says whether all passed.
 #
 #     bash scripts/gpu_check.sh            # after `make setup` on a CUDA machine
@@ -37,6 +37,12 @@ stage run_full 120 "$PYTHON" "${RUN[@]}" --steps 4 --json "$LOG_DIR/run_full.jso
 stage run_lora 120 "$PYTHON" "${RUN[@]}" --steps 3 --lora-r 16 --json "$LOG_DIR/run_lora.json"
 stage run_zero3 120 "$PYTHON" -m torch.distributed.run --nproc_per_node 1 --master_port 29531 \
     "${RUN[@]}" --steps 3 --sharding zero3 --json "$LOG_DIR/run_zero3.json"
+if "$PYTHON" -c "import deepspeed" >/dev/null 2>&1; then
+    stage run_deepspeed_zero3 150 "$PYTHON" -m torch.distributed.run --nproc_per_node 1 --master_port 29532 \
+        "${RUN[@]}" --steps 3 --sharding zero3 --sharding-engine deepspeed --json "$LOG_DIR/run_deepspeed_zero3.json"
+else
+    echo "== run_deepspeed_zero3: skipped (DeepSpeed is not installed: pip install 'selfcorrect[deepspeed]')"
+fi
 
 if ((${#failed[@]})); then echo "gpu_check: FAILED: ${failed[*]}"; exit 1; fi
 echo "gpu_check: all stages passed"
