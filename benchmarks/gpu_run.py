@@ -78,7 +78,7 @@ def main() -> None:
                              eval_every=0, eval_limit=1, save_every=0, report_to=["none"], log_samples_every=0)
         loaded = time.perf_counter()
         trainer = Trainer.create(config)
-        params = sum(p.numel() for p in trainer.policy.parameters())
+        params = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.policy.parameters())  # (ZeRO-3: whole)
         say = print if trainer.dist.main else (lambda *a, **k: None)
         say(f"device {torch.cuda.get_device_name() if cuda else args.device}; "
             f"sharding {args.sharding} ({args.sharding_engine if args.sharding != 'none' else '-'}); "

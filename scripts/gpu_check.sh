@@ -10,6 +10,7 @@
 #
 #     bash scripts/gpu_check.sh            # after `make setup` on a CUDA machine
 #     PYTHON=python3 bash scripts/gpu_check.sh
+#     STAGES="tests run_zero3" bash scripts/gpu_check.sh      # only these stages
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
@@ -17,8 +18,10 @@ LOG_DIR=${LOG_DIR:-runs/gpu_check}
 mkdir -p "$LOG_DIR"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 failed=()
+STAGES=${STAGES:-}
 stage() {   # stage NAME SECONDS COMMAND...: run with a time limit, log to $LOG_DIR/NAME.log
     local name=$1 limit=$2; shift 2
+    if [[ -n $STAGES && " $STAGES " != *" $name "* ]]; then return; fi
     echo "== $name"
     timeout "$limit" "$@" 2>&1 | tee "$LOG_DIR/$name.log" || failed+=("$name")
 }

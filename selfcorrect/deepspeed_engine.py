@@ -56,11 +56,15 @@ def require_deepspeed():
     return deepspeed
 
 
-def ds_config(stage: int, max_grad_norm: float, bf16: bool, train: bool = True) -> dict[str, Any]:
+def ds_config(stage: int, max_grad_norm: float, bf16: bool, autocast: bool, train: bool = True) -> dict[str, Any]:
     """The DeepSpeed config selfcorrect builds from its own TrainConfig (no separate JSON to keep in sync).
 
-    Batch sizes are bookkeeping only here: selfcorrect feeds the micro-batches and
-    marks the accumulation boundary itself (see the module docstring).
+    ``bf16``: bfloat16 weights (DeepSpeed keeps fp32 master weights in the
+    optimizer).  ``autocast``: bf16 autocast of fp32 weights, which the engine
+    would otherwise switch off inside its forward; gradients are still reduced
+    in fp32 (no module is declared safe for lower-precision communication).
+    Batch sizes are bookkeeping only here: selfcorrect feeds the micro-batches
+    and marks the accumulation boundary itself (see the module docstring).
     """
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": 1,
@@ -70,26 +74,30 @@ def ds_config(stage: int, max_grad_norm: float, bf16: bool, train: bool = True) 
         "steps_per_print": 2**31 - 1,            # selfcorrect logs; DeepSpeed stays quiet
         "wall_clock_breakdown": False,
     }
+    if autocast and not bf16:
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
     if train:
         config["gradient_clipping"] = max_grad_norm
         config["zero_allow_untested_optimizer"] = True     # selfcorrect's torch Adam/AdamW
     return config
 
 
-def train_engine(model, optimizer: torch.optim.Optimizer, stage: int, max_grad_norm: float, bf16: bool):
+def train_engine(model, optimizer: torch.optim.Optimizer, stage: int, max_grad_norm: float, bf16: bool,
+                 autocast: bool):
     """``deepspeed.initialize`` on the policy (wrapped to output log-probs) and selfcorrect's optimizer."""
     deepspeed = require_deepspeed()
     engine, *_ = deepspeed.initialize(model=TokenLogprobs(model), optimizer=optimizer,
-                                      config=ds_config(stage, max_grad_norm, bf16))
+                                      config=ds_config(stage, max_grad_norm, bf16, autocast))
     return engine
 
 
-def frozen(model, stage: int, bf16: bool):
+def frozen(model, stage: int, bf16: bool, autocast: bool):
     """A frozen model for log-probs: a partitioned inference engine under ZeRO-3, the model itself under ZeRO-2."""
     if stage != 3:
         return model
     deepspeed = require_deepspeed()
-    engine, *_ = deepspeed.initialize(model=TokenLogprobs(model), config=ds_config(3, 0.0, bf16, train=False))
+    engine, *_ = deepspeed.initialize(model=TokenLogprobs(model),
+                                      config=ds_config(3, 0.0, bf16, autocast, train=False))
     engine.eval()
     return engine
 

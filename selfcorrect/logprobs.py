@@ -15,6 +15,8 @@ must see the log-probabilities as their model's output (DeepSpeed).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -48,6 +50,14 @@ def _last_hidden_state(model, backbone, input_ids: torch.Tensor, attention_mask:
     return captured[-1]
 
 
+def _max_over_processes(value: int, device: torch.device) -> int:
+    if not torch.distributed.is_initialized():
+        return value
+    t = torch.tensor([value], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())
+
+
 def _chunk_logprobs(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
                     softcap: float | None) -> torch.Tensor:
     # A module call (not F.linear on its weight): the hooks of PEFT and DeepSpeed ZeRO-3 see it.
@@ -74,12 +84,13 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     rows = hidden[:, :-1][predicts]                                # [N, H]
     labels = input_ids[:, 1:][predicts]                            # [N]
     softcap = getattr(inner.config, "final_logit_softcapping", None)
+    calls = max(1, math.ceil(rows.shape[0] / chunk_size))
     if hasattr(head.weight, "ds_id"):
-        # DeepSpeed ZeRO-3: each call of the output layer gathers its weight from all processes, so every
-        # process must make the same number of calls: one, whatever its number of rows (more logits memory).
-        chunk_size = max(rows.shape[0], 1)
+        # DeepSpeed ZeRO-3: each call of the output layer (and its recomputation in the backward pass)
+        # gathers its weight from all processes, so every process makes as many calls as the busiest one.
+        calls = _max_over_processes(calls, rows.device)
     pieces = []
-    for lo in range(0, max(rows.shape[0], 1), chunk_size):
+    for lo in range(0, calls * chunk_size, chunk_size):                   # trailing chunks may be empty
         args = (rows[lo:lo + chunk_size], labels[lo:lo + chunk_size], head, softcap)
         if torch.is_grad_enabled():
             pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))

@@ -557,8 +557,8 @@ class Trainer:
         self.engine = None
         if self.sharding != "none" and self.sharding_engine == "deepspeed":
             self.engine = ds.train_engine(self.policy, self.optimizer, self._zero_stage, config.max_grad_norm,
-                                          bf16=config.dtype == "bfloat16")
-            self.reference = ds.frozen(self.reference, self._zero_stage, bf16=config.dtype == "bfloat16")
+                                          **self._ds_precision)
+            self.reference = ds.frozen(self.reference, self._zero_stage, **self._ds_precision)
         self.anchor = self.reference                      # Stage I anchor of attempt 1 (see module docstring)
         self.builder = ConversationBuilder(self.tokenizer, self.task.correction_instruction)
         self.backend = self._make_backend()
@@ -604,6 +604,10 @@ class Trainer:
     @property
     def _zero_stage(self) -> int:
         return {"zero2": 2, "zero3": 3}.get(self.sharding, 0)
+
+    @property
+    def _ds_precision(self) -> dict[str, bool]:
+        return {"bf16": self.config.dtype == "bfloat16", "autocast": self.config.autocast == "bf16"}
 
     @property
     def _whole_weights(self) -> bool:
@@ -930,7 +934,7 @@ class Trainer:
         if checkpoint is not None:
             load_anchor(checkpoint, anchor)
         if self.engine is not None:                       # DeepSpeed ZeRO-3: an inference engine
-            anchor = ds.frozen(anchor, self._zero_stage, bf16=self.config.dtype == "bfloat16")
+            anchor = ds.frozen(anchor, self._zero_stage, **self._ds_precision)
             if source is not None:
                 ds.copy_weights(anchor, self.engine)
             return anchor
