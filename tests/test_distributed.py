@@ -226,11 +226,14 @@ def test_sharded_two_processes_equal_one_process_and_resume(engine, one_process_
     one = weights(one_dir)
     initial = load_file(str(tiny_model_dir / "model.safetensors"))
     assert max((one[k] - initial[k]).abs().max().item() for k in one) > 1e-4     # training did something
+    # Float noise of other reduction orders, which Adam amplifies where gradients are tiny; measured for
+    # updates of up to 5.8e-3: FSDP2 2.5e-6, DeepSpeed 6.6e-6 (bucketed reductions, flat fp32 partitions).
+    tolerance = {"fsdp": 1e-5, "deepspeed": 2e-5}[engine]
     for other in ("zero3", "zero2", "resumed"):
         theirs = weights(tmp_path / other)
         assert theirs.keys() == one.keys(), other
         for key in one:
-            assert torch.allclose(one[key], theirs[key], atol=1e-5, rtol=0), (other, key)
+            assert torch.allclose(one[key], theirs[key], atol=tolerance, rtol=0), (other, key)
         # Adam and clipping hide a constant gradient factor; the logged (pre-clip) norms do not.
         for a, b in zip(rows(one_dir), rows(tmp_path / other), strict=True):
             assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), (other, a["step"])
@@ -280,3 +283,58 @@ def test_sharded_star_equals_one_process(engine, tiny_model_dir, tmp_path, parit
     # ~1e-3 of an update (measured: 1.8e-5 for updates of 2e-2 at lr 1e-2).
     for key in one:
         assert torch.allclose(one[key], zero3[key], atol=1e-5, rtol=0), key
+
+
+NAN_STEP_SCRIPT = '''
+import dataclasses, json, sys
+import torch
+import selfcorrect.trainer as T
+from selfcorrect import deepspeed_engine as ds
+
+model, task, out, stage = sys.argv[1:5]
+trainer = T.Trainer.create(T.TrainConfig(
+    model=model, task=task, out=out, sharding=stage, sharding_engine="deepspeed", temperature=1.0,
+    iterations=1, stage1_steps=3, stage2_steps=0, problems_per_step=4, samples=2, max_new_tokens=4,
+    micro_batch_problems=1, autocast="none", report_to=["none"], lr=1e-3, eval_limit=1))
+
+def weights():
+    full = ds.full_state_dict(trainer.engine)
+    return full if full is not None else {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+
+def changed(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+start = weights()
+trainer.train_step()
+before = weights()
+original = T.step_loss
+def nan_loss(*args, **kwargs):      # through the engine, as a real loss: only its value is poisoned
+    out = original(*args, **kwargs)
+    return dataclasses.replace(out, loss=out.loss * float("nan"))
+T.step_loss = nan_loss
+bad = trainer.train_step()
+after_bad = weights()
+T.step_loss = original
+good = trainer.train_step()
+print("RESULT", json.dumps({"first": changed(start, before), "bad_skipped": bad["skipped"],
+                            "bad_change": changed(before, after_bad), "skipped": trainer.skipped,
+                            "good_skipped": good["skipped"], "good_change": changed(after_bad, weights())}))
+'''
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_skips_a_step_with_non_finite_gradients(stage, tiny_model_dir, tmp_path, parity_task):
+    """A NaN loss leaves weights untouched under DeepSpeed (its overflow check), and the next step trains."""
+    pytest.importorskip("deepspeed")
+    script = tmp_path / "nan_step.py"
+    script.write_text(NAN_STEP_SCRIPT)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
+                           str(_free_port()), str(script), str(tiny_model_dir), parity_task, str(tmp_path / "run"),
+                           stage],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT", 1)[1])
+    assert result["first"] > 1e-6                                   # a normal step trains
+    assert result["bad_skipped"] and result["skipped"] == 1
+    assert result["bad_change"] == 0.0                              # the poisoned step changed nothing
+    assert not result["good_skipped"] and result["good_change"] > 1e-6    # and left no stale gradients behind
