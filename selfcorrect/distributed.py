@@ -20,7 +20,10 @@ accelerate's :class:`~accelerate.PartialState` sets up the process group
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -89,3 +92,38 @@ class DataParallel:
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+
+class StopRequest:
+    """Ctrl-C in a multi-process job: every process finishes its step, then all stop together.
+
+    A ``KeyboardInterrupt`` raised wherever each process happens to be would
+    leave them in different collectives (a checkpoint written then hangs).
+    While :meth:`catching`, SIGINT only records the request (the launcher
+    forwards it to every process, often twice); :meth:`agreed`, called by every
+    process between steps, is true on all of them once any of them saw it.
+    (torchrun kills its workers 30 s after forwarding the signal: a longer
+    step ends without the checkpoint, but never in a hang.)
+    """
+
+    def __init__(self, dist: DataParallel):
+        self.dist = dist
+        self.requested = False
+
+    @contextlib.contextmanager
+    def catching(self) -> Iterator[None]:
+        if self.dist.world == 1 or threading.current_thread() is not threading.main_thread():
+            yield                       # one process: Ctrl-C interrupts at once (nothing to keep aligned)
+            return
+        previous = signal.signal(signal.SIGINT, self._record)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _record(self, signum, frame) -> None:
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop (a collective: every process calls it)."""
+        return self.dist.world > 1 and self.dist.max(int(self.requested)) > 0

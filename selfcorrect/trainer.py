@@ -64,7 +64,7 @@ from .checkpoint import (has_anchor, latest_checkpoint, load_anchor, load_state,
 from .config import from_dict, load_yaml, to_dict
 from .errors import ConfigError
 from .logprobs import token_logprobs
-from .distributed import DataParallel
+from .distributed import DataParallel, StopRequest
 from .lora import apply_lora, base_model_context, export_merged, load_adapter
 from . import deepspeed_engine as ds
 from .sharding import ENGINES, SHARDINGS, copy_weights, full_optimizer_state, full_state_dict, gathered, \
@@ -979,8 +979,15 @@ class Trainer:
         """Run the remaining steps; checkpoint periodically, on Ctrl-C and at the end. Returns the last row.
 
         In a data-parallel job only the main process logs, evaluates and writes
-        files; the others return ``{"final_eval": None}``.
+        files; the others return ``{"final_eval": None}``.  Ctrl-C stops a single
+        process at once; in a multi-process job every process first finishes its
+        current step (:class:`~selfcorrect.distributed.StopRequest`).
         """
+        stop = StopRequest(self.dist)
+        with stop.catching():
+            return self._train(stop, on_step)
+
+    def _train(self, stop: StopRequest, on_step: Callable[[int, dict[str, Any]], None] | None) -> dict[str, Any]:
         config = self.config
         main = self.dist.main
         logger = RunLogger(self.run_dir, config, resume=self.step > 0) if main else None
@@ -1004,6 +1011,8 @@ class Trainer:
                     path = self.save()
                     if evaluated is not None:
                         self._maybe_best(evaluated, path)
+                if stop.agreed():         # Ctrl-C in a multi-process job: all processes are between steps
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             self.save()
             if logger is not None:

@@ -338,3 +338,37 @@ def test_deepspeed_skips_a_step_with_non_finite_gradients(stage, tiny_model_dir,
     assert result["bad_skipped"] and result["skipped"] == 1
     assert result["bad_change"] == 0.0                              # the poisoned step changed nothing
     assert not result["good_skipped"] and result["good_change"] > 1e-6    # and left no stale gradients behind
+
+
+def test_ctrl_c_stops_a_sharded_run_between_steps_with_a_checkpoint(tiny_model_dir, tmp_path, parity_task):
+    """Ctrl-C (SIGINT to the launcher's whole process group, as a terminal sends it) in a 2-process ZeRO-3 run:
+    both processes finish their step, checkpoint it together and exit — no hang mid-collective."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = ["train", "--model", str(tiny_model_dir), "--task", parity_task, "--stage1-steps", "200",
+            "--stage2-steps", "0", "--problems-per-step", "4", "--samples", "2", "--max-new-tokens", "4",
+            "--report-to", "none", "--autocast", "none", "--out", str(out)]
+    proc = subprocess.Popen([*_launched("fsdp_zero3", tmp_path), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    from selfcorrect.checkpoint import latest_checkpoint, load_state
+
+    assert proc.returncode != 0 and "selfcorrect: interrupted" in stderr, stderr[-3000:]
+    checkpoint = latest_checkpoint(out)
+    step = load_state(checkpoint)["step"]
+    assert 2 <= step < 200 and checkpoint.name == f"checkpoint-{step}"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == step        # every finished step logged
+    assert load_file(str(checkpoint / "model.safetensors")).keys() == \
+        load_file(str(tiny_model_dir / "model.safetensors")).keys()
