@@ -78,13 +78,15 @@ def main() -> None:
                              eval_every=0, eval_limit=1, save_every=0, report_to=["none"], log_samples_every=0)
         loaded = time.perf_counter()
         trainer = Trainer.create(config)
+        setup_peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else float("nan")
         params = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.policy.parameters())  # (ZeRO-3: whole)
         say = print if trainer.dist.main else (lambda *a, **k: None)
         say(f"device {torch.cuda.get_device_name() if cuda else args.device}; "
             f"sharding {args.sharding} ({args.sharding_engine if args.sharding != 'none' else '-'}); "
               f"model {args.arch} "
               f"({params / 1e6:.1f}M params, random init); {args.problems} problems x {args.samples} samples x "
-              f"2 attempts, <= {args.max_new_tokens} new tokens; setup {time.perf_counter() - loaded:.1f} s",
+              f"2 attempts, <= {args.max_new_tokens} new tokens; setup {time.perf_counter() - loaded:.1f} s, "
+              f"setup peak {setup_peak:.2f} GB",
               flush=True)
         rows = []
         for _ in range(args.steps):

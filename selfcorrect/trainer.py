@@ -524,7 +524,7 @@ class Trainer:
         self.task = load_task(config.task, **_task_options(config, config.train_split))
         self.eval_task = load_task(config.task, **_task_options(config, config.eval_split))
         self.tokenizer = load_tokenizer(config.model)
-        self.policy = load_model(config.model, dtype=config.dtype, device=self.device)
+        self.policy = load_model(config.model, dtype=config.dtype, device=self._load_device)
         if config.lora_r:
             # π_ref is the policy with its adapter disabled (lora.base_model_context): no second copy.
             self.reference = None
@@ -534,7 +534,7 @@ class Trainer:
         else:
             self.reference = _frozen_copy(self.policy)    # π_ref: the initial model, never updated
             if checkpoint is not None:                    # resume: the policy continues from the checkpoint
-                self.policy = load_model(str(checkpoint), dtype=config.dtype, device=self.device)
+                self.policy = load_model(str(checkpoint), dtype=config.dtype, device=self._load_device)
         if config.gradient_checkpointing and config.lora_r:
             self.policy.enable_input_require_grads()     # frozen embeddings: let checkpointed layers get grads
         if config.gradient_checkpointing:
@@ -604,6 +604,12 @@ class Trainer:
     @property
     def _zero_stage(self) -> int:
         return {"zero2": 2, "zero3": 3}.get(self.sharding, 0)
+
+    @property
+    def _load_device(self) -> torch.device:
+        """Where whole models are loaded: host memory when FSDP2 shards them (it moves each unit's shard to
+        the GPU as it wraps it), so a GPU never holds a whole policy + reference (or anchor) at once."""
+        return torch.device("cpu") if self.sharding != "none" and self.sharding_engine == "fsdp" else self.device
 
     @property
     def _ds_precision(self) -> dict[str, bool]:
@@ -930,7 +936,7 @@ class Trainer:
         """A frozen, sharded copy of ``source`` (or of the anchor saved in ``checkpoint``)."""
         from .models import load_model
 
-        anchor = _frozen_copy(load_model(self.config.model, dtype=self.config.dtype, device=self.device))
+        anchor = _frozen_copy(load_model(self.config.model, dtype=self.config.dtype, device=self._load_device))
         if checkpoint is not None:
             load_anchor(checkpoint, anchor)
         if self.engine is not None:                       # DeepSpeed ZeRO-3: an inference engine
