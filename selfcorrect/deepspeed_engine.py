@@ -60,9 +60,10 @@ def ds_config(stage: int, max_grad_norm: float, bf16: bool, autocast: bool, trai
     """The DeepSpeed config selfcorrect builds from its own TrainConfig (no separate JSON to keep in sync).
 
     ``bf16``: bfloat16 weights (DeepSpeed keeps fp32 master weights in the
-    optimizer).  ``autocast``: bf16 autocast of fp32 weights, which the engine
-    would otherwise switch off inside its forward; gradients are still reduced
-    in fp32 (no module is declared safe for lower-precision communication).
+    optimizer).  ``autocast``: bf16 autocast, which the engine would otherwise
+    switch off inside its forward (while a plain ZeRO-2 reference runs under
+    it); no module is declared safe for lower-precision communication, so
+    gradients are reduced in the weights' dtype.
     Batch sizes are bookkeeping only here: selfcorrect feeds the micro-batches
     and marks the accumulation boundary itself (see the module docstring).
     """
@@ -74,7 +75,7 @@ def ds_config(stage: int, max_grad_norm: float, bf16: bool, autocast: bool, trai
         "steps_per_print": 2**31 - 1,            # selfcorrect logs; DeepSpeed stays quiet
         "wall_clock_breakdown": False,
     }
-    if autocast and not bf16:
+    if autocast:    # (also with bf16 weights: the engine would switch an outer autocast off, unlike the reference)
         config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
     if train:
         config["gradient_clipping"] = max_grad_norm
@@ -161,15 +162,31 @@ def full_state_dict(model) -> dict[str, torch.Tensor] | None:
 
 @torch.no_grad()
 def copy_weights(target, source) -> None:
-    """``target``'s weights := ``source``'s (identically partitioned ZeRO-3 engines: partition by partition)."""
-    for t, s in zip(target.module.parameters(), source.module.parameters(), strict=True):
+    """``target``'s weights := ``source``'s (identically partitioned ZeRO-3 engines: partition by partition).
+
+    A collective: small parameters (below ``stage3_param_persistence_threshold``)
+    stay gathered between forwards, and their gathered copies are refreshed.
+    """
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    pairs = list(zip(target.module.parameters(), source.module.parameters(), strict=True))
+    for t, s in pairs:
         t.ds_tensor.copy_(s.ds_tensor)
+    kept = [t for t, _ in pairs if t.ds_status == ZeroParamStatus.AVAILABLE]
+    if kept:                    # what DeepSpeed does to its own persistent parameters after an optimizer step
+        kept[0].partition(param_list=kept)
+        kept[0].all_gather(param_list=kept)
 
 
-def backward(engine, loss: torch.Tensor, last: bool) -> None:
-    """Accumulate this micro-batch's gradients; the last micro-batch of a step is the reduction boundary."""
+def backward(engine, loss: torch.Tensor, last: bool, poison: bool = False) -> None:
+    """Accumulate this micro-batch's gradients; the last micro-batch of a step is the reduction boundary.
+
+    ``poison``: make the gradients NaN, so that DeepSpeed's overflow check skips
+    the step (a non-finite loss can have finite gradients, e.g. an infinite
+    constant term; the step must not be applied either way).
+    """
     engine.set_gradient_accumulation_boundary(last)
-    engine.backward(loss, scale_wrt_gas=False)
+    engine.backward(loss * float("nan") if poison else loss, scale_wrt_gas=False)
 
 
 def step(engine) -> tuple[float, bool]:

@@ -162,6 +162,11 @@ def load_full_optimizer_state(model, optimizer, state: dict[str, Any]) -> None:
 @torch.no_grad()
 def copy_weights(target, source) -> None:
     """``target``'s weights := ``source``'s, shard by shard (identically sharded models)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in [*target.modules(), *source.modules()]:
+        if isinstance(unit, FSDPModule):
+            unit.reshard()          # the root stays gathered after a forward: back to its shards first
     for t, s in zip(target.parameters(), source.parameters(), strict=True):
         t.copy_(s)
 

@@ -632,10 +632,16 @@ class Trainer:
 
     def _backward(self, loss: torch.Tensor, last: bool) -> None:
         """Accumulate one micro-batch's gradients (``last``: the step's final micro-batch)."""
-        if self.engine is not None:
-            ds.backward(self.engine, loss, last)
-        else:
+        if self.engine is None:
             loss.backward()
+            return
+        # DeepSpeed steps unless the gradients are non-finite: a non-finite loss anywhere in the step (on any
+        # process) poisons the last micro-batch's gradients, so the step is skipped as on the other paths.
+        self._nonfinite_loss = getattr(self, "_nonfinite_loss", False) or not bool(torch.isfinite(loss))
+        poison = last and self.dist.max(int(self._nonfinite_loss)) > 0
+        if last:
+            self._nonfinite_loss = False
+        ds.backward(self.engine, loss, last, poison)
 
     def _make_backend(self):
         """The rollout backend; a vLLM engine starts from the base model and gets the policy's weights."""
@@ -690,6 +696,9 @@ class Trainer:
             if state.get("world") != trainer.dist.world:
                 raise ConfigError(f"--resume {run_dir}: a DeepSpeed checkpoint resumes on the number of processes "
                                   f"that wrote it ({state.get('world')}), not {trainer.dist.world}")
+            if state.get("zero_stage") != trainer._zero_stage:
+                raise ConfigError(f"--resume {run_dir}: its DeepSpeed checkpoint is ZeRO stage {state.get('zero_stage')}"
+                                  f", this launch runs stage {trainer._zero_stage}; resume it with the same stage")
             ds.load(trainer.engine, checkpoint / "deepspeed")
         elif trainer.sharding != "none":
             if state["optimizer"]:                        # empty: saved before any optimizer step
@@ -735,7 +744,7 @@ class Trainer:
         else:
             optimizer, weights, anchor_weights = self.optimizer.state_dict(), None, None
         state = {"optimizer": optimizer, "sharded_optimizer": sharded, "sharding_engine": self.sharding_engine,
-                 "world": self.dist.world, "scheduler": self.scheduler.state_dict(),
+                 "zero_stage": self._zero_stage, "world": self.dist.world, "scheduler": self.scheduler.state_dict(),
                  "data": self.stream.state(), "step": self.step, "best": self.best, "skipped": self.skipped,
                  "phase": self.config.phase(self.step - 1) if self.step else None,
                  "sft_index": getattr(self, "_sft_index", None)}
@@ -930,23 +939,27 @@ class Trainer:
     def _update_anchor(self, phase: Phase, offset: int) -> None:
         """At the first step of a Stage I in iteration ≥ 2, freeze the current policy as attempt 1's anchor."""
         if phase.stage == 1 and phase.iteration > 1 and offset == 0:
-            self.anchor = _frozen_copy(self.policy) if self._whole_weights else self._sharded_anchor(self.policy)
+            if self._whole_weights:
+                self.anchor = _frozen_copy(self.policy)
+                return
+            if self.anchor is self.reference:
+                self.anchor = self._sharded_anchor()
+            # A sharded anchor is built once and refilled in place (DeepSpeed never frees a ZeRO-3 engine).
+            if self.engine is not None:
+                ds.copy_weights(self.anchor, self.engine)
+            else:
+                copy_weights(self.anchor, self.policy)
 
-    def _sharded_anchor(self, source=None, checkpoint: Path | None = None):
-        """A frozen, sharded copy of ``source`` (or of the anchor saved in ``checkpoint``)."""
+    def _sharded_anchor(self, checkpoint: Path | None = None):
+        """A frozen, sharded model laid out like the policy: the base model, or the anchor saved in ``checkpoint``."""
         from .models import load_model
 
         anchor = _frozen_copy(load_model(self.config.model, dtype=self.config.dtype, device=self._load_device))
         if checkpoint is not None:
             load_anchor(checkpoint, anchor)
         if self.engine is not None:                       # DeepSpeed ZeRO-3: an inference engine
-            anchor = ds.frozen(anchor, self._zero_stage, **self._ds_precision)
-            if source is not None:
-                ds.copy_weights(anchor, self.engine)
-            return anchor
+            return ds.frozen(anchor, self._zero_stage, **self._ds_precision)
         shard(anchor, self.sharding)
-        if source is not None:
-            copy_weights(anchor, source)
         return anchor
 
     # ---- evaluation

@@ -167,10 +167,10 @@ def _cpu_launch_config(name: str, tmp_path: Path) -> Path:
     return path
 
 
-SHARDED_ARGS = ["train", "--iterations", "2", "--stage1-steps", "2", "--stage2-steps", "1", "--problems-per-step", "8",
+SHARDED_ARGS = ["train", "--iterations", "3", "--stage1-steps", "2", "--stage2-steps", "1", "--problems-per-step", "8",
                 "--samples", "2", "--micro-batch-problems", "1", "--seed", "3", "--max-new-tokens", "4",
                 "--eval-limit", "2", "--eval-max-new-tokens", "2", "--report-to", "none", "--autocast", "none",
-                "--lr", "1e-3", "--temperature", "1.0", "--save-every", "4",
+                "--lr", "1e-3", "--temperature", "1.0", "--save-every", "4", "--keep-last", "3",
                 "--logprob-chunk", "3"]     # processes score different numbers of chunks (ZeRO-3 collectives)
 
 
@@ -201,16 +201,17 @@ def one_process_run(tiny_model_dir, tmp_path_factory):
 def test_sharded_two_processes_equal_one_process_and_resume(engine, one_process_run, tiny_model_dir, tmp_path):
     """ZeRO-3 and ZeRO-2 layouts (FSDP2 or DeepSpeed, 2 processes) == 1 replicated process; a sharded resume == straight.
 
-    6 steps: iteration 2's Stage I (steps 4-5) uses a sharded anchor, and the resume starts inside it,
-    from checkpoint-4 (which holds the anchor).  Seed 3 draws a problem twice in step 2, on the same
-    process, leaving it a micro-batch short: the padding pass must keep the collectives aligned.
+    9 steps, 3 iterations: iteration 2's Stage I (steps 4-5) builds a sharded anchor, iteration 3's (steps 7-8)
+    refills it; the resume starts inside iteration 2's Stage I, from checkpoint-4 (which holds the anchor).
+    Seed 3 draws a problem twice in step 2, on the same process, leaving it a micro-batch short: the
+    padding pass must keep the collectives aligned.
     """
     if engine == "deepspeed":
         pytest.importorskip("deepspeed")
     args, one_dir = one_process_run
 
     def weights(run_dir):
-        return load_file(str(run_dir / "checkpoint-6" / "model.safetensors"))
+        return load_file(str(run_dir / "checkpoint-9" / "model.safetensors"))
 
     def rows(run_dir):
         return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -219,7 +220,8 @@ def test_sharded_two_processes_equal_one_process_and_resume(engine, one_process_
     _run([*_launched(f"{engine}_zero2", tmp_path), *args], tmp_path / "zero2")
     # resume the ZeRO-3 run after step 4 (inside iteration 2's Stage I: its checkpoint holds the anchor)
     shutil.copytree(tmp_path / "zero3", tmp_path / "resumed")
-    shutil.rmtree(tmp_path / "resumed" / "checkpoint-6")
+    for later in ("checkpoint-8", "checkpoint-9"):
+        shutil.rmtree(tmp_path / "resumed" / later)
     assert (tmp_path / "resumed" / "checkpoint-4" / "anchor.safetensors").is_file()
     _run([*_launched(f"{engine}_zero3", tmp_path), "train", "--resume", str(tmp_path / "resumed")])
 
@@ -227,30 +229,34 @@ def test_sharded_two_processes_equal_one_process_and_resume(engine, one_process_
     initial = load_file(str(tiny_model_dir / "model.safetensors"))
     assert max((one[k] - initial[k]).abs().max().item() for k in one) > 1e-4     # training did something
     # Float noise of other reduction orders, which Adam amplifies where gradients are tiny; measured for
-    # updates of up to 5.8e-3: FSDP2 2.5e-6, DeepSpeed 6.6e-6 (bucketed reductions, flat fp32 partitions).
-    tolerance = {"fsdp": 1e-5, "deepspeed": 2e-5}[engine]
+    # updates of up to 8.5e-3: FSDP2 3.9e-6, DeepSpeed 1.2e-5 (bucketed reductions, flat fp32 partitions).
+    # (A stale anchor, for one, is off by 1e-4.)
+    tolerance = {"fsdp": 1e-5, "deepspeed": 3e-5}[engine]
     for other in ("zero3", "zero2", "resumed"):
         theirs = weights(tmp_path / other)
         assert theirs.keys() == one.keys(), other
         for key in one:
             assert torch.allclose(one[key], theirs[key], atol=tolerance, rtol=0), (other, key)
-        # Adam and clipping hide a constant gradient factor; the logged (pre-clip) norms do not.
+        # Adam and clipping hide a constant gradient factor; the logged (pre-clip) norms do not.  (Float noise
+        # reaches 2e-4 relative by step 9; a wrong scale or a lost micro-batch is off by far more.)
         for a, b in zip(rows(one_dir), rows(tmp_path / other), strict=True):
-            assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), (other, a["step"])
-            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-7), (other, a["step"])
+            assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3), (other, a["step"])
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-6), (other, a["step"])
     if engine == "deepspeed":   # DeepSpeed's per-process checkpoint resumes only the way it was written
-        assert (tmp_path / "zero3" / "checkpoint-6" / "deepspeed").is_dir()
+        assert (tmp_path / "zero3" / "checkpoint-9" / "deepspeed").is_dir()
         one_process_deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
         for launch, env, message in (
                 ([sys.executable, "-m", "selfcorrect.cli"], {},
                  "written with DeepSpeed, this launch runs without sharding"),
                 ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
                   str(_free_port()), "-m", "selfcorrect.cli"], one_process_deepspeed,
-                 "resumes on the number of processes that wrote it \\(2\\), not 1")):
+                 "resumes on the number of processes that wrote it \\(2\\), not 1"),
+                (_launched("deepspeed_zero2", tmp_path), {},
+                 "its DeepSpeed checkpoint is ZeRO stage 3, this launch runs stage 2")):
             done = subprocess.run([*launch, "train", "--resume", str(tmp_path / "zero3")], capture_output=True,
                                   text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=300)
             assert done.returncode != 0 and re.search(message, done.stderr), done.stderr[-3000:]
-            assert "Traceback" not in done.stderr or "torch.distributed.run" in launch    # (torchrun's own)
+            assert "Traceback" not in done.stderr or "selfcorrect.cli" != launch[2]    # (a launcher's own)
 
 
 @pytest.mark.parametrize("engine", ["fsdp", "deepspeed"])
@@ -308,10 +314,10 @@ start = weights()
 trainer.train_step()
 before = weights()
 original = T.step_loss
-def nan_loss(*args, **kwargs):      # through the engine, as a real loss: only its value is poisoned
+def inf_loss(*args, **kwargs):      # a real loss plus an infinite constant: its gradients stay finite
     out = original(*args, **kwargs)
-    return dataclasses.replace(out, loss=out.loss * float("nan"))
-T.step_loss = nan_loss
+    return dataclasses.replace(out, loss=out.loss + float("inf"))
+T.step_loss = inf_loss
 bad = trainer.train_step()
 after_bad = weights()
 T.step_loss = original
@@ -323,8 +329,8 @@ print("RESULT", json.dumps({"first": changed(start, before), "bad_skipped": bad[
 
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_deepspeed_skips_a_step_with_non_finite_gradients(stage, tiny_model_dir, tmp_path, parity_task):
-    """A NaN loss leaves weights untouched under DeepSpeed (its overflow check), and the next step trains."""
+def test_deepspeed_skips_a_step_with_a_non_finite_loss(stage, tiny_model_dir, tmp_path, parity_task):
+    """An infinite loss (with finite gradients) leaves weights untouched under DeepSpeed, and the next step trains."""
     pytest.importorskip("deepspeed")
     script = tmp_path / "nan_step.py"
     script.write_text(NAN_STEP_SCRIPT)
