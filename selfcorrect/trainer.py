@@ -555,6 +555,7 @@ class Trainer:
         # DeepSpeed: its engine runs the policy's forward/backward and the optimizer (see deepspeed_engine.py);
         # self.policy stays the Hugging Face model (generation, saving).
         self.engine = None
+        self._nonfinite_loss = False                      # (DeepSpeed: seen in this step's micro-batches)
         if self.sharding != "none" and self.sharding_engine == "deepspeed":
             self.engine = ds.train_engine(self.policy, self.optimizer, self._zero_stage, config.max_grad_norm,
                                           **self._ds_precision)
@@ -637,7 +638,7 @@ class Trainer:
             return
         # DeepSpeed steps unless the gradients are non-finite: a non-finite loss anywhere in the step (on any
         # process) poisons the last micro-batch's gradients, so the step is skipped as on the other paths.
-        self._nonfinite_loss = getattr(self, "_nonfinite_loss", False) or not bool(torch.isfinite(loss))
+        self._nonfinite_loss = self._nonfinite_loss or not bool(torch.isfinite(loss))
         poison = last and self.dist.max(int(self._nonfinite_loss)) > 0
         if last:
             self._nonfinite_loss = False
