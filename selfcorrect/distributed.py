@@ -31,6 +31,13 @@ import torch
 T = TypeVar("T")
 
 
+def all_reduce_scalar(value, dtype: torch.dtype, op, device: torch.device):
+    """``value`` reduced with ``op`` over all processes of the default group (a collective)."""
+    t = torch.tensor([value], dtype=dtype, device=device)
+    torch.distributed.all_reduce(t, op=op)
+    return t.item()
+
+
 class DataParallel:
     """This process's rank in the job and the few collectives the trainer needs."""
 
@@ -71,11 +78,7 @@ class DataParallel:
         return int(self._all_reduce(value, torch.int64, torch.distributed.ReduceOp.MAX))
 
     def _all_reduce(self, value, dtype: torch.dtype, op):
-        if self.world == 1:
-            return value
-        t = torch.tensor([value], dtype=dtype, device=self.device)
-        torch.distributed.all_reduce(t, op=op)
-        return t.item()
+        return value if self.world == 1 else all_reduce_scalar(value, dtype, op, self.device)
 
     def gather_ranks(self, items: list[Any]) -> list[list[Any]]:
         """Every process's list, one per rank (on every process)."""

@@ -20,6 +20,8 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from .distributed import all_reduce_scalar
+
 
 def _backbone_and_head(model):
     """(decoder returning hidden states, output embedding) of a causal LM, PEFT-wrapped or not."""
@@ -48,14 +50,6 @@ def _last_hidden_state(model, backbone, input_ids: torch.Tensor, attention_mask:
     finally:
         handle.remove()
     return captured[-1]
-
-
-def _max_over_processes(value: int, device: torch.device) -> int:
-    if not torch.distributed.is_initialized():
-        return value
-    t = torch.tensor([value], device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return int(t.item())
 
 
 def _chunk_logprobs(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
@@ -88,7 +82,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if hasattr(head.weight, "ds_id"):
         # DeepSpeed ZeRO-3: each call of the output layer (and its recomputation in the backward pass)
         # gathers its weight from all processes, so every process makes as many calls as the busiest one.
-        calls = _max_over_processes(calls, rows.device)
+        calls = int(all_reduce_scalar(calls, torch.int64, torch.distributed.ReduceOp.MAX, rows.device))
     pieces = []
     for lo in range(0, calls * chunk_size, chunk_size):                   # trailing chunks may be empty
         args = (rows[lo:lo + chunk_size], labels[lo:lo + chunk_size], head, softcap)
