@@ -62,10 +62,13 @@ def base_model_context(model):
 
 
 def export_merged(model, tokenizer, out: str | Path) -> Path:
-    """Save base + adapter merged into plain weights (loadable without peft) to ``out``."""
+    """Save base + adapter merged into plain weights (loadable without peft) to ``out``.
+
+    ``model``: a PEFT model, or already merged weights (a LoRA checkpoint loaded by ``load_model``).
+    """
     import copy
 
-    merged = copy.deepcopy(model).merge_and_unload()
+    merged = copy.deepcopy(model).merge_and_unload() if is_peft(model) else model
     out = Path(out)
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

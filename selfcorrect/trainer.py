@@ -237,7 +237,7 @@ class TrainConfig:
         need(self.sharding in SHARDINGS, f"sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
         need(self.sharding_engine in ENGINES,
              f"sharding_engine must be one of {', '.join(ENGINES)}, got {self.sharding_engine!r}")
-        conflict = self.sharding_conflict(self.sharding)
+        conflict = self.sharding_conflict(self.sharding, self.sharding_engine)
         need(conflict is None, conflict or "")
         need(self.rollout_backend in BACKENDS,
              f"rollout_backend must be one of {', '.join(BACKENDS)}, got {self.rollout_backend!r}")
@@ -266,12 +266,12 @@ class TrainConfig:
         need(not unknown, f"report_to: unknown logger(s) {sorted(unknown)}; choose tensorboard, wandb or none")
         self.sampling_params()
 
-    def sharding_conflict(self, sharding: str) -> str | None:
-        """Why ``sharding`` (configured, or chosen by the launcher) cannot run with this config, if it cannot."""
+    def sharding_conflict(self, sharding: str, engine: str) -> str | None:
+        """Why ``sharding`` on ``engine`` (configured, or chosen by the launcher) cannot run with this config."""
         if sharding == "none":
             return None
-        if self.lora_r:
-            return "LoRA with sharding is not supported: LoRA trains few weights (use sharding: none)"
+        if self.lora_r and engine == "deepspeed":
+            return "LoRA with DeepSpeed sharding is not supported yet (use sharding_engine fsdp, or sharding: none)"
         if self.rollout_backend != "transformers":
             return "rollout_backend vllm cannot be combined with sharding yet (use sharding: none)"
         return None
@@ -485,11 +485,14 @@ class RunLogger:
 # --------------------------------------------------------------------------- #
 
 
+def _frozen(model):
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
 def _frozen_copy(model):
-    clone = copy.deepcopy(model)
-    clone.requires_grad_(False)
-    clone.eval()
-    return clone
+    return _frozen(copy.deepcopy(model))
 
 
 def _task_options(config: TrainConfig, split: str) -> dict[str, Any]:
@@ -545,7 +548,8 @@ class Trainer:
         self.policy.train()
         if self.sharding != "none" and self.sharding_engine == "fsdp":    # after checkpointing, before the optimizer
             shard(self.policy, self.sharding)
-            shard(self.reference, self.sharding)
+            if self.reference is not None:                # (LoRA: the reference is the policy, adapter off)
+                shard(self.reference, self.sharding)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optim_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
         self.optimizer = optim_cls(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -574,7 +578,7 @@ class Trainer:
         if self.sharding == "none":
             return
         config, world = self.config, self.dist.world
-        conflict = config.sharding_conflict(self.sharding)          # the launcher may have chosen it
+        conflict = config.sharding_conflict(self.sharding, self.sharding_engine)   # the launcher may have chosen it
         if conflict:
             raise ConfigError(conflict)
         if self.sharding_engine == "deepspeed":
@@ -955,7 +959,12 @@ class Trainer:
         """A frozen, sharded model laid out like the policy: the base model, or the anchor saved in ``checkpoint``."""
         from .models import load_model
 
-        anchor = _frozen_copy(load_model(self.config.model, dtype=self.config.dtype, device=self._load_device))
+        config = self.config
+        anchor = load_model(config.model, dtype=config.dtype, device=self._load_device)
+        if config.lora_r:                                 # the anchor is the adapted policy: the same adapter layout
+            anchor = apply_lora(anchor, config.lora_r, config.lora_alpha, config.lora_dropout,
+                                config.lora_target_modules)
+        anchor = _frozen(anchor)
         if checkpoint is not None:
             load_anchor(checkpoint, anchor)
         if self.engine is not None:                       # DeepSpeed ZeRO-3: an inference engine
@@ -1048,8 +1057,12 @@ class Trainer:
 
         write_eval_outputs(self.run_dir / "eval", summary, episodes, f"{config.method} after {self.step} steps",
                            {"step": self.step, "skipped_steps": self.skipped})
-        if config.lora_r:
+        if config.lora_r and self.sharding == "none":
             export_merged(self.policy, self.tokenizer, self.run_dir / "merged")
+        elif config.lora_r and final is not None:         # sharded: merge the gathered adapter just saved
+            from .models import load_model
+
+            export_merged(load_model(str(final), dtype=config.dtype), self.tokenizer, self.run_dir / "merged")
         logger.close()
         _plot_curves(self.run_dir)
         self.dist.barrier()
