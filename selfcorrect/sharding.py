@@ -112,6 +112,11 @@ def is_sharded(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def _units(model) -> list[torch.nn.Module]:
+    """``model``'s FSDP units (each decoder layer, then the root)."""
+    return [m for m in model.modules() if is_sharded(m)]
+
+
 @contextlib.contextmanager
 def gathered(model, mode: str) -> Iterator[None]:
     """All of ``model``'s weights gathered on every process for the duration (generation without collectives).
@@ -122,9 +127,7 @@ def gathered(model, mode: str) -> Iterator[None]:
     if model is None or not is_sharded(model):
         yield
         return
-    from torch.distributed.fsdp import FSDPModule
-
-    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    units = _units(model)
     for unit in units:
         unit.unshard()
     model.set_reshard_after_forward(False)
@@ -162,11 +165,8 @@ def load_full_optimizer_state(model, optimizer, state: dict[str, Any]) -> None:
 @torch.no_grad()
 def copy_weights(target, source) -> None:
     """``target``'s weights := ``source``'s, shard by shard (identically sharded models)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    for unit in [*target.modules(), *source.modules()]:
-        if isinstance(unit, FSDPModule):
-            unit.reshard()          # the root stays gathered after a forward: back to its shards first
+    for unit in [*_units(target), *_units(source)]:
+        unit.reshard()              # the root stays gathered after a forward: back to its shards first
     for t, s in zip(target.parameters(), source.parameters(), strict=True):
         t.copy_(s)
 
