@@ -1,0 +1,667 @@
+"""Run model-written (hostile) programs against trusted tests: two processes per program.
+
+The **candidate** process runs only the model's program, in a fresh
+interpreter inside its own mount / PID / network / IPC / UTS namespaces with a
+root that holds the interpreter and its standard library and nothing else (no
+site-packages, no datasets, no project tree), resource limits, a per-run
+memory + pids cgroup where the machine allows one, as ``nobody`` with no new
+privileges.  The **judge** process runs only trusted code -- the dataset's
+tests and the helpers its prompt defines -- and calls the program's functions
+through proxies: arguments and results cross as plain data (``wire.py``), so
+nothing the program prints, returns, raises or exits with can make a test
+pass, and the tests never enter the candidate.  The verdict is the judge's.
+
+Files: ``wire.py`` (the plain-data codec), ``candidate.py`` (the harness in
+the candidate), ``judge.py`` (zygote, judge, the candidate's isolation), this
+module (the parent side: limits, the filesystem view, cgroups, the zygote
+client and the public functions).  The threat model -- what is guaranteed at
+each isolation level and what no verifier can stop -- is in
+``docs/sandbox.md``.
+"""
+
+from __future__ import annotations
+
+import ast
+import atexit
+import builtins
+import functools
+import glob
+import json
+import math
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ...errors import ConfigError
+from . import wire
+
+__all__ = ["SandboxLimits", "SandboxResult", "run_tests", "run_many", "sandbox_isolation", "sandbox_info",
+           "WEAKER_LEVEL_WARNING"]
+
+_HERE = Path(__file__).resolve().parent
+_ISOLATION_LEVELS = ("full", "net", "basic")
+_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+_CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+# Extension modules that reach around the OS limits or the interpreter; masked in the view.
+_MASKED_EXTENSIONS = ("_ctypes", "_ctypes_test", "_posixsubprocess", "_xxsubinterpreters", "_xxinterpchannels",
+                      "_interpreters", "_interpchannels", "_interpqueues", "_testcapi", "_testinternalcapi",
+                      "_testmultiphase", "_testsinglephase", "_testbuffer", "_testclinic", "_testimportmultiple",
+                      "_xxtestfuzz", "xxlimited", "xxlimited_35")
+_BACKSTOP_S = 5.0
+
+WEAKER_LEVEL_WARNING = {
+    "net": ("no filesystem view (the program can read whatever `nobody` -- or, as non-root, you -- can read, "
+            "installed datasets with their canonical solutions included), no PID namespace (a setsid() child "
+            "outlives the run unless a cgroup is available), no IPC namespace (SysV IPC objects persist)"),
+    "basic": ("no filesystem view (the program can read installed datasets with their canonical solutions and "
+              "anything else this user can read, and write wherever this user can), no network isolation, no "
+              "PID namespace (setsid() children can outlive the run unless a cgroup is available), no IPC "
+              "namespace (SysV IPC objects persist)"),
+}
+"""What each weaker isolation level gives up against ``full`` (used in warnings and docs)."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits and policy for one sandboxed program."""
+
+    timeout_s: float = 10.0
+    """Wall-clock limit for one run: interpreter start-up, the program and all calls."""
+    call_timeout_s: float | None = None
+    """Limit for one call of the program's function; ``None`` means ``timeout_s``."""
+    cpu_s: float | None = None
+    """CPU-time limit of the candidate (``RLIMIT_CPU``); ``None`` means ``timeout_s``."""
+    memory_mb: int = 1024
+    """Memory of the candidate: ``RLIMIT_AS`` per process and, where a cgroup is available,
+    all its processes together with their tmpfs, ``memfd`` and shared-memory pages."""
+    max_processes: int = 16
+    """Processes and threads: ``pids.max`` of the run's cgroup where available, and
+    ``RLIMIT_NPROC`` (counted per user across all sandboxes running at once)."""
+    max_file_mb: int = 16
+    """Largest file the program may write (``RLIMIT_FSIZE``); stdout and stderr included."""
+    max_open_files: int = 64
+    """``RLIMIT_NOFILE``."""
+    disk_mb: int = 64
+    """Size of the program's private scratch directory (``full`` isolation)."""
+    max_message_mb: float = 8.0
+    """Largest value (encoded) one call may return; a larger one fails the run."""
+    isolation: str = "full"
+    """``"full"``: two processes, namespaces, the filesystem view (needs root).  Weaker levels
+    must be asked for: ``"net"`` (network namespace only), ``"basic"`` (rlimits, the user
+    change and the judge/candidate split only), ``"auto"`` (the strongest that works here).
+    ``docs/sandbox.md`` lists what each level gives up."""
+    memory_cgroup: bool = True
+    """Put each run in its own memory + pids cgroup where the machine allows it (v1 or v2)."""
+    audit_hook: bool = True
+    """Defence in depth inside the candidate (no subprocesses, sockets, ctypes, subinterpreters,
+    tracing); the OS isolation holds without it."""
+    python: str | None = None
+    """Interpreter for the judge and the candidate; ``None`` means the base interpreter of
+    ``sys.executable`` (a virtual environment's site-packages are never visible)."""
+    uid: int = 65534
+    """User the program runs as when the parent is root (``nobody``)."""
+    gid: int = 65534
+    """Group the program runs as when the parent is root (``nogroup``)."""
+
+
+@dataclass
+class SandboxResult:
+    """Outcome of one sandboxed run."""
+
+    passed: bool
+    """True only if the judge ran every test to the end against the program's answers."""
+    status: str
+    """``passed``; ``failed`` (a test failed); ``error`` (the program raised while being defined);
+    ``timeout``; ``killed`` (the program died of a signal: memory, processes); ``exited`` (it
+    exited while being tested); ``boundary`` (a value could not cross as plain data)."""
+    duration_s: float
+    """Wall-clock time of the run."""
+    stdout_tail: str
+    """Last few KiB of the program's stdout."""
+    stderr_tail: str
+    """Last few KiB of the program's stderr."""
+    reason: str = ""
+    """Why it did not pass: the first failing assert (``tests line N: ...``), the timeout,
+    the value that could not cross, ..."""
+
+
+class _SetupFailed(Exception):
+    """The requested isolation cannot be set up here."""
+
+
+def _check_limits(limits: SandboxLimits) -> None:
+    if limits.isolation not in ("auto",) + _ISOLATION_LEVELS:
+        raise ConfigError(
+            f"SandboxLimits.isolation must be one of full, net, basic, auto; got {limits.isolation!r}")
+    for name in ("timeout_s", "memory_mb", "max_processes", "max_file_mb", "max_open_files", "disk_mb",
+                 "max_message_mb"):
+        value = getattr(limits, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"SandboxLimits.{name} must be positive; got {value!r}")
+    for name in ("cpu_s", "call_timeout_s"):
+        value = getattr(limits, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"SandboxLimits.{name} must be positive; got {value!r}")
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+# --------------------------------------------------------------------------- the candidate's filesystem view
+_PROBE = r"""
+import json, os, sys
+blocked = set(json.loads(sys.argv[1]))
+for d in [p for p in sys.path if os.path.isdir(p) and p.endswith("lib-dynload")]:
+    for f in sorted(os.listdir(d)):
+        name = f.split(".")[0]
+        if f.endswith(".so") and name not in blocked:
+            try:
+                __import__(name)
+            except BaseException:
+                pass
+maps = set()
+with open("/proc/self/maps") as f:
+    for line in f:
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[5].startswith("/"):
+            maps.add(parts[5].strip())
+print(json.dumps({"path": sys.path, "maps": sorted(maps), "executable": sys.executable}))
+"""
+
+
+def _base_interpreter(limits: SandboxLimits) -> str:
+    python = limits.python or getattr(sys, "_base_executable", None) or sys.executable
+    return os.path.realpath(python)
+
+
+def _elf_interpreter(path: str) -> str | None:
+    """PT_INTERP of an ELF executable (the dynamic loader the kernel opens by that path)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit only
+                return None
+            end = "<" if head[5] == 1 else ">"
+            phoff, = struct.unpack(end + "Q", head[32:40])
+            phentsize, phnum = struct.unpack(end + "HH", head[54:58])
+            for i in range(phnum):
+                f.seek(phoff + i * phentsize)
+                p_type, _, p_offset, _, _, p_filesz = struct.unpack(end + "IIQQQQ", f.read(40))
+                if p_type == 3:
+                    f.seek(p_offset)
+                    return f.read(p_filesz).rstrip(b"\0").decode()
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return None
+
+
+class _View:
+    """The paths of the host that the candidate sees, as judge.py's entries."""
+
+    def __init__(self) -> None:
+        self.dirs: set[str] = set()
+        self.files: set[str] = set()
+        self.links: dict[str, str] = {}
+
+    def add(self, path: str, as_dir: bool) -> None:
+        """Make ``path`` resolve in the view as on the host: its symlinks replicated, the end bound."""
+        parts = [p for p in os.path.normpath(path).split("/") if p]
+        current = ""
+        for i, part in enumerate(parts):
+            current += "/" + part
+            if os.path.islink(current):
+                target = os.readlink(current)
+                self.links[current] = target
+                resolved = os.path.normpath(os.path.join(os.path.dirname(current), target))
+                self.add(os.path.join(resolved, *parts[i + 1:]), as_dir)
+                return
+        if not current:
+            return
+        (self.dirs if as_dir else self.files).add(current)
+
+    def _covered(self, path: str, dirs: Iterable[str]) -> bool:
+        return any(path == d or path.startswith(d + "/") for d in dirs)
+
+    def entries(self) -> list[list[str]]:
+        dirs = sorted(d for d in self.dirs if not self._covered(os.path.dirname(d), self.dirs) or d == "/")
+        dirs = [d for d in dirs if not any(d != o and d.startswith(o + "/") for o in dirs)]
+        files = sorted(f for f in self.files if not self._covered(f, dirs))
+        links = sorted((p, t) for p, t in self.links.items() if not self._covered(p, dirs))
+        masks: list[list[str]] = []
+        for d in dirs:
+            for pattern in ("site-packages", "dist-packages", "python3*/site-packages", "python3*/dist-packages",
+                            "python3/dist-packages", "lib-dynload/../site-packages"):
+                for hit in sorted(glob.glob(os.path.join(d, pattern))):
+                    hit = os.path.normpath(hit)
+                    if os.path.isdir(hit) and not os.path.islink(hit) and ["mask-dir", hit, ""] not in masks:
+                        masks.append(["mask-dir", hit, ""])
+            for dynload in glob.glob(os.path.join(d, "**", "lib-dynload"), recursive=True) + [d]:
+                for name in _MASKED_EXTENSIONS:
+                    for hit in sorted(glob.glob(os.path.join(dynload, name + ".*so"))):
+                        if ["mask-file", hit, ""] not in masks:
+                            masks.append(["mask-file", hit, ""])
+        return ([["dir", d, ""] for d in dirs] + [["file", f, ""] for f in files]
+                + [["symlink", p, t] for p, t in links] + masks)
+
+
+@functools.lru_cache(maxsize=8)
+def _filesystem_view(python: str) -> tuple[tuple[str, str, str], ...]:
+    """What the candidate interpreter needs: itself, its loader and libraries, its standard library."""
+    try:
+        out = subprocess.run([python, "-I", "-S", "-c", _PROBE, json.dumps(_MASKED_EXTENSIONS)],
+                             capture_output=True, text=True, timeout=60, env={"LC_ALL": "C.UTF-8"}, check=True)
+        probe = json.loads(out.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise ConfigError(f"cannot start the sandbox interpreter {python!r}: {exc}") from exc
+    view = _View()
+    view.add(python, as_dir=False)
+    loader = _elf_interpreter(python)
+    if loader:
+        view.add(loader, as_dir=False)
+    for mapped in probe["maps"]:
+        if os.path.isfile(mapped) and not mapped.startswith(("/proc/", "/dev/", "/memfd:")):
+            view.add(os.path.dirname(mapped), as_dir=True)
+    for entry in probe["path"]:
+        if os.path.isdir(entry):
+            view.add(entry, as_dir=True)
+    if os.path.isfile("/etc/ld.so.cache"):
+        view.add("/etc/ld.so.cache", as_dir=False)
+    for top in ("/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin"):
+        if os.path.islink(top):  # merged /usr: the loader's default search paths go through these
+            view.links[top] = os.readlink(top)
+    return tuple(tuple(e) for e in view.entries())  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- cgroups
+def _own_cgroups() -> dict[str, str]:
+    """controller (or "" for the v2 unified hierarchy) -> this process's cgroup path."""
+    found = {}
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                for controller in controllers.split(",") if controllers else [""]:
+                    found[controller] = path
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def _try_mkdir(base: str) -> bool:
+    probe = os.path.join(base, f"selfcorrect-probe-{os.getpid()}-{os.urandom(3).hex()}")
+    try:
+        os.mkdir(probe)
+        os.rmdir(probe)
+        return True
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def _cgroup_bases() -> tuple[tuple[tuple[str, str], ...], str]:
+    """((kind, base directory), ...) where per-run cgroups can be made, and why not when empty.
+
+    kind is ``v1-memory``, ``v1-pids`` or ``v2``.
+    """
+    own = _own_cgroups()
+    root = "/sys/fs/cgroup"
+    bases: list[tuple[str, str]] = []
+    if "memory" in own and os.path.isdir(os.path.join(root, "memory")):
+        for controller in ("memory", "pids"):
+            base = os.path.normpath(os.path.join(root, controller) + own.get(controller, "/"))
+            if controller in own and os.path.isdir(base) and _try_mkdir(base):
+                bases.append((f"v1-{controller}", base))
+        if bases and bases[0][0] == "v1-memory":
+            return tuple(bases), ""
+        return (), "cgroup v1: cannot create a memory cgroup under " + os.path.join(root, "memory")
+    if "" in own and os.path.isfile(os.path.join(root, "cgroup.controllers")):
+        base = os.path.normpath(root + own[""])
+        try:
+            enabled = Path(base, "cgroup.subtree_control").read_text().split()
+        except OSError:
+            enabled = []
+        if "memory" not in enabled:
+            try:  # refused (EBUSY) when our own cgroup holds processes: the v2 no-internal-process rule
+                Path(base, "cgroup.subtree_control").write_text("+memory +pids")
+                enabled = Path(base, "cgroup.subtree_control").read_text().split()
+            except OSError:
+                pass
+        if "memory" in enabled and _try_mkdir(base):
+            return (("v2", base),), ""
+        return (), (f"cgroup v2: the memory controller is not delegated to {base} (set up a delegated "
+                    "cgroup, e.g. systemd-run --user -p Delegate=yes)")
+    return (), "no cgroup hierarchy is mounted at /sys/fs/cgroup"
+
+
+def _cgroup_limits(limits: SandboxLimits) -> list[list]:
+    if not limits.memory_cgroup:
+        return []
+    memory = limits.memory_mb << 20
+    plan = []
+    for kind, base in _cgroup_bases()[0]:
+        if kind == "v1-memory":
+            values = [["memory.limit_in_bytes", memory]]
+            if os.path.exists(os.path.join(base, "memory.memsw.limit_in_bytes")):
+                values.append(["memory.memsw.limit_in_bytes", memory])
+        elif kind == "v1-pids":
+            values = [["pids.max", limits.max_processes]]
+        else:
+            values = [["memory.max", memory], ["memory.swap.max", 0]]
+            if "pids" in Path(base, "cgroup.subtree_control").read_text().split():
+                values.append(["pids.max", limits.max_processes])
+        plan.append([base, values])
+    return plan
+
+
+# --------------------------------------------------------------------------- the zygote
+def _source(*names: str) -> str:
+    return "\n".join((_HERE / name).read_text(encoding="utf-8") for name in names)
+
+
+_CANDIDATE_SOURCE = _source("wire.py", "candidate.py")
+_JUDGE_SOURCE = _source("wire.py", "judge.py")
+
+
+def _read_frame(sock: socket.socket) -> dict:
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+    return wire.parse_json(exactly(wire.frame_size(exactly(4))))
+
+
+class _Zygote:
+    """One trusted zygote process per (parent process, interpreter, view); it forks the judges."""
+
+    def __init__(self, python: str, view: tuple) -> None:
+        self.control, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        settings = {"python": python, "candidate_source": _CANDIDATE_SOURCE, "view": [list(e) for e in view]}
+        source = _JUDGE_SOURCE.replace("_CONTROL_FD = 3", f"_CONTROL_FD = {child.fileno()}", 1)
+        self.proc = subprocess.Popen(
+            [python, "-I", "-S", "-c", source], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, pass_fds=(child.fileno(),), start_new_session=True, cwd="/",
+            env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"},
+        )
+        child.close()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(settings) + "\n").encode())
+        self.proc.stdin.close()
+        self.lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, job: dict, timeout_s: float) -> dict:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with self.lock:
+                socket.send_fds(self.control, [b"j"], [theirs.fileno()])
+            theirs.close()
+            mine.sendall(wire.pack_json(job))
+            mine.settimeout(timeout_s)
+            return _read_frame(mine)
+        finally:
+            mine.close()
+            theirs.close()
+
+    def close(self) -> None:
+        self.control.close()
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+_zygotes: dict[tuple, _Zygote] = {}
+_zygote_lock = threading.Lock()
+
+
+def _zygote(python: str) -> _Zygote:
+    view = _filesystem_view(python)
+    key = (os.getpid(), python, view)
+    with _zygote_lock:
+        zygote = _zygotes.get(key)
+        if zygote is None or not zygote.alive():
+            zygote = _zygotes[key] = _Zygote(python, view)
+        return zygote
+
+
+@atexit.register
+def _close_zygotes() -> None:
+    for key, zygote in list(_zygotes.items()):
+        if key[0] == os.getpid():
+            zygote.close()
+    _zygotes.clear()
+
+
+# --------------------------------------------------------------------------- one run
+def _unshare_flags(level: str) -> int:
+    if level == "full":
+        if not _is_root():
+            raise _SetupFailed("isolation 'full' needs root (mount, PID and IPC namespaces)")
+        return _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS
+    if level == "net":
+        return _CLONE_NEWNET if _is_root() else _CLONE_NEWUSER | _CLONE_NEWNET
+    return 0
+
+
+def _rlimits(limits: SandboxLimits) -> dict:
+    cpu = math.ceil(limits.cpu_s if limits.cpu_s is not None else limits.timeout_s)
+    mib = 1 << 20
+    return {
+        "RLIMIT_CPU": [cpu, cpu + 1],
+        "RLIMIT_AS": [limits.memory_mb * mib] * 2,
+        "RLIMIT_FSIZE": [limits.max_file_mb * mib] * 2,
+        "RLIMIT_NOFILE": [limits.max_open_files] * 2,
+        "RLIMIT_NPROC": [limits.max_processes] * 2,
+        "RLIMIT_CORE": [0, 0],
+    }
+
+
+_BUILTIN_NAMES = frozenset(dir(builtins))
+
+
+@functools.lru_cache(maxsize=4096)
+def _proxied_names(context: str, tests: str, entry_point: str | None) -> tuple[str, ...]:
+    """Names the judge asks the program for: the entry point, and the free names of the tests.
+
+    A name the trusted code binds anywhere (a helper of the prompt, an import, a
+    variable) or a builtin is never taken from the program, so a program cannot
+    shadow ``abs`` or the prompt's ``poly`` in the tests' namespace.
+    """
+    loaded, bound = set(), set()
+    for source in (context, tests):
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                bound.add(node.name)
+            elif isinstance(node, ast.arg):
+                bound.add(node.arg)
+            elif isinstance(node, ast.alias):
+                bound.add((node.asname or node.name).split(".")[0])
+            elif isinstance(node, (ast.Global, ast.Nonlocal)):
+                bound.update(node.names)
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                bound.add(node.name)
+    names = sorted(loaded - bound - _BUILTIN_NAMES)
+    return tuple(([entry_point] if entry_point else []) + [n for n in names if n != entry_point])
+
+
+def _run_once(code: str, tests: str, entry_point: str | None, context: str, limits: SandboxLimits,
+              level: str) -> SandboxResult:
+    python = _base_interpreter(limits)
+    as_root = _is_root()
+    flags = _unshare_flags(level)
+    scratch = tempfile.mkdtemp(prefix="selfcorrect-sandbox-")
+    try:
+        if as_root:
+            os.chown(scratch, limits.uid, limits.gid)
+        job = {
+            "code": code, "tests": tests, "context": context, "entry_point": entry_point,
+            "names": list(_proxied_names(context, tests, entry_point)), "audit": limits.audit_hook,
+            "timeout_s": float(limits.timeout_s),
+            "call_timeout_s": float(limits.call_timeout_s or limits.timeout_s),
+            "max_bytes": int(limits.max_message_mb * (1 << 20)),
+            "uid": limits.uid if as_root else None, "gid": limits.gid if as_root else None,
+            "rlimits": _rlimits(limits), "disk_mb": limits.disk_mb, "memory_mb": limits.memory_mb,
+            "unshare": flags, "root": scratch, "workdir": scratch,
+            "cgroup_limits": _cgroup_limits(limits),
+        }
+        try:
+            verdict = _zygote(python).run(job, limits.timeout_s + _BACKSTOP_S)
+        except (socket.timeout, TimeoutError):
+            verdict = {"status": "timeout", "reason": "no verdict within the backstop", "duration_s": limits.timeout_s,
+                       "stdout": "", "stderr": ""}
+        except (EOFError, OSError, wire.BoundaryError) as exc:
+            raise _SetupFailed(f"the sandbox judge died: {exc!r}") from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if verdict["status"] == "setup":
+        raise _SetupFailed(str(verdict.get("reason")))
+    return SandboxResult(
+        passed=verdict["status"] == "passed", status=str(verdict["status"]),
+        duration_s=float(verdict.get("duration_s", 0.0)), stdout_tail=str(verdict.get("stdout", "")),
+        stderr_tail=str(verdict.get("stderr", "")), reason=str(verdict.get("reason", "")),
+    )
+
+
+# --------------------------------------------------------------------------- isolation levels
+_PROBE_CODE = "import json\ndef f(x):\n    return json.loads(x)\n"
+_PROBE_TESTS = "assert f('[1, 2.5]') == [1, 2.5]\n"
+_isolation_cache: dict[tuple, str] = {}
+_isolation_lock = threading.Lock()
+
+
+def _resolve_isolation(limits: SandboxLimits) -> str:
+    """The level runs with ``limits`` get here; probed once per (settings, interpreter) and cached."""
+    python = _base_interpreter(limits)
+    key = (limits.isolation, python, limits.uid, limits.gid, os.geteuid(), limits.memory_cgroup)
+    with _isolation_lock:
+        if key in _isolation_cache:
+            return _isolation_cache[key]
+        levels = _ISOLATION_LEVELS if limits.isolation == "auto" else (limits.isolation,)
+        probe_limits = SandboxLimits(**{**asdict(limits), "timeout_s": max(30.0, limits.timeout_s)})
+        reasons = []
+        for level in levels:
+            try:
+                result = _run_once(_PROBE_CODE, _PROBE_TESTS, None, "", probe_limits, level)
+            except _SetupFailed as exc:
+                reasons.append(f"{level}: {exc}")
+                continue
+            if result.passed:
+                _isolation_cache[key] = level
+                return level
+            reasons.append(f"{level}: {result.status}: {result.reason} {result.stderr_tail.strip()[-300:]}")
+        hint = ""
+        if limits.isolation == "full":
+            hint = (" Ask for a weaker level explicitly (SandboxLimits(isolation='net' or 'basic'), or the "
+                    "code task option -o isolation=basic); docs/sandbox.md lists what each one gives up.")
+        elif _is_root():
+            hint = (f" As root the program runs as uid {limits.uid}; without a filesystem view it must be able "
+                    "to read the interpreter's standard library: set SandboxLimits(python=...) to a system "
+                    "interpreter (e.g. /usr/bin/python3) if yours lives under /root.")
+        raise ConfigError("the code sandbox does not work here (" + "; ".join(reasons) + ")." + hint)
+
+
+def sandbox_isolation(limits: SandboxLimits | None = None) -> str:
+    """The isolation level (``full``, ``net`` or ``basic``) runs with ``limits`` get here.
+
+    Probes on first use; raises :class:`ConfigError` when the requested level does not work.
+    """
+    limits = limits or SandboxLimits()
+    _check_limits(limits)
+    return _resolve_isolation(limits)
+
+
+def sandbox_info(limits: SandboxLimits | None = None) -> dict:
+    """The level, whether runs get a memory cgroup (and why not), and the candidate's view."""
+    limits = limits or SandboxLimits()
+    level = sandbox_isolation(limits)
+    bases, why_not = _cgroup_bases()
+    return {
+        "isolation": level,
+        "gives_up": WEAKER_LEVEL_WARNING.get(level, ""),
+        "cgroup": [base for _, base in bases] if limits.memory_cgroup else [],
+        "cgroup_unavailable": "" if bases and limits.memory_cgroup else (why_not or "turned off"),
+        "view": [list(e) for e in _filesystem_view(_base_interpreter(limits))] if level == "full" else [],
+    }
+
+
+def run_tests(
+    code: str,
+    tests: str,
+    entry_point: str | None = None,
+    limits: SandboxLimits | None = None,
+    context: str = "",
+) -> SandboxResult:
+    """Run the program ``code`` in the candidate process and ``tests`` in the judge.
+
+    ``context`` is trusted code the judge runs first (HumanEval's prompt with its
+    helpers, MBPP's imports and set-up code); names it binds are never taken from
+    the program.  The program's functions that the tests name (and
+    ``entry_point``) become proxies in the judge.  When ``entry_point`` is given
+    and the tests define ``check``, the judge calls ``check(<entry point>)``
+    (HumanEval style); otherwise the tests are plain statements (MBPP asserts).
+    """
+    if not all(isinstance(s, str) for s in (code, tests, context)):
+        raise TypeError("code, tests and context must be strings")
+    limits = limits or SandboxLimits()
+    _check_limits(limits)
+    level = _resolve_isolation(limits)
+    try:
+        return _run_once(code, tests, entry_point, context, limits, level)
+    except _SetupFailed as exc:  # worked when probed, so this is the machine, not the program
+        raise RuntimeError(f"sandbox set-up failed: {exc}") from exc
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_many(
+    jobs: Iterable[Sequence],
+    max_workers: int | None = None,
+    limits: SandboxLimits | None = None,
+) -> list[SandboxResult]:
+    """Run many ``(code, tests[, entry_point[, context]])`` jobs concurrently; results keep job order.
+
+    Each job is its own judge and candidate; threads only wait on them.  The
+    default pool is twice the usable CPUs: part of every run is kernel latency
+    (namespace set-up and teardown), not CPU.
+    """
+    jobs = [tuple(job) for job in jobs]
+    if not jobs:
+        return []
+    limits = limits or SandboxLimits()
+    _check_limits(limits)
+    _resolve_isolation(limits)  # probe once, in the caller's thread, so errors surface here
+    workers = max_workers or 2 * _usable_cpus()
+
+    def one(job: tuple) -> SandboxResult:
+        code, tests, entry_point, context = (list(job) + [None, ""])[:4]
+        return run_tests(code, tests, entry_point, limits, context or "")
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        return list(pool.map(one, jobs))

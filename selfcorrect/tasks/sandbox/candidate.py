@@ -1,0 +1,132 @@
+"""The candidate process: runs the model's program and answers the judge's calls.
+
+Runs as ``python -I -S -c <wire.py + this file>`` inside the isolated view
+(see ``judge.py``); nothing else runs here, and nothing here is trusted.  The
+program may rewrite this harness, the codec, its own answers or the process
+itself: the judge treats every byte that comes out as untrusted data, so the
+worst a hostile program can do is answer wrongly.  The tests never enter this
+process.
+
+Protocol (length-prefixed frames, ``wire.frame``): the judge writes
+``marshal`` data to fd 3 (trusted data, and ``marshal`` is built in: this
+harness imports nothing), we answer on fd 4 with JSON text (``wire.node_text``
+inside a tiny hand-built envelope whose strings are all tags or hex).  First ``{"t": "program", "code", "audit"}``; we answer ``ready`` (the
+program ran to its end) or ``error``.  Then any number of
+``{"t": "names", "names"}`` -> ``{"t": "names", "callable"}`` (a "1"/"0" flag per name) and
+``{"t": "call", "name", "args", "kwargs"}`` -> ``return`` (the value and the
+arguments after the call, for the copy-back of in-place mutation), ``raise``
+(exception type name and message) or ``unencodable`` (why the value cannot
+cross).
+"""
+
+import marshal
+import os
+import sys
+
+_REQUESTS, _ANSWERS = 3, 4
+_read, _write, _exit = os.read, os.write, os._exit
+
+
+def _read_exactly(n):
+    chunks, left = [], n
+    while left:
+        chunk = _read(_REQUESTS, min(left, 1 << 20))
+        if not chunk:
+            _flush_and_exit()  # the judge is done (or gone)
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _receive():
+    return marshal.loads(_read_exactly(frame_size(_read_exactly(4))))  # noqa: F821 (wire.py)
+
+
+def _flush_and_exit():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    _exit(0)
+
+
+def _send(message):
+    """``message``: a dict of tags, hex strings and nodes (JSON once its quotes are swapped)."""
+    data = frame(node_text(message).encode("ascii"))  # noqa: F821 (wire.py)
+    while data:
+        data = data[_write(_ANSWERS, data):]
+
+
+def _audit_hook():
+    """Defence in depth only: the OS view and limits hold without it."""
+    blocked = frozenset({
+        "os.system", "os.kill", "os.killpg", "signal.pthread_kill", "resource.setrlimit",
+        "sys.settrace", "sys.setprofile", "sys._current_frames", "sys.addaudithook",
+        "cpython.run_command", "cpython.run_file", "cpython.run_module", "cpython.run_startup",
+    })
+    prefixes = ("socket.", "ctypes.", "subprocess.", "os.fork", "os.exec", "os.spawn", "os.posix_spawn",
+                "pty.", "gc.get_", "_xxsubinterpreters.", "os.mknod", "os.memfd")
+    blocked_modules = ("_ctypes", "_posixsubprocess", "_xxsubinterpreters", "_xxinterpchannels",
+                       "_interpreters", "_testcapi", "_testinternalcapi", "_testmultiphase")
+
+    def hook(event, args):
+        if event in blocked or event.startswith(prefixes):
+            raise RuntimeError("sandbox: %s is not allowed" % event)
+        if event == "import" and args and isinstance(args[0], str):
+            if args[0].rpartition(".")[2].startswith(blocked_modules):
+                raise ImportError("sandbox: importing %s is not allowed" % args[0])
+
+    sys.addaudithook(hook)
+
+
+def _reply_to_call(ns, request):
+    fn = ns.get(request["name"])
+    try:
+        args = decode(request["args"])  # noqa: F821 (wire.py)
+        kwargs = decode(request["kwargs"])  # noqa: F821
+        result = fn(*args, **kwargs)
+    except BaseException as exc:  # the program's exception is its answer
+        return {"t": "raise", "type": _hexstr(type(exc).__name__), "message": _message(exc)}
+    try:
+        return {"t": "return", "value": encode(result), "args": encode([list(args), kwargs])}  # noqa: F821
+    except BaseException as exc:
+        return {"t": "unencodable", "reason": _message(exc)}
+
+
+def _hexstr(text):
+    return text.encode("utf-8", "replace").hex()
+
+
+def _message(exc):
+    try:
+        return _hexstr(str(exc)[:2000])
+    except BaseException:
+        return _hexstr("(unprintable)")
+
+
+def _main():
+    request = _receive()
+    if request["audit"]:
+        _audit_hook()
+    module = type(sys)("__candidate__")  # not "__main__": main-guarded code does not run
+    sys.modules["__candidate__"] = module
+    ns = module.__dict__
+    try:
+        exec(compile(request["code"], "<program>", "exec"), ns)
+    except BaseException as exc:
+        _send({"t": "error", "type": _hexstr(type(exc).__name__), "message": _message(exc)})
+        _flush_and_exit()
+    _send({"t": "ready"})
+    while True:
+        request = _receive()
+        kind = request.get("t")
+        if kind == "names":
+            _send({"t": "names", "callable": ["1" if callable(ns.get(n)) else "0" for n in request["names"]]})
+        elif kind == "call":
+            _send(_reply_to_call(ns, request))
+        else:
+            _flush_and_exit()
+
+
+_main()

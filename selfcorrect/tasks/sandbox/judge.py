@@ -1,0 +1,577 @@
+"""The trusted side of the sandbox: a zygote that forks one judge per program.
+
+Runs as ``python -I -S -c <wire.py + this file>`` started by the parent
+(``selfcorrect.tasks.sandbox``), which sends its settings as one JSON line on
+stdin and then, for every program, one end of a fresh socket pair over the
+control socket (fd 3).  The zygote never runs job code itself: it forks, and
+the child is the judge of exactly one program.
+
+A judge
+
+1. forks the **candidate**: a child that joins the run's cgroup, enters fresh
+   mount / PID / network / IPC / UTS namespaces, builds a root holding only
+   the interpreter, its shared libraries and standard library (site-packages
+   masked, the extension modules that reach around the OS masked), a private
+   ``/proc``, ``/dev`` with four device nodes, tiny ``/tmp`` and ``/dev/shm``
+   and its scratch directory, pivots into it, sets rlimits, drops to
+   ``nobody`` with no new privileges and finally ``exec``s a fresh interpreter
+   running ``candidate.py``.  Set-up errors come back on a close-on-exec pipe
+   the program never holds, so a program cannot fake one;
+2. runs the **trusted** code -- the dataset's context (HumanEval's prompt with
+   its helpers, MBPP's imports and ``test_setup_code``) and its tests -- with
+   the program's functions replaced by proxies: arguments go out and values
+   come back as plain data (``wire.py``), exceptions as their type name and
+   message, every call under its own timeout;
+3. decides the verdict alone and reports it to the parent.  A candidate that
+   crashes, times out, answers with something that cannot cross, or raises a
+   non-``Exception`` (``SystemExit``) poisons the run: it fails even if the
+   tests catch the error.
+"""
+
+import builtins
+import ctypes
+import json
+import marshal
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+
+_CONTROL_FD = 3
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
+_TAIL = 4096
+_SETUP_RC = 121
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+def _check(name, rc, *args):
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "%s%r: %s" % (name, args, os.strerror(err)))
+
+
+def _mount(source, target, fstype, flags, data=None):
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    _check("mount", _libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), source, target)
+
+
+def _unshare(flags):
+    _check("unshare", _libc.unshare(flags), hex(flags))
+
+
+def _prctl(option, value):
+    _check("prctl", _libc.prctl(option, value, 0, 0, 0), option)
+
+
+# --------------------------------------------------------------------------- the candidate's world
+def _bind(source, target, writable=False):
+    _mount(source, target, None, MS_BIND | MS_REC)
+    flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (0 if writable else MS_RDONLY)
+    _mount(None, target, None, flags)
+
+
+def _make_parent(path):
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+
+
+def _tmpfs(target, data):
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, data)
+
+
+def _build_root(job, settings):
+    """Mount the candidate's root at ``job["root"]`` (inside our own mount namespace) and enter it."""
+    root = job["root"]
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,nr_inodes=8192,mode=0755")
+    for kind, path, extra in settings["view"]:
+        target = root + path
+        if kind == "symlink":
+            _make_parent(target)
+            os.symlink(extra, target)
+        elif kind == "dir":
+            os.makedirs(target, mode=0o755, exist_ok=True)
+            _bind(path, target)
+        elif kind == "file":
+            _make_parent(target)
+            open(target, "a").close()
+            _bind(path, target)
+        elif kind == "mask-dir":  # an empty read-only directory over e.g. site-packages
+            _mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,nr_inodes=2,mode=0555")
+        elif kind == "mask-file":  # an extension module that reaches around the OS limits
+            _mount("/dev/null", target, None, MS_BIND)
+    dev = root + "/dev"
+    _tmpfs(dev, "size=64k,nr_inodes=64,mode=0755")
+    for node in ("null", "zero", "random", "urandom"):
+        open(dev + "/" + node, "a").close()
+        _mount("/dev/" + node, dev + "/" + node, None, MS_BIND)  # device nodes: no nodev here
+    small = "size=1m,nr_inodes=256,mode=1777"
+    for shared in ("/tmp", "/dev/shm"):
+        _tmpfs(root + shared, small)
+    owner = "" if job["uid"] is None else ",uid=%d,gid=%d" % (job["uid"], job["gid"])
+    _tmpfs(root + "/sandbox", "size=%dm,nr_inodes=4096,mode=0700%s" % (job["disk_mb"], owner))
+    os.makedirs(root + "/proc", mode=0o555, exist_ok=True)
+    _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _limit_ipc(root + "/proc/sys/kernel", job)
+    os.chdir(root)
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is not None and _libc.syscall(number, b".", b".") == 0:
+        _check("umount2", _libc.umount2(b".", MNT_DETACH))  # the host's root, stacked under ours
+    else:  # unknown syscall number: move the new root over / (the old one stays covered)
+        _mount(root, "/", None, 8192)  # MS_MOVE
+        os.chroot(".")
+    os.chdir("/")
+    _mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _limit_ipc(sysctl, job):
+    """SysV IPC limits of the fresh IPC namespace (objects die with it; this bounds them meanwhile)."""
+    pages = max(1, job["memory_mb"] * 256)  # 4 KiB pages
+    for name, value in (("shmmax", job["memory_mb"] << 20), ("shmall", pages), ("shmmni", 16),
+                        ("msgmni", 16), ("msgmnb", 1 << 16), ("sem", "32 256 32 16")):
+        try:
+            with open(sysctl + "/" + name, "w") as f:
+                f.write(str(value))
+        except OSError:
+            pass
+
+
+def _join_cgroup(job):
+    for directory in job["cgroups"]:
+        with open(directory + "/cgroup.procs", "w") as f:
+            f.write("0")
+
+
+def _launch_candidate(job, settings, requests_r, answers_w, out_fd, err_fd, setup_w):
+    """The forked child: confine ourselves, then exec the candidate interpreter. Never returns."""
+    try:
+        _join_cgroup(job)
+        if job["unshare"] & ~CLONE_NEWPID:  # the judge entered the PID namespace for us
+            _unshare(job["unshare"] & ~CLONE_NEWPID)
+        if job["unshare"] & CLONE_NEWNS:
+            _build_root(job, settings)
+            workdir = "/sandbox"
+        else:
+            workdir = job["workdir"]
+        for name, (soft, hard) in job["rlimits"].items():
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        os.umask(0o077)
+        if job["uid"] is not None:
+            os.setgroups([])
+            os.setgid(job["gid"])
+            os.setuid(job["uid"])
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
+        os.chdir(workdir)
+        for fd, target in ((out_fd, 1), (err_fd, 2), (requests_r, 3), (answers_w, 4)):
+            os.dup2(fd, target)
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.set_inheritable(setup_w, False)
+        os.closerange(5, setup_w)
+        os.closerange(setup_w + 1, 1 << 16)
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": workdir,
+               "TMPDIR": workdir, "PYTHONHASHSEED": "0"}
+        python = settings["python"]
+        os.execve(python, [python, "-I", "-S", "-c", settings["candidate_source"]], env)
+    except BaseException as exc:
+        try:
+            os.write(setup_w, ("%s: %s" % (type(exc).__name__, exc)).encode("utf-8", "replace")[:2000])
+        finally:
+            os._exit(_SETUP_RC)
+
+
+# --------------------------------------------------------------------------- talking to the candidate
+class CandidateFailure(BaseException):
+    """The candidate cannot answer properly; the run fails whatever the tests catch.
+
+    A ``BaseException`` so that ``except Exception`` in a dataset's tests does not
+    swallow it (the channel's ``failure`` poisons the verdict in any case).
+    """
+
+
+class CandidateException(Exception):
+    """An exception of a type that is not a builtin, raised by the candidate."""
+
+
+class _Deadline(BaseException):
+    """The run's wall-clock limit passed (raised in the judge by SIGALRM)."""
+
+
+class Channel:
+    """Frames to and from the candidate, with per-call timeouts and a size cap."""
+
+    def __init__(self, requests_w, answers_r, deadline, call_timeout_s, max_bytes):
+        self.requests_w, self.answers_r = requests_w, answers_r
+        self.deadline, self.call_timeout_s, self.max_bytes = deadline, call_timeout_s, max_bytes
+        self.failure = None  # (status, reason) once the candidate misbehaved
+
+    def fail(self, status, reason):
+        if self.failure is None:
+            self.failure = (status, reason)
+        raise CandidateFailure(reason)
+
+    def send(self, message):
+        data = frame(marshal.dumps(message))  # noqa: F821 (wire.py)
+        try:
+            while data:
+                data = data[os.write(self.requests_w, data):]
+        except (BrokenPipeError, OSError):
+            self.fail("crashed", "the program exited while being called")
+
+    def _read(self, n, until):
+        chunks = []
+        while n:
+            left = until - time.monotonic()
+            if left <= 0 or not select.select([self.answers_r], [], [], left)[0]:
+                self.fail("timeout", "the program did not answer within %.1f s" % self.call_timeout_s)
+            chunk = os.read(self.answers_r, min(n, 1 << 20))
+            if not chunk:
+                self.fail("crashed", "the program exited before answering")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def receive(self, timeout_s=None):
+        until = min(self.deadline, time.monotonic() + (timeout_s or self.call_timeout_s))
+        size = frame_size(self._read(4, until))  # noqa: F821 (wire.py)
+        if size > self.max_bytes:
+            self.fail("boundary", "the program's answer is larger than %d bytes" % self.max_bytes)
+        try:
+            message = parse_json(self._read(size, until))  # noqa: F821 (wire.py)
+        except BoundaryError as exc:  # noqa: F821 (wire.py)
+            self.fail("boundary", str(exc))
+        if not isinstance(message, dict) or not isinstance(message.get("t"), str):
+            self.fail("boundary", "malformed answer from the program")
+        return message
+
+    def call(self, name, args, kwargs):
+        try:
+            request = {"t": "call", "name": name, "args": encode(list(args)), "kwargs": encode(kwargs)}  # noqa: F821
+        except BoundaryError as exc:  # noqa: F821 (wire.py)
+            self.fail("boundary", "argument of %s(): %s" % (name, exc))
+        self.send(request)
+        answer = self.receive()
+        kind = answer["t"]
+        if kind == "return":
+            try:
+                value = decode(answer["value"])  # noqa: F821 (wire.py)
+                after = decode(answer["args"])  # noqa: F821 (wire.py)
+            except (BoundaryError, KeyError) as exc:  # noqa: F821 (wire.py)
+                self.fail("boundary", "value returned by %s(): %s" % (name, exc))
+            _copy_back(self, name, list(args) + list(kwargs.values()), after)
+            return value
+        if kind == "raise":
+            raise _exception(self, unhex(answer.get("type")), unhex(answer.get("message")))
+        if kind == "unencodable":
+            self.fail("boundary", "%s() returned a value that cannot cross: %s" % (name, unhex(answer.get("reason"))))
+        self.fail("boundary", "unexpected answer %r from the program" % kind)
+
+
+def unhex(text, limit=2000):
+    """Text the candidate sent as hex (anything malformed becomes a placeholder)."""
+    try:
+        return bytes.fromhex(text).decode("utf-8", "replace")[:limit]
+    except (TypeError, ValueError):
+        return "(malformed)"
+
+
+_MUTABLE = (list, dict, set, bytearray)
+
+
+def _copy_back(channel, name, originals, after):
+    """In-place mutation of list/dict/set/bytearray arguments is copied back (top level)."""
+    if not (isinstance(after, list) and len(after) == 2 and isinstance(after[0], list)
+            and isinstance(after[1], dict)):
+        channel.fail("boundary", "malformed arguments after calling %s()" % name)
+    changed = list(after[0]) + list(after[1].values())
+    if len(changed) != len(originals):
+        channel.fail("boundary", "malformed arguments after calling %s()" % name)
+    for old, new in zip(originals, changed):
+        kind = type(old)
+        if kind not in _MUTABLE:
+            continue
+        if type(new) is not kind:
+            channel.fail("boundary", "an argument of %s() changed type" % name)
+        if kind is dict or kind is set:
+            old.clear()
+            old.update(new)
+        else:
+            old[:] = new
+
+
+def _exception(channel, type_name, message):
+    if type_name in ("SystemExit", "KeyboardInterrupt", "GeneratorExit"):
+        channel.fail("exited", "the program raised %s while being called" % type_name)
+    cls = getattr(builtins, type_name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except BaseException:
+            pass
+    return CandidateException("%s: %s" % (type_name, message))
+
+
+def _proxy(channel, name):
+    def call(*args, **kwargs):
+        if channel.failure is not None:
+            raise CandidateFailure(channel.failure[1])
+        return channel.call(name, args, kwargs)
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+# --------------------------------------------------------------------------- the judge
+def _failed_line(exc, sources):
+    """``tests line N: <source>`` for the innermost frame in the trusted code, if any."""
+    where = ""
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename in sources:
+            lines = sources[frame.filename].splitlines()
+            text = lines[frame.lineno - 1].strip() if 0 < (frame.lineno or 0) <= len(lines) else ""
+            where = " at %s line %d: %s" % (frame.filename.strip("<>"), frame.lineno, text[:200])
+    message = str(exc)[:300]
+    return "%s%s%s" % (type(exc).__name__, ": " + message if message else "", where)
+
+
+def _judge(job, channel):
+    """Run the trusted code against the proxies; return (status, reason)."""
+    channel.send({"t": "program", "code": job["code"], "audit": job["audit"]})
+    ready = channel.receive(timeout_s=job["timeout_s"])
+    if ready["t"] == "error":
+        return "error", "the program raised %s while being defined: %s" % (
+            unhex(ready.get("type")), unhex(ready.get("message"), 300))
+    if ready["t"] != "ready":
+        channel.fail("boundary", "malformed answer from the program")
+    channel.send({"t": "names", "names": job["names"]})
+    flags = channel.receive().get("callable")
+    if not isinstance(flags, list) or len(flags) != len(job["names"]):
+        channel.fail("boundary", "malformed answer from the program")
+    defined = [name for name, flag in zip(job["names"], flags) if flag == "1"]
+    entry = job["entry_point"]
+    if entry and entry not in defined:
+        return "failed", "the program does not define %s()" % entry
+    ns = {"__name__": "__judge__", "__builtins__": builtins}
+    sources = {"<context>": job["context"], "<tests>": job["tests"]}
+    exec(compile(job["context"], "<context>", "exec"), ns)
+    proxies = {name: _proxy(channel, name) for name in defined if name in job["names"]}
+    ns.update(proxies)  # over the context's stub of the entry point, never over its helpers
+    try:
+        exec(compile(job["tests"], "<tests>", "exec"), ns)
+        check = ns.get("check")
+        if entry and callable(check):
+            check(proxies[entry])
+    except (CandidateFailure, _Deadline):
+        raise
+    except BaseException as exc:
+        if channel.failure is None:
+            return "failed", _failed_line(exc, sources)
+    return "passed", ""
+
+
+def _tail(f):
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - _TAIL))
+    return f.read().decode("utf-8", "replace")
+
+
+def _child_status(status):
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        if signum == signal.SIGXCPU:
+            return "timeout", "CPU limit"
+        return "killed", "the program was killed by signal %d (memory or process limit?)" % signum
+    return "exited", "the program exited with status %d before the tests finished" % os.WEXITSTATUS(status)
+
+
+def _reap(pid, seconds):
+    """waitpid with a bound; SIGKILL once the bound passes.  Returns the wait status."""
+    until = time.monotonic() + seconds
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() >= until:
+            os.kill(pid, signal.SIGKILL)
+            return os.waitpid(pid, 0)[1]
+        time.sleep(0.002)
+
+
+def _kill_members(directory):
+    """SIGKILL every process still in a cgroup (a setsid() child included, at any isolation)."""
+    try:
+        with open(directory + "/cgroup.procs") as f:
+            pids = [int(line) for line in f if line.strip()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _remove_cgroups(directories):
+    for directory in directories:
+        for _ in range(400):  # processes of a dying PID namespace take a moment to leave
+            _kill_members(directory)
+            try:
+                os.rmdir(directory)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.005)
+
+
+def _make_cgroups(job, made):
+    for base, limits in job["cgroup_limits"]:
+        directory = "%s/selfcorrect-%d-%s" % (base, os.getpid(), os.urandom(4).hex())
+        os.mkdir(directory)
+        made.append(directory)
+        for name, value in limits:
+            with open(directory + "/" + name, "w") as f:
+                f.write(str(value))
+    job["cgroups"] = made
+
+
+def run_job(job, settings):
+    """One program, start to verdict: a dict for the parent."""
+    start = time.monotonic()
+    deadline = start + job["timeout_s"]
+    cgroups, pid, status, reason = [], None, "timeout", "the run exceeded %.1f s" % job["timeout_s"]
+    stdout = stderr = ""
+    channel = None
+
+    def on_alarm(signum, frame):
+        raise _Deadline()
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, job["timeout_s"])
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            _make_cgroups(job, cgroups)
+            requests_r, requests_w = os.pipe()
+            answers_r, answers_w = os.pipe()
+            setup_r, setup_w = os.pipe2(os.O_CLOEXEC)
+            if job["unshare"] & CLONE_NEWPID:
+                _unshare(CLONE_NEWPID)  # the next child is PID 1 of a fresh namespace
+            pid = os.fork()
+            if pid == 0:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                _launch_candidate(job, settings, requests_r, answers_w, out.fileno(), err.fileno(), setup_w)
+            for fd in (requests_r, answers_w, setup_w):
+                os.close(fd)
+            problem = os.read(setup_r, 4096)  # EOF once exec succeeded (close-on-exec)
+            os.close(setup_r)
+            if problem:
+                status, reason = "setup", problem.decode("utf-8", "replace")
+            else:
+                channel = Channel(requests_w, answers_r, deadline, job["call_timeout_s"], job["max_bytes"])
+                status, reason = _judge(job, channel)
+        except _Deadline:
+            if channel is not None and channel.failure is not None:
+                status, reason = channel.failure
+        except CandidateFailure:
+            status, reason = channel.failure
+        except BaseException as exc:  # a bug of ours or of the dataset's trusted code
+            status, reason = "failed", "judge: %s" % _failed_line(exc, {})
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        if channel is not None and channel.failure is not None and status == "passed":
+            status, reason = channel.failure  # a swallowed candidate failure still fails
+        if pid:
+            if channel is not None:  # let the program flush its output, then end it
+                try:
+                    os.write(channel.requests_w, frame(marshal.dumps({"t": "bye"})))  # noqa: F821 (wire.py)
+                except OSError:
+                    pass
+            child = _reap(pid, 0.05 if status == "passed" else 0.0)
+            if status == "crashed":
+                status, reason = _child_status(child)
+        stdout, stderr = _tail(out), _tail(err)
+    job["cleanup"] = cgroups  # removed after the verdict is sent: off the parent's critical path
+    return {"status": status, "reason": reason, "duration_s": time.monotonic() - start,
+            "stdout": stdout, "stderr": stderr}
+
+
+# --------------------------------------------------------------------------- zygote
+def _read_frame(sock):
+    def exactly(n):
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+    return parse_json(exactly(frame_size(exactly(4))))  # noqa: F821 (wire.py)
+
+
+def _serve(fd, settings):
+    """A forked judge: read one job from ``fd``, answer with its verdict, exit."""
+    sock = socket.socket(fileno=fd)
+    try:
+        job = _read_frame(sock)
+        resource.setrlimit(resource.RLIMIT_CPU, (int(job["timeout_s"]) + 5, int(job["timeout_s"]) + 6))
+        verdict = run_job(job, settings)
+        sock.sendall(pack_json(verdict))  # noqa: F821 (wire.py)
+        sock.close()
+        _remove_cgroups(job.get("cleanup", []))
+    except BaseException as exc:
+        try:
+            sock.sendall(pack_json({"status": "setup", "reason": "judge: %r" % (exc,)}))  # noqa: F821
+        except BaseException:
+            pass
+    os._exit(0)
+
+
+# Imported once here so that forked judges do not pay for them: what dataset contexts and
+# tests commonly import (HumanEval prompts import typing; tests use math, re, ...).
+PRELOAD = ("typing", "math", "re", "collections", "itertools", "functools", "string", "heapq", "bisect",
+           "operator", "fractions", "decimal", "statistics", "random", "hashlib", "copy", "datetime")
+
+
+def _zygote():
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    settings = json.loads(sys.stdin.readline())
+    control = socket.socket(fileno=_CONTROL_FD)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # judges are reaped by the kernel
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 1, 1)
+        except InterruptedError:
+            continue
+        if not message:  # the parent is gone
+            os._exit(0)
+        if not fds:
+            continue
+        if os.fork() == 0:
+            control.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _serve(fds[0], settings)
+        os.close(fds[0])
+
+
+if __name__ == "__main__":
+    _zygote()
