@@ -145,7 +145,8 @@ def episode_record(ep: Episode) -> dict[str, Any]:
         "id": ep.problem.id,
         "sample": ep.sample,
         "attempts": [
-            {"text": a.text, "answer": a.answer, "reward": a.reward, "tokens": len(a.ids), "truncated": a.truncated}
+            {"text": a.text, "answer": a.answer, "reward": a.reward, "reason": a.reason, "tokens": len(a.ids),
+             "truncated": a.truncated}
             for a in ep.attempts
         ],
     }

@@ -46,6 +46,7 @@ import copy
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -526,6 +527,11 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.task = load_task(config.task, **_task_options(config, config.train_split))
         self.eval_task = load_task(config.task, **_task_options(config, config.eval_split))
+        level = self.task.options.get("sandbox_isolation")
+        if level not in (None, "full") and self.dist.main:
+            # The task factory warned already; training is where a gameable reward does damage.
+            print(f"WARNING: TRAINING against code rewards under sandbox isolation {level!r}: "
+                  "a policy can learn to game them (docs/sandbox.md).", file=sys.stderr, flush=True)
         self.tokenizer = load_tokenizer(config.model)
         self.policy = load_model(config.model, dtype=config.dtype, device=self._load_device)
         if config.lora_r:

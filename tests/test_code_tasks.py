@@ -63,13 +63,25 @@ def test_humaneval_options():
 
 
 def test_all_canonical_solutions_pass(humaneval):
-    """Every HumanEval reference solution (stub + canonical body) scores 1.0 via the batch reward."""
+    """Every HumanEval reference solution scores 1.0 via the batch reward, in both completion forms."""
     start = time.monotonic()
-    completions = [p.meta["canonical_solution"] for p in humaneval.problems]
-    rewards = humaneval.rewards(completions, humaneval.problems)
-    failed = [p.id for p, r in zip(humaneval.problems, rewards) if r != 1.0]
+    problems = humaneval.problems
+    bodies = [p.meta["canonical_solution"] for p in problems]                       # body continuation
+    fenced = ["```python\n" + p.meta["prompt"] + p.meta["canonical_solution"] + "```" for p in problems]
+    rewards = humaneval.rewards(bodies + fenced, problems + problems)
+    failed = [p.id for p, r in zip(problems + problems, rewards) if r != 1.0]
     assert not failed, failed
-    assert time.monotonic() - start < 120
+    assert time.monotonic() - start < 240
+
+
+def test_plainly_wrong_solutions_fail(humaneval):
+    """The stub's empty body (returns None) and a constant answer score 0 on every problem."""
+    problems = humaneval.problems
+    verdicts = humaneval.verdicts(["    pass\n"] * len(problems) + ["    return 0\n"] * len(problems),
+                                  problems + problems)
+    passed = [p.id for p, v in zip(problems + problems, verdicts) if v.reward != 0.0]
+    assert not passed, passed
+    assert all(v.reason for v in verdicts)  # every 0 says why
 
 
 def test_humaneval_completion_forms(humaneval):
@@ -144,7 +156,10 @@ def test_mbpp_from_jsonl(tmp_path):
     assert task.name == "mbpp" and [p.id for p in task.problems] == ["mbpp/11", "mbpp/12"]
     first, second = task.problems
     assert first.entry_point == "add" and second.question == "Add numbers."
-    assert second.tests.startswith("import math\n") and "assert add(-1, 1) == 0" in second.tests
+    # Set-up code is the judge's trusted context; the asserts are the tests.
+    assert second.meta["context"] == "import math\n" and second.tests == (
+        "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n")
+    assert second.meta["hidden_tests"] == "assert add(-1, 1) == 0\n"  # the first assert is in the prompt
     prompt = task.first_prompt(first)
     assert prompt.startswith(CODE_INSTRUCTION) and "assert add(1, 2) == 3" in prompt
     assert "assert add(-1, 1) == 0" not in prompt  # only the first test is shown
@@ -251,9 +266,47 @@ def test_mbpp_from_a_dataset_name(monkeypatch):
     task = make_mbpp(dataset="google-research-datasets/mbpp", config="sanitized", split="prompt")
     assert calls == [("google-research-datasets/mbpp", "sanitized", "prompt")]
     problem = task.problems[0]  # no task-id filtering: the dataset's split is the split
-    assert problem.id == "mbpp/2" and problem.tests.startswith("import math\n")
+    assert problem.id == "mbpp/2" and problem.meta["context"] == "import math\n"
     assert task.reward("```python\ndef add(a, b):\n    return a + b\n```", problem) == 1.0
     with pytest.raises(DataError, match="dataset 'missing'.*cannot load"):
         make_mbpp(dataset="missing")
     with pytest.raises(DataError, match="dataset 'broken' split 'test' row 1: field 'test_list'"):
         make_mbpp(dataset="broken")
+
+
+def test_mbpp_hidden_tests_score_only_what_the_prompt_does_not_show(tmp_path):
+    rows = [_row(11, test_list=["assert add(1, 2) == 3", "assert add(5, 5) == 10"],
+                 challenge_test_list=["assert add(-3, -4) == -7"]),
+            _row(12, test_list=["assert add(1, 2) == 3"])]
+    path = _write_jsonl(tmp_path / "mbpp.jsonl", rows)
+    hidden = make_mbpp(path=path, reward_tests="hidden")
+    everything = make_mbpp(path=path)
+    first, only_one = hidden.problems
+    assert "assert add(1, 2) == 3" in hidden.first_prompt(first)          # shown in the prompt ...
+    assert "add(1, 2)" not in first.meta["hidden_tests"]                   # ... so not a hidden test
+    hard_coded = "```python\ndef add(a, b):\n    return 3 if (a, b) == (1, 2) else 0\n```"
+    right = "```python\ndef add(a, b):\n    return a + b\n```"
+    assert [everything.reward(hard_coded, p) for p in everything.problems] == [0.0, 1.0]
+    assert hidden.reward(hard_coded, first) == 0.0 and hidden.reward(right, first) == 1.0
+    # Nothing hidden to check: fails closed, and says so.
+    verdict, = hidden.verdicts([right], [only_one])
+    assert verdict.reward == 0.0 and "no hidden tests" in verdict.reason
+    with pytest.raises(ConfigError, match="reward_tests"):
+        make_mbpp(path=path, reward_tests="some")
+
+
+def test_a_weaker_sandbox_level_warns_loudly(monkeypatch, capsys):
+    from selfcorrect.tasks import code
+
+    monkeypatch.setattr(code, "sandbox_isolation", lambda limits: "basic")
+    with pytest.warns(code.SandboxIsolationWarning, match="isolation 'basic'.*canonical solutions"):
+        task = make_humaneval(limit=1, isolation="basic")
+    assert task.options["sandbox_isolation"] == "basic"
+    assert "WARNING: code rewards run under sandbox isolation 'basic'" in capsys.readouterr().err
+
+
+def test_sample_rows_record_why_a_code_attempt_failed(humaneval):
+    problem = humaneval.problems[0]
+    wrong, right = humaneval.verdicts(["    return True\n", problem.meta["canonical_solution"]], [problem] * 2)
+    assert wrong.reward == 0.0 and wrong.reason.startswith("failed: AssertionError at tests line")
+    assert right.reward == 1.0 and right.reason == ""

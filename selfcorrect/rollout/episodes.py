@@ -56,6 +56,8 @@ class Attempt:
     """Verifier reward (1.0 right, 0.0 wrong); ``None`` until scored."""
     answer: str | None = None
     """Final answer read from ``text`` (``None``: unparsable)."""
+    reason: str = ""
+    """Why the verifier gave 0, where it says (code tasks: the failing assert, timeout, ...)."""
 
     @property
     def end(self) -> int:

@@ -53,9 +53,10 @@ def extend_episodes(backend: GenerationBackend, builder: ConversationBuilder, ta
                                        for ep in episodes]
     generations = backend.generate(contexts, params, progress, seeds=seeds)
     attempts = [builder.append_attempt(ep, g.ids, g.truncated) for ep, g in zip(episodes, generations)]
-    rewards = task.rewards([a.text for a in attempts], [ep.problem for ep in episodes])
-    for attempt, reward in zip(attempts, rewards):
-        attempt.reward = float(reward)
+    verdicts = task.verdicts([a.text for a in attempts], [ep.problem for ep in episodes])
+    for attempt, verdict in zip(attempts, verdicts):
+        attempt.reward = float(verdict.reward)
+        attempt.reason = verdict.reason
         attempt.answer = task.extract_answer(attempt.text)
 
 

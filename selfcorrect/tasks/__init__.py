@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .base import Problem, Task
+from .base import Problem, Task, Verdict
 
-__all__ = ["Problem", "Task", "load_task", "accepts_option", "BUILTIN_TASKS", "parse_task_options"]
+__all__ = ["Problem", "Task", "Verdict", "load_task", "accepts_option", "BUILTIN_TASKS", "parse_task_options"]
 
 BUILTIN_TASKS: dict[str, str] = {
     "arithmetic": "selfcorrect.tasks.arithmetic:make_task",

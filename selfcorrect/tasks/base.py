@@ -48,6 +48,16 @@ class Problem:
 Verifier = Callable[[str, Problem], float]
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A verifier's score of one completion and, when it is 0, why."""
+
+    reward: float
+    """1.0 right, 0.0 wrong."""
+    reason: str = ""
+    """Why the completion did not pass (e.g. ``failed: AssertionError at tests line 3: ...``)."""
+
+
 @dataclass
 class Task:
     """A problem set with its prompts and verifier (see the module docstring)."""
@@ -65,7 +75,10 @@ class Task:
     extract_answer: Callable[[str], str | None]
     """Final answer read from a completion, ``None`` when none can be read."""
     batch_verify: Callable[[Sequence[str], Sequence[Problem]], list[float]] | None = None
-    """Optional vectorised verifier (code tasks run a sandbox pool)."""
+    """Optional vectorised verifier."""
+    batch_verdicts: Callable[[Sequence[str], Sequence[Problem]], list[Verdict]] | None = None
+    """Optional vectorised verifier that also says why a completion scored 0 (code tasks
+    run a sandbox pool); used before ``batch_verify`` and ``verify``."""
     same_answer: Callable[[str, str], bool] | None = None
     """Answer equivalence for majority voting; string equality when ``None``."""
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -89,12 +102,18 @@ class Task:
         return float(self.verify(completion, problem))
 
     def rewards(self, completions: Sequence[str], problems: Sequence[Problem]) -> list[float]:
-        """Rewards for many completions (uses ``batch_verify`` when the task has one)."""
+        """Rewards for many completions (uses the task's batch verifier when it has one)."""
+        return [v.reward for v in self.verdicts(completions, problems)]
+
+    def verdicts(self, completions: Sequence[str], problems: Sequence[Problem]) -> list[Verdict]:
+        """Reward and reason of many completions."""
         if len(completions) != len(problems):
             raise ValueError("completions and problems must have the same length")
+        if self.batch_verdicts is not None:
+            return [Verdict(float(v.reward), v.reason) for v in self.batch_verdicts(completions, problems)]
         if self.batch_verify is not None:
-            return [float(r) for r in self.batch_verify(completions, problems)]
-        return [self.reward(c, p) for c, p in zip(completions, problems)]
+            return [Verdict(float(r)) for r in self.batch_verify(completions, problems)]
+        return [Verdict(self.reward(c, p)) for c, p in zip(completions, problems)]
 
     def answers_match(self, a: str, b: str) -> bool:
         """Whether two extracted answers are the same (for majority voting)."""

