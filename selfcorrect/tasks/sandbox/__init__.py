@@ -38,14 +38,14 @@ import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ...errors import ConfigError
 from . import wire
 
 __all__ = ["SandboxLimits", "SandboxResult", "run_tests", "run_many", "sandbox_isolation", "sandbox_info",
-           "WEAKER_LEVEL_WARNING"]
+           "WEAKER_LEVEL_WARNING", "ISOLATION_ENV"]
 
 _HERE = Path(__file__).resolve().parent
 _ISOLATION_LEVELS = ("full", "net", "basic")
@@ -57,6 +57,8 @@ _MASKED_EXTENSIONS = ("_ctypes", "_ctypes_test", "_posixsubprocess", "_xxsubinte
                       "_testmultiphase", "_testsinglephase", "_testbuffer", "_testclinic", "_testimportmultiple",
                       "_xxtestfuzz", "xxlimited", "xxlimited_35")
 _BACKSTOP_S = 5.0
+ISOLATION_ENV = "SELFCORRECT_SANDBOX_ISOLATION"
+"""Environment variable: the default isolation level (an explicit opt-in to a weaker one)."""
 
 WEAKER_LEVEL_WARNING = {
     "net": ("no filesystem view (the program can read whatever `nobody` -- or, as non-root, you -- can read, "
@@ -94,10 +96,11 @@ class SandboxLimits:
     """Size of the program's private scratch directory (``full`` isolation)."""
     max_message_mb: float = 8.0
     """Largest value (encoded) one call may return; a larger one fails the run."""
-    isolation: str = "full"
+    isolation: str = field(default_factory=lambda: os.environ.get(ISOLATION_ENV, "full"))
     """``"full"``: two processes, namespaces, the filesystem view (needs root).  Weaker levels
-    must be asked for: ``"net"`` (network namespace only), ``"basic"`` (rlimits, the user
-    change and the judge/candidate split only), ``"auto"`` (the strongest that works here).
+    must be asked for, here or for a whole job with ``SELFCORRECT_SANDBOX_ISOLATION``:
+    ``"net"`` (network namespace only), ``"basic"`` (rlimits, the user change and the
+    judge/candidate split only), ``"auto"`` (the strongest that works here).
     ``docs/sandbox.md`` lists what each level gives up."""
     memory_cgroup: bool = True
     """Put each run in its own memory + pids cgroup where the machine allows it (v1 or v2)."""
@@ -233,8 +236,7 @@ class _View:
         return any(path == d or path.startswith(d + "/") for d in dirs)
 
     def entries(self) -> list[list[str]]:
-        dirs = sorted(d for d in self.dirs if not self._covered(os.path.dirname(d), self.dirs) or d == "/")
-        dirs = [d for d in dirs if not any(d != o and d.startswith(o + "/") for o in dirs)]
+        dirs = sorted(d for d in self.dirs if not any(d != o and d.startswith(o + "/") for o in self.dirs))
         files = sorted(f for f in self.files if not self._covered(f, dirs))
         links = sorted((p, t) for p, t in self.links.items() if not self._covered(p, dirs))
         masks: list[list[str]] = []
@@ -448,6 +450,30 @@ def _close_zygotes() -> None:
     _zygotes.clear()
 
 
+def _verdict(python: str, job: dict, backstop_s: float) -> dict:
+    """The judge's verdict on ``job``; a judge that dies or hangs is the program's failure.
+
+    A hostile program can make its judge slow (a hash-flooded set to decode): the
+    judge's own CPU limit then kills it, which must fail the program, never raise.
+    Only a dead *zygote* (killed from outside) is retried, once, on a fresh one.
+    """
+    def failed(status: str, reason: str) -> dict:
+        return {"status": status, "reason": reason, "duration_s": backstop_s, "stdout": "", "stderr": ""}
+
+    for attempt in range(2):
+        zygote = _zygote(python)
+        try:
+            return zygote.run(job, backstop_s)
+        except (socket.timeout, TimeoutError):
+            return failed("timeout", "the judge gave no verdict within the run's limit")
+        except (EOFError, OSError, wire.BoundaryError) as exc:
+            if zygote.alive() or attempt:
+                if not zygote.alive():
+                    raise _SetupFailed(f"the sandbox zygote died twice: {exc!r}") from exc
+                return failed("killed", "the judge died before its verdict (its CPU limit)")
+    raise AssertionError("unreachable")
+
+
 # --------------------------------------------------------------------------- one run
 def _unshare_flags(level: str) -> int:
     if level == "full":
@@ -526,13 +552,7 @@ def _run_once(code: str, tests: str, entry_point: str | None, context: str, limi
             "unshare": flags, "root": scratch, "workdir": scratch,
             "cgroup_limits": _cgroup_limits(limits),
         }
-        try:
-            verdict = _zygote(python).run(job, limits.timeout_s + _BACKSTOP_S)
-        except (socket.timeout, TimeoutError):
-            verdict = {"status": "timeout", "reason": "no verdict within the backstop", "duration_s": limits.timeout_s,
-                       "stdout": "", "stderr": ""}
-        except (EOFError, OSError, wire.BoundaryError) as exc:
-            raise _SetupFailed(f"the sandbox judge died: {exc!r}") from exc
+        verdict = _verdict(python, job, limits.timeout_s + _BACKSTOP_S)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if verdict["status"] == "setup":
