@@ -184,10 +184,12 @@ def test_episode_record():
         "id": "p2",
         "sample": 0,
         "attempts": [
-            {"text": "ab", "answer": "2", "reward": 1.0, "tokens": 4, "truncated": False},
-            {"text": "ab ", "answer": None, "reward": 0.0, "tokens": 4, "truncated": True},
+            {"text": "ab", "answer": "2", "reward": 1.0, "reason": "", "tokens": 4, "truncated": False},
+            {"text": "ab ", "answer": None, "reward": 0.0, "reason": "", "tokens": 4, "truncated": True},
         ],
     }
+    ep.attempts[1].reason = "failed: AssertionError at tests line 3: assert f(1) == 2"
+    assert episode_record(ep)["attempts"][1]["reason"] == ep.attempts[1].reason
 
 
 # ---------------------------------------------------------------- EvalConfig checks
