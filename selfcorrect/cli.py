@@ -105,10 +105,15 @@ def _live_train(trainer, console) -> dict[str, Any]:
         def on_step(step: int, row: dict[str, Any]) -> None:
             rewards = " ".join(f"r{k[-1]}={row[k]:.2f}" for k in row if k.startswith("reward_t"))
             extra = f" Δ={row['delta']:+.2f} copy={row['copy_rate']:.2f}" if "delta" in row else ""
+            # The rollout/trainer log-prob gap (nats per token, worst attempt): ~0 when on-policy.
+            gaps = [v for k, v in row.items() if k.startswith("logp_gap_mean_t") and v == v]
+            gap = f" gap={max(gaps):.1e}" if gaps else ""
+            if gaps and max(gaps) > config.logprob_gap_warn:
+                gap = f" [red]{gap.strip()}[/]"
             skipped = " [red]skipped (non-finite)[/]" if row.get("skipped") else ""
             progress.update(bar, completed=step,
                             description=f"{config.method} it{row['iteration']} stage {row['stage']}",
-                            stats=f"{rewards}{extra} loss={row['loss']:.3f}{skipped}")
+                            stats=f"{rewards}{extra} loss={row['loss']:.3f}{gap}{skipped}")
 
         return trainer.train(on_step)
 

@@ -52,32 +52,53 @@ def _last_hidden_state(model, backbone, input_ids: torch.Tensor, attention_mask:
     return captured[-1]
 
 
+def logit_transform(config) -> tuple[float | None, float]:
+    """(soft cap, scale) that the model's own forward applies to its output layer's logits.
+
+    Gemma 2/3 soft-cap them (``final_logit_softcapping``); Cohere multiplies by ``logit_scale``;
+    Granite divides by ``logits_scaling``.  Scoring through the output layer directly must do the
+    same, or the trainer's log-probs are those of another distribution than the sampler's.
+    """
+    softcap = getattr(config, "final_logit_softcapping", None) or None
+    scale = float(getattr(config, "logit_scale", None) or 1.0)
+    scaling = getattr(config, "logits_scaling", None)
+    if scaling:
+        scale /= float(scaling)
+    return softcap, scale
+
+
 def _chunk_logprobs(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
-                    softcap: float | None) -> torch.Tensor:
+                    softcap: float | None, scale: float, temperature: float) -> torch.Tensor:
     # A module call (not F.linear on its weight): the hooks of PEFT and DeepSpeed ZeRO-3 see it.
-    logits = head(hidden).float()                                             # [c, V]
+    logits = head(hidden).float() * scale                                     # [c, V], the model's own logits
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
+    logits = logits / temperature                                             # the distribution sampled from
     return logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)   # [c]
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_mask: torch.Tensor,
-                   chunk_size: int = 1024) -> torch.Tensor:
-    """``out[b, t] = log π(input_ids[b, t] | input_ids[b, < t])`` where ``label_mask[b, t]``, else 0.
+                   chunk_size: int = 1024, temperature: float = 1.0) -> torch.Tensor:
+    """``out[b, t] = log π_T(input_ids[b, t] | input_ids[b, < t])`` where ``label_mask[b, t]``, else 0.
 
+    ``π_T`` is the model's next-token distribution at ``temperature`` (softmax of logits / T),
+    the distribution a sampler at that temperature draws from: RL scores a rollout with the
+    distribution that produced it.
     ``input_ids``, ``attention_mask``, ``label_mask``: ``[B, T]`` (right padded).
     Returns float32 ``[B, T]``; differentiable when grad is enabled.  ``model`` may also be an
     engine wrapping a :class:`TokenLogprobs` (DeepSpeed): it is then run through the engine.
     """
+    if not temperature > 0:
+        raise ValueError(f"log-probs need a temperature > 0, got {temperature!r}")
     if isinstance(getattr(model, "module", None), TokenLogprobs):
         return model(input_ids=input_ids, attention_mask=attention_mask, label_mask=label_mask,
-                     chunk_size=chunk_size)
+                     chunk_size=chunk_size, temperature=temperature)
     inner, backbone, head = _backbone_and_head(model)
     hidden = _last_hidden_state(model, backbone, input_ids, attention_mask)      # [B, T, H]
     predicts = label_mask[:, 1:]                                   # [B, T-1]: position t-1 predicts token t
     rows = hidden[:, :-1][predicts]                                # [N, H]
     labels = input_ids[:, 1:][predicts]                            # [N]
-    softcap = getattr(inner.config, "final_logit_softcapping", None)
+    softcap, scale = logit_transform(inner.config)
     calls = max(1, math.ceil(rows.shape[0] / chunk_size))
     if hasattr(head.weight, "ds_id"):
         # DeepSpeed ZeRO-3: each call of the output layer (and its recomputation in the backward pass)
@@ -85,7 +106,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         calls = int(all_reduce_scalar(calls, torch.int64, torch.distributed.ReduceOp.MAX, rows.device))
     pieces = []
     for lo in range(0, calls * chunk_size, chunk_size):                   # trailing chunks may be empty
-        args = (rows[lo:lo + chunk_size], labels[lo:lo + chunk_size], head, softcap)
+        args = (rows[lo:lo + chunk_size], labels[lo:lo + chunk_size], head, softcap, scale, float(temperature))
         if torch.is_grad_enabled():
             pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
         else:
@@ -108,14 +129,15 @@ class TokenLogprobs(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_mask: torch.Tensor,
-                chunk_size: int = 1024) -> torch.Tensor:
-        return token_logprobs(self.model, input_ids, attention_mask, label_mask, chunk_size)
+                chunk_size: int = 1024, temperature: float = 1.0) -> torch.Tensor:
+        return token_logprobs(self.model, input_ids, attention_mask, label_mask, chunk_size, temperature)
 
 
 def full_logits_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         label_mask: torch.Tensor) -> torch.Tensor:
-    """Reference implementation: full ``[B, T, V]`` logits, then gather (what :func:`token_logprobs` avoids)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+                         label_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Reference implementation: full ``[B, T, V]`` logits from the model's own forward, then gather
+    (what :func:`token_logprobs` avoids)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float() / temperature
     logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     out[:, 1:] = logp * label_mask[:, 1:]

@@ -133,8 +133,8 @@ class TrainConfig:
     """Stage I KL coefficient pinning attempt 1 (paper: 0.1 MATH, 0.25 code)."""
     baseline: str = "rloo"
     """Policy-gradient baseline: rloo (leave one out over a problem's samples) or none (plain REINFORCE)."""
-    kl_in: str = "loss"
-    """Where the KL goes: loss (per-token k3, differentiated directly) or reward (sequence k1 in the returns, RLOO-style)."""
+    kl_in: str = "reward"
+    """Where the KL goes: reward (sequence k1 in the returns, RLOO-style: its expected gradient is the paper's KL(π‖π_ref)), loss-k2 (per-token ½·log-ratio² in the loss: exact for one-token outputs, drops a token's effect on later tokens' KL) or loss-k3 (per-token k3 in the loss: the forward-KL gradient; `loss` is its old name). docs/training.md."""
     star_rounds: int = 3
     """STaR: rounds of sample → filter → fine-tune (the sample budget is split evenly over them)."""
     sft_steps: int = 8
@@ -152,13 +152,17 @@ class TrainConfig:
     attempts: int = 2
     """Attempts per episode K (SCoRe: 2)."""
     temperature: float = 1.0
-    """Sampling temperature of training rollouts (paper: 1.0)."""
+    """Sampling temperature of training rollouts (paper: 1.0); policy, reference and anchor log-probs are all scored at it."""
     top_p: float = 1.0
-    """Nucleus sampling mass of training rollouts (1 = off)."""
+    """Nucleus sampling mass of training rollouts: must stay 1 (the trainer scores the untruncated distribution)."""
     top_k: int = 0
-    """Top-k of training rollouts (0 = off)."""
+    """Top-k of training rollouts: must stay 0 (the trainer scores the untruncated distribution)."""
     max_new_tokens: int = 64
     """Token limit per attempt."""
+    logprob_gap_warn: float = 0.05
+    """Warn (once per run) when the mean |trainer − sampler| log-prob of an attempt's tokens exceeds this many
+    nats: a wrong temperature, stale sampler weights or a masking bug makes the gradient off-policy.  Measured
+    (docs/training.md): about 1e-6 in float32, up to about 0.02 under bf16 autocast."""
     generation_batch_size: int = 64
     """Sequences generated per batch (transformers backend)."""
     rollout_backend: str = "transformers"
@@ -232,7 +236,14 @@ class TrainConfig:
         need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         need(self.sft_keep in KEEP, f"sft_keep must be one of {', '.join(KEEP)}, got {self.sft_keep!r}")
         need(self.baseline in BASELINES, f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
+        if self.kl_in == "loss":      # the earlier name of loss-k3 (configs and runs written before it changed)
+            self.kl_in = "loss-k3"
         need(self.kl_in in KL_PLACEMENTS, f"kl_in must be one of {', '.join(KL_PLACEMENTS)}, got {self.kl_in!r}")
+        need(self.temperature > 0, f"temperature must be > 0 for training rollouts, got {self.temperature!r}")
+        need(self.top_p == 1.0 and self.top_k == 0,
+             f"top_p={self.top_p!r} / top_k={self.top_k!r}: training scores rollouts with the untruncated "
+             "distribution at `temperature`, so truncated sampling would make the gradient off-policy; "
+             "keep top_p 1 and top_k 0 for training (evaluation may use them)")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.autocast in ("bf16", "none"), f"autocast must be bf16 or none, got {self.autocast!r}")
         need(self.sharding in SHARDINGS, f"sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
@@ -392,15 +403,18 @@ def step_loss(config: TrainConfig, objective: str, policy, reference, anchor, ba
     groups = torch.tensor([ids[ep.problem.id] for ep in batch], device=device)                      # [B]
 
     with torch.no_grad(), _autocast(config, device):
+        # Everything at the sampling temperature: the policy term must be the distribution that sampled
+        # the rollout (on-policy), and the KL then compares π_θ and π_ref as that sampler sees them.
+        scored = dict(chunk_size=config.logprob_chunk, temperature=config.temperature)
         if reference is None:          # LoRA: π_ref = the policy with its adapter switched off
             with base_model_context(policy):
-                ref_logp = token_logprobs(policy, input_ids, attention_mask, label_mask, config.logprob_chunk)
+                ref_logp = token_logprobs(policy, input_ids, attention_mask, label_mask, **scored)
         else:
-            ref_logp = token_logprobs(reference, input_ids, attention_mask, label_mask, config.logprob_chunk)
+            ref_logp = token_logprobs(reference, input_ids, attention_mask, label_mask, **scored)
         anchor_logp = ref_logp if anchor is reference or objective != "stage1" else \
-            token_logprobs(anchor, input_ids, attention_mask, label_mask, config.logprob_chunk)
+            token_logprobs(anchor, input_ids, attention_mask, label_mask, **scored)
     with _autocast(config, device):
-        logp = token_logprobs(policy, input_ids, attention_mask, label_mask, config.logprob_chunk)
+        logp = token_logprobs(policy, input_ids, attention_mask, label_mask, **scored)
 
     common = dict(baseline=config.baseline, kl_in=config.kl_in, norm=norm)
     if objective == "single":
@@ -421,6 +435,34 @@ def sft_step_loss(config: TrainConfig, policy, batch: list[Episode], pad_id: int
         logp = token_logprobs(policy, tensors["input_ids"].to(device), tensors["attention_mask"].to(device),
                               attempt_mask[:, 1], config.logprob_chunk)
     return sft_loss(logp, attempt_mask, trained=[False, True], norm=norm)
+
+
+def logprob_gaps(batch: Sequence[Episode], logp: torch.Tensor, attempts: int) -> list[tuple[list[float], list[float]]]:
+    """Per attempt: (|trainer − sampler| log-prob of every token, Σ_t (trainer − sampler) per attempt).
+
+    ``logp``: ``[B, T]`` the trainer's log-probs of ``batch``'s episode tokens (the collated layout puts
+    token ``t`` of an episode at column ``t``).  Attempts whose sampler reported no log-probs are left out.
+    """
+    logp = logp.float().cpu()
+    gaps: list[tuple[list[float], list[float]]] = [([], []) for _ in range(attempts)]
+    for row, ep in enumerate(batch):
+        for k, attempt in enumerate(ep.attempts[:attempts]):
+            if attempt.sample_logprobs is None:
+                continue
+            diff = logp[row, attempt.start:attempt.end] - torch.tensor(attempt.sample_logprobs)   # [len]
+            gaps[k][0].extend(diff.abs().tolist())
+            gaps[k][1].append(float(diff.sum()))
+    return gaps
+
+
+def gap_metrics(gaps: Sequence[tuple[list[float], list[float]]]) -> dict[str, float]:
+    """logp_gap_mean/max_t{k} (nats per token) and importance_ratio_t{k} (mean π_trainer(y)/π_sampler(y))."""
+    out: dict[str, float] = {}
+    for k, (tokens, sequences) in enumerate(gaps):
+        out[f"logp_gap_mean_t{k + 1}"] = float(np.mean(tokens)) if tokens else float("nan")
+        out[f"logp_gap_max_t{k + 1}"] = float(np.max(tokens)) if tokens else float("nan")
+        out[f"importance_ratio_t{k + 1}"] = float(np.mean(np.exp(sequences))) if sequences else float("nan")
+    return out
 
 
 def batch_metrics(episodes: Sequence[Episode], kl: torch.Tensor) -> dict[str, float]:
@@ -828,6 +870,7 @@ class Trainer:
         generated = time.perf_counter()
 
         losses, kls, ordered = [], [], []
+        gaps: list[tuple[list[float], list[float]]] = [([], []) for _ in range(attempts)]
         norm = len(problems) * config.samples             # episodes of the whole step, over all processes
         batches = micro_batches(episodes, config.micro_batch_problems)
         # Sharded, every process must run as many forward/backward passes (collectives); a problem drawn
@@ -846,6 +889,9 @@ class Trainer:
                 losses.append(float(out.loss.detach()))
                 kls.append(out.kl.cpu())
                 ordered.extend(batch)
+                for total, part in zip(gaps, logprob_gaps(batch, out.logp, attempts)):
+                    total[0].extend(part[0])
+                    total[1].extend(part[1])
         trained = time.perf_counter()
         loss, grad_norm, skipped = self._optimizer_step(losses)
 
@@ -855,10 +901,27 @@ class Trainer:
         ordered, kl = self.dist.gather(ordered), torch.cat(self.dist.gather([kl]))     # the whole step
         tokens = sum(len(a.ids) for ep in ordered for a in ep.attempts)
         self._last_episodes = ordered
+        everyone = self.dist.gather([gaps])               # one list of per-attempt gaps per process
+        checked = gap_metrics([(sum((p[k][0] for p in everyone), []), sum((p[k][1] for p in everyone), []))
+                               for k in range(attempts)])
+        self._warn_on_gap(checked)
         return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self.scheduler.get_last_lr()[0],
-                **batch_metrics(ordered, kl), "generated_tokens": tokens,
+                **batch_metrics(ordered, kl), **checked, "generated_tokens": tokens,
                 "tokens_per_s": tokens / max(trained - started, 1e-9),
                 "time_generate_s": generated - started, "time_train_s": trained - generated}
+
+    def _warn_on_gap(self, checked: dict[str, float]) -> None:
+        """One warning per run when the sampler's and the trainer's log-probs of the same tokens disagree."""
+        if getattr(self, "_gap_warned", False) or not self.dist.main:
+            return
+        worst = max(((v, k) for k, v in checked.items() if k.startswith("logp_gap_mean") and v == v), default=None)
+        if worst is not None and worst[0] > self.config.logprob_gap_warn:
+            self._gap_warned = True
+            attempt = worst[1].rsplit("_t", 1)[1]
+            print(f"WARNING: on attempt {attempt} the trainer's log-probs differ from the sampler's by "
+                  f"{worst[0]:.3g} nats per token on average (logprob_gap_warn {self.config.logprob_gap_warn:g}): "
+                  "the gradient is off-policy -- a wrong temperature, stale sampler weights after a weight sync, "
+                  "or a masking bug (metrics.jsonl: logp_gap_*, importance_ratio_*).", file=sys.stderr, flush=True)
 
     # ---- supervised baselines
 

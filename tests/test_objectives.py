@@ -58,7 +58,7 @@ def _episode_batch():
 
 def test_stage_one_by_hand_and_gradient_placement():
     logp, ref, anchor, mask, rewards, groups = _episode_batch()
-    out = stage_one_loss(logp, ref, anchor, mask, rewards, groups, beta1=0.01, beta2=0.1)
+    out = stage_one_loss(logp, ref, anchor, mask, rewards, groups, beta1=0.01, beta2=0.1, kl_in="loss-k3")
     # attempt 1 gets no reward: returns [0, 1], [0, 1] → RLOO advantages all zero at attempt 2 too
     assert out.returns.tolist() == [[0.0, 1.0], [0.0, 1.0]]
     assert out.advantages.tolist() == [[0.0, 0.0], [0.0, 0.0]]
@@ -136,3 +136,109 @@ def test_bad_options():
         stage_two_loss(logp, ref, mask, rewards, groups, alpha=1.0, beta1=0.0, kl_in="both")
     with pytest.raises(ValueError, match="one entry per attempt"):
         reinforce_with_kl(logp, ref[:, None].expand(-1, 2, -1), mask, rewards, groups, [True], [0.0, 0.0])
+
+
+# --------------------------------------------------------------------------- the KL's expected gradient, exactly
+V = 3  # vocabulary of the toy policy
+
+
+def _toy(length: int, seed: int = 0):
+    """A tiny autoregressive policy and reference over all V**length sequences (float64).
+
+    θ holds the policy's logits: ``first[V]`` for token 1 and ``then[V, V]`` for token 2 given token 1.
+    Returns (θ list, sequences [S, L], function θ -> token log-probs [S, L], reference log-probs [S, L]).
+    """
+    g = torch.Generator().manual_seed(seed)
+    theta = [torch.randn(V, generator=g, dtype=torch.float64).requires_grad_(),
+             torch.randn(V, V, generator=g, dtype=torch.float64).requires_grad_()]
+    phi = [torch.randn(V, generator=g, dtype=torch.float64), torch.randn(V, V, generator=g, dtype=torch.float64)]
+    seqs = torch.cartesian_prod(*[torch.arange(V)] * length) if length > 1 else torch.arange(V)[:, None]
+
+    def token_logp(params):
+        first = torch.log_softmax(params[0], -1)[seqs[:, 0]]                              # [S]
+        if length == 1:
+            return first[:, None]
+        then = torch.log_softmax(params[1], -1)[seqs[:, 0], seqs[:, 1]]                   # [S]
+        return torch.stack([first, then], 1)                                             # [S, L]
+
+    return theta, seqs, token_logp, token_logp(phi).detach()
+
+
+def _expected_gradient(kl_in: str, length: int, beta: float = 0.7):
+    """E over two i.i.d. samples (one RLOO group) of ∇θ of the trainer's loss, summed exactly over all pairs."""
+    theta, seqs, token_logp, ref = _toy(length)
+    lp = token_logp(theta)                                                   # [S, L], with grad
+    weights = lp.sum(1).exp().detach()                                       # π(y): the sampling distribution
+    s = lp.shape[0]
+    i, j = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    i, j = i.flatten(), j.flatten()                                          # all S² sample pairs
+    # Episode layout: [prompt, y_1, ..., y_L]; one attempt covering the L sampled tokens.
+    pad = torch.zeros(s, 1, dtype=torch.float64)
+    logp_all, ref_all = torch.cat([pad, lp], 1), torch.cat([pad, ref], 1)    # [S, 1 + L]
+    mask = torch.zeros(2, 1, 1 + length, dtype=torch.bool)
+    mask[:, 0, 1:] = True
+    total = 0.0
+    for a, b in zip(i.tolist(), j.tolist()):
+        pair = [a, b]
+        out = reinforce_with_kl(logp_all[pair], ref_all[pair][:, None], mask, torch.zeros(2, 1, dtype=torch.float64),
+                                torch.tensor([0, 0]), pg_on=[True], kl_coef=[beta], kl_in=kl_in)
+        total = total + weights[a] * weights[b] * out.loss
+    return torch.autograd.grad(total, theta, allow_unused=True, materialize_grads=True), theta, token_logp, ref, beta
+
+
+def _flat(grads):
+    return torch.cat([g.flatten() for g in grads])
+
+
+def _reverse_kl_gradient(theta, token_logp, ref, beta):
+    """∇ β·KL(π_θ ‖ π_ref) over whole sequences, exactly."""
+    lp = token_logp(theta).sum(1)
+    return torch.autograd.grad(beta * (lp.exp() * (lp - ref.sum(1))).sum(), theta, allow_unused=True,
+                               materialize_grads=True)
+
+
+def _per_token_kl_gradient(theta, token_logp, ref, beta, forward: bool):
+    """Σ_t E_prefix~π[∇ β·KL_t] with the prefix distribution held fixed (KL_t reverse or forward)."""
+    lp = token_logp(theta)
+    prefix = torch.cat([torch.ones(lp.shape[0], 1, dtype=lp.dtype), lp[:, :-1].cumsum(1).exp()], 1).detach()
+    # For a fixed prefix, E_{y_t ~ π_t}[.] over the enumerated sequences counts each prefix once per
+    # continuation, so weight each row by π(prefix)·p(y_t | prefix) / (number of continuations past t).
+    length = lp.shape[1]
+    total = 0.0
+    for t in range(length):
+        later = V ** (length - 1 - t)
+        if forward:   # KL(ref_t ‖ π_t) = Σ_y ref_t(y) (log ref_t(y) − log π_t(y))
+            term = ref[:, t].exp() * (ref[:, t] - lp[:, t])
+        else:         # KL(π_t ‖ ref_t)
+            term = lp[:, t].exp() * (lp[:, t] - ref[:, t])
+        total = total + (prefix[:, t] * term).sum() / later
+    return torch.autograd.grad(beta * total, theta)
+
+
+def test_the_default_kl_has_the_gradient_of_the_sequence_reverse_kl():
+    """kl_in=reward (k1 in the returns, RLOO baseline): E[∇loss] = ∇ β·KL(π_θ ‖ π_ref) to 1e-6."""
+    grads, theta, token_logp, ref, beta = _expected_gradient("reward", length=2)
+    exact = _reverse_kl_gradient(theta, token_logp, ref, beta)
+    assert torch.allclose(_flat(grads), _flat(exact), atol=1e-6, rtol=0), (_flat(grads), _flat(exact))
+    assert _flat(exact).abs().max() > 1e-2                       # a real gradient, not two zeros
+
+
+def test_k2_in_the_loss_is_the_per_token_reverse_kl_gradient():
+    grads, theta, token_logp, ref, beta = _expected_gradient("loss-k2", length=2)
+    per_token = _per_token_kl_gradient(theta, token_logp, ref, beta, forward=False)
+    exact = _reverse_kl_gradient(theta, token_logp, ref, beta)
+    assert torch.allclose(_flat(grads), _flat(per_token), atol=1e-6, rtol=0)
+    # ... which misses a token's effect on the later tokens' KL: not the sequence gradient
+    assert (_flat(grads) - _flat(exact)).abs().max() > 1e-3
+    # For one-token outputs the two coincide.
+    grads1, theta1, token_logp1, ref1, beta1 = _expected_gradient("loss-k2", length=1)
+    assert torch.allclose(_flat(grads1)[:V], _flat(_reverse_kl_gradient(theta1, token_logp1, ref1, beta1))[:V],
+                          atol=1e-6, rtol=0)
+
+
+def test_k3_in_the_loss_is_the_forward_kl_gradient():
+    grads, theta, token_logp, ref, beta = _expected_gradient("loss-k3", length=2)
+    forward = _per_token_kl_gradient(theta, token_logp, ref, beta, forward=True)
+    exact = _reverse_kl_gradient(theta, token_logp, ref, beta)
+    assert torch.allclose(_flat(grads), _flat(forward), atol=1e-6, rtol=0)
+    assert (_flat(grads) - _flat(exact)).abs().max() > 1e-3      # not the paper's KL

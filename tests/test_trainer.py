@@ -184,3 +184,71 @@ def test_cli_train_resume_and_errors(tiny_model_dir, tmp_path, parity_task, caps
         assert not (tmp_path / "never").exists()
     assert main(args) == 2                                      # refuses to overwrite a run directory
     assert "not empty" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- on-policy scoring and the gap check
+def test_token_logprobs_score_the_tempered_distribution(tiny_model):
+    from selfcorrect.logprobs import full_logits_logprobs, token_logprobs
+
+    model, _ = tiny_model
+    ids = torch.randint(0, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    labels = torch.zeros_like(ids, dtype=torch.bool)
+    labels[:, 3:] = True
+    with torch.no_grad():
+        for temperature in (1.0, 0.7, 1.6):
+            ours = token_logprobs(model, ids, mask, labels, temperature=temperature)
+            full = full_logits_logprobs(model, ids, mask, labels, temperature=temperature)
+            assert torch.allclose(ours, full, atol=1e-5), temperature
+        assert not torch.allclose(token_logprobs(model, ids, mask, labels, temperature=0.7),
+                                  token_logprobs(model, ids, mask, labels), atol=1e-3)
+
+
+def test_logit_rescaling_models_are_scored_like_their_forward(tiny_model):
+    """Cohere multiplies its logits by logit_scale, Granite divides by logits_scaling: scored the same way."""
+    from selfcorrect.logprobs import logit_transform
+
+    assert logit_transform(type("C", (), {"logit_scale": 0.0625})()) == (None, 0.0625)
+    assert logit_transform(type("G", (), {"logits_scaling": 8.0})()) == (None, 0.125)
+    assert logit_transform(type("Gemma", (), {"final_logit_softcapping": 30.0})()) == (30.0, 1.0)
+
+
+def _gap_rows(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_sampler_and_the_trainer_agree_at_the_sampling_temperature(tiny_model_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    Trainer.create(_config(tiny_model_dir, run, iterations=1, stage1_steps=1, stage2_steps=1,
+                           temperature=0.7, eval_limit=1)).train()
+    rows = _gap_rows(run)
+    for row in rows:
+        for k in (1, 2):
+            assert row[f"logp_gap_mean_t{k}"] < 1e-4 and row[f"logp_gap_max_t{k}"] < 1e-3, row
+            assert row[f"importance_ratio_t{k}"] == pytest.approx(1.0, abs=1e-3)
+    assert "off-policy" not in capsys.readouterr().err
+
+
+def test_a_wrong_temperature_fires_the_gap_warning(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Rollouts sampled at 1.5 but scored at 0.7: the check must catch it, once."""
+    from selfcorrect.rollout import SamplingParams
+
+    monkeypatch.setattr(TrainConfig, "sampling_params",
+                        lambda self: SamplingParams(temperature=1.5, max_new_tokens=self.max_new_tokens))
+    run = tmp_path / "run"
+    Trainer.create(_config(tiny_model_dir, run, iterations=1, stage1_steps=1, stage2_steps=1,
+                           temperature=0.7, eval_limit=1)).train()
+    rows = _gap_rows(run)
+    assert all(row["logp_gap_mean_t1"] > 0.05 for row in rows), rows
+    # (The mean importance ratio is 1 in expectation under any sampler, so it is logged, not asserted.)
+    err = capsys.readouterr().err
+    assert err.count("off-policy") == 1 and "logprob_gap_warn" in err
+
+
+def test_training_refuses_truncated_sampling_and_maps_the_old_kl_name():
+    with pytest.raises(ConfigError, match="top_p=0.9.*untruncated"):
+        TrainConfig(top_p=0.9)
+    with pytest.raises(ConfigError, match="top_k=5"):
+        TrainConfig(top_k=5)
+    assert TrainConfig().kl_in == "reward"
+    assert TrainConfig(kl_in="loss").kl_in == "loss-k3"      # configs written before the rename

@@ -34,7 +34,7 @@ class FakeSamplingParams(SimpleNamespace):
     """vLLM's ``SamplingParams`` keywords (an unknown keyword fails like it would in vLLM)."""
 
     FIELDS = {"n", "temperature", "top_p", "top_k", "max_tokens", "stop_token_ids", "seed",
-              "skip_special_tokens", "detokenize"}
+              "skip_special_tokens", "detokenize", "logprobs"}
 
     def __init__(self, **kwargs):
         unknown = set(kwargs) - self.FIELDS
@@ -86,22 +86,26 @@ class FakeLLM:
             self.requests.append((ids, sp))
             generator = None if sp.seed is None else torch.Generator(device=device).manual_seed(sp.seed)
             out: list[int] = []
+            logprobs: list[dict] = []      # vLLM's shape: one {token id: Logprob} per generated token
             context = torch.tensor([ids], device=device)
             while len(out) < sp.max_tokens:
                 logits = self.model(input_ids=context).logits[0, -1].float()
                 if sp.temperature == 0:
                     token = int(logits.argmax())
+                    processed = torch.log_softmax(logits, -1)
                 else:
-                    probs = torch.softmax(logits / sp.temperature, -1)
-                    token = int(torch.multinomial(probs, 1, generator=generator))
+                    processed = torch.log_softmax(logits / sp.temperature, -1)
+                    token = int(torch.multinomial(processed.exp(), 1, generator=generator))
                 out.append(token)
+                logprobs.append({token: SimpleNamespace(logprob=float(processed[token]))})
                 context = torch.cat([context, torch.tensor([[token]], device=device)], dim=1)
                 if token in sp.stop_token_ids:
                     break
             stopped = bool(out) and out[-1] in sp.stop_token_ids
             token_ids = out if self.include_stop_token or not stopped else out[:-1]
             completion = SimpleNamespace(token_ids=token_ids, finish_reason="stop" if stopped else "length",
-                                         stop_reason=out[-1] if stopped else None)
+                                         stop_reason=out[-1] if stopped else None,
+                                         logprobs=logprobs if sp.logprobs is not None else None)
             outputs.append(SimpleNamespace(outputs=[completion]))
         return outputs
 

@@ -17,11 +17,25 @@ Loss, per batch of ``B`` episodes (``norm`` = episodes in the *whole* batch,
 so gradient accumulation over micro-batches gives the same gradient)::
 
     L = −1/norm Σ_b Σ_k  pg_on[k] · A[b, k] · Σ_t∈k logp[b, t]          (policy gradient)
-        + 1/norm Σ_b Σ_k  β[k] · Σ_t∈k k3(logp[b, t], ref_logp[b, k, t])    (kl_in = "loss")
+        + 1/norm Σ_b Σ_k  β[k] · Σ_t∈k kl_token(logp[b, t], ref_logp[b, k, t])   (kl_in = loss-k2 | loss-k3)
 
-with ``A`` the RLOO advantage of the returns.  With ``kl_in = "reward"`` the
-KL enters the returns instead, as RLOO does (sequence-level k1 estimate,
-no gradient through it): ``returns[b, k] −= β[k] · Σ_t∈k (logp − ref_logp)``.
+with ``A`` the RLOO advantage of the returns.  Where the KL goes (``kl_in``):
+
+* ``reward`` (the default): the sequence-level k1 estimate ``Σ_t∈k (logp − ref_logp)``
+  is subtracted from the returns, ``returns[b, k] −= β[k] · k1``, as RLOO does, with no
+  gradient through it.  Its expected gradient *is* the gradient of the paper's
+  sequence-level KL(π_θ ‖ π_ref): ``∇KL = E_π[(log π − log π_ref) ∇log π]`` (the
+  score-function identity; the leave-one-out baseline keeps it unbiased).
+* ``loss-k2``: per-token ``½·(logp − ref_logp)²`` differentiated in the loss.  Its
+  expected gradient is ``Σ_t E_prefix[∇KL(π_θ(·|prefix) ‖ π_ref(·|prefix))]`` with the
+  prefix distribution held fixed: exact for one-token outputs, but it drops the effect
+  a token has on the later tokens' KL.
+* ``loss-k3``: per-token ``exp(ref − logp) − (ref − logp) − 1`` in the loss (the earlier
+  default, once called ``loss``).  k3 is an unbiased estimate of the reverse KL's
+  *value*, but its expected gradient is per-token ``∇KL(π_ref ‖ π_θ)``: the forward KL.
+
+``tests/test_objectives.py`` checks all three against exact sums over every output of a
+tiny policy.
 """
 
 from __future__ import annotations
@@ -32,7 +46,7 @@ from dataclasses import dataclass
 import torch
 
 BASELINES = ("rloo", "none")
-KL_PLACEMENTS = ("loss", "reward")
+KL_PLACEMENTS = ("reward", "loss-k2", "loss-k3")
 
 
 @dataclass
@@ -47,6 +61,8 @@ class LossOutput:
     """``[B, K]`` sequence KL estimate per attempt (k1: Σ_t logp − ref_logp), detached."""
     returns: torch.Tensor
     """``[B, K]`` returns after shaping (and the KL, if it is placed in the reward)."""
+    logp: torch.Tensor | None = None
+    """``[B, T]`` the policy log-probs the loss was built from, detached (for the rollout/trainer check)."""
 
 
 def attempt_sums(values: torch.Tensor, attempt_mask: torch.Tensor) -> torch.Tensor:
@@ -73,10 +89,19 @@ def rloo_advantages(returns: torch.Tensor, groups: torch.Tensor) -> torch.Tensor
     return returns - others_mean
 
 
+def k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k2: ``½·(logp − ref)²``; its gradient is the per-token reverse-KL gradient (module docstring)."""
+    return 0.5 * (logp - ref_logp) ** 2
+
+
 def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(π_θ ‖ π_ref): ``exp(ref − logp) − (ref − logp) − 1`` ≥ 0, unbiased."""
+    """Per-token k3: ``exp(ref − logp) − (ref − logp) − 1`` ≥ 0, an unbiased *value* of KL(π_θ ‖ π_ref)
+    whose gradient is that of the forward KL(π_ref ‖ π_θ) (module docstring)."""
     log_ratio = ref_logp - logp
     return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+KL_IN_LOSS = {"loss-k2": k2, "loss-k3": k3}
 
 
 def reinforce_with_kl(
@@ -89,7 +114,7 @@ def reinforce_with_kl(
     kl_coef: Sequence[float],
     *,
     baseline: str = "rloo",
-    kl_in: str = "loss",
+    kl_in: str = "reward",
     norm: int | None = None,
 ) -> LossOutput:
     """The estimator of the module docstring.
@@ -103,7 +128,9 @@ def reinforce_with_kl(
         pg_on: ``K`` flags — which attempts receive a reward (policy-gradient) term.
         kl_coef: ``K`` KL coefficients β_k.
         baseline: ``rloo`` (leave-one-out over a problem's samples) or ``none`` (plain REINFORCE).
-        kl_in: ``loss`` (k3, differentiated directly) or ``reward`` (k1 subtracted from returns).
+        kl_in: ``reward`` (k1 subtracted from the returns), ``loss-k2`` or ``loss-k3`` (per-token
+            estimates differentiated directly); see the module docstring for what each one's
+            gradient is.
         norm: divide sums by this many episodes (default ``B``; pass the full batch size when
             the batch is split into micro-batches — which must hold whole RLOO groups).
     """
@@ -122,7 +149,7 @@ def reinforce_with_kl(
     if kl_in == "reward":
         returns = returns - beta * kl_seq                                # KL as a per-attempt cost
         active = active | (beta > 0)                                     # attempts with only a KL cost still get a PG term
-    elif kl_in != "loss":
+    elif kl_in not in KL_IN_LOSS:
         raise ValueError(f"kl_in must be one of {KL_PLACEMENTS}, got {kl_in!r}")
 
     if baseline == "rloo":
@@ -135,7 +162,7 @@ def reinforce_with_kl(
 
     seq_logp = attempt_sums(logp, attempt_mask)                          # [B, K]
     loss = -(advantages * seq_logp).sum() / norm
-    if kl_in == "loss":
-        kl_tokens = k3(logp[:, None, :], ref_logp) * mask                # [B, K, T]
+    if kl_in in KL_IN_LOSS:
+        kl_tokens = KL_IN_LOSS[kl_in](logp[:, None, :], ref_logp) * mask   # [B, K, T]
         loss = loss + (beta * kl_tokens.sum(-1)).sum() / norm
-    return LossOutput(loss=loss, advantages=advantages, kl=kl_seq, returns=returns.detach())
+    return LossOutput(loss=loss, advantages=advantages, kl=kl_seq, returns=returns.detach(), logp=logp.detach())

@@ -38,7 +38,7 @@ def stage_one_loss(
     beta1: float,
     beta2: float,
     baseline: str = "rloo",
-    kl_in: str = "loss",
+    kl_in: str = "reward",
     norm: int | None = None,
 ) -> LossOutput:
     """Stage I:  max E[ r(y2) ] − β2·KL(π_θ(·|x1) ‖ π_anchor(·|x1)) − β1·KL(π_θ(·|x2) ‖ π_ref(·|x2)).
@@ -68,7 +68,7 @@ def stage_two_loss(
     alpha: float,
     beta1: float,
     baseline: str = "rloo",
-    kl_in: str = "loss",
+    kl_in: str = "reward",
     norm: int | None = None,
 ) -> LossOutput:
     """Stage II:  max E[ Σ_k r̂_k − β1·KL(π_θ(·|x_k) ‖ π_ref(·|x_k)) ] with r̂ from :func:`shaped_returns`.
@@ -93,7 +93,7 @@ def single_turn_loss(
     *,
     beta1: float,
     baseline: str = "rloo",
-    kl_in: str = "loss",
+    kl_in: str = "reward",
     norm: int | None = None,
 ) -> LossOutput:
     """Single-turn RL (the paper's baseline that only optimises attempt 1): max E[r(y1)] − β1·KL."""

@@ -56,6 +56,10 @@ class Generation:
     """Sampled ids, up to and including the first end-of-turn token (if any)."""
     truncated: bool
     """No end-of-turn token within ``max_new_tokens``."""
+    logprobs: list[float] | None = None
+    """Log-prob of each sampled id under the distribution it was drawn from (after temperature,
+    top-k and top-p; greedy: the untempered distribution).  The trainer compares these with
+    its own log-probs of the same tokens (the rollout/trainer gap)."""
 
 
 class GenerationBackend(Protocol):
@@ -195,21 +199,26 @@ class TransformersBackend:
         next_position = last_position + 1                     # [b_active, 1]
         active = torch.arange(b, device=device)               # original row of each live row
         sampled: list[list[int]] = [[] for _ in range(b)]
+        sampled_logprobs: list[list[float]] = [[] for _ in range(b)]
         finished = [False] * b
 
         for step in range(params.max_new_tokens):
             if warpers is None:
                 tokens = logits.argmax(-1)
+                log_dist = torch.log_softmax(logits, -1)                          # [b_active, V]
             else:
-                probs = torch.softmax(warpers(None, logits), -1)                 # [b_active, V]
+                log_dist = torch.log_softmax(warpers(None, logits), -1)          # [b_active, V]
+                probs = log_dist.exp()
                 if generators is None:
                     tokens = torch.multinomial(probs, 1).squeeze(-1)
                 else:   # exponential race: argmax p_i / E_i with E_i ~ Exp(1) samples i with probability p_i
                     race = torch.stack([torch.empty(probs.shape[-1], device=device).exponential_(generator=generators[r])
                                         for r in active.tolist()])
                     tokens = (probs / race).argmax(-1)
-            for row, tok in zip(active.tolist(), tokens.tolist()):
+            chosen = log_dist.gather(-1, tokens[:, None]).squeeze(-1)            # [b_active]
+            for row, tok, lp in zip(active.tolist(), tokens.tolist(), chosen.tolist()):
                 sampled[row].append(tok)
+                sampled_logprobs[row].append(lp)
             done = torch.isin(tokens, eos)
             for row in active[done].tolist():
                 finished[row] = True
@@ -228,7 +237,8 @@ class TransformersBackend:
             cache = getattr(out, cache_kwarg)
             logits = out.logits[:, -1, :].float()
             next_position = next_position + 1
-        return [Generation(ids=ids, truncated=not done_) for ids, done_ in zip(sampled, finished)]
+        return [Generation(ids=ids, truncated=not done_, logprobs=lps)
+                for ids, done_, lps in zip(sampled, finished, sampled_logprobs)]
 
 
 def _cache_argument(model) -> str:

@@ -58,6 +58,9 @@ class Attempt:
     """Final answer read from ``text`` (``None``: unparsable)."""
     reason: str = ""
     """Why the verifier gave 0, where it says (code tasks: the failing assert, timeout, ...)."""
+    sample_logprobs: list[float] | None = None
+    """The backend's log-prob of each of ``ids`` under the distribution it sampled from (``None``
+    when the backend did not report them); checked against the trainer's own log-probs."""
 
     @property
     def end(self) -> int:
@@ -164,13 +167,15 @@ class ConversationBuilder:
         episode.tokens.extend(self.turn_suffix(episode.attempts[-1].ids))
         return episode.tokens
 
-    def append_attempt(self, episode: Episode, ids: Sequence[int], truncated: bool) -> Attempt:
-        """Record sampled ``ids`` as the next attempt of ``episode``."""
+    def append_attempt(self, episode: Episode, ids: Sequence[int], truncated: bool,
+                       logprobs: Sequence[float] | None = None) -> Attempt:
+        """Record sampled ``ids`` (and the sampler's log-probs of them, if known) as the next attempt."""
         attempt = Attempt(
             ids=list(ids),
             start=len(episode.tokens),
             text=self.tokenizer.decode(list(ids), skip_special_tokens=True).strip(),
             truncated=truncated,
+            sample_logprobs=list(logprobs) if logprobs is not None and len(logprobs) == len(ids) else None,
         )
         episode.tokens.extend(attempt.ids)
         episode.attempts.append(attempt)

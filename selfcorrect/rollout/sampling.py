@@ -52,7 +52,7 @@ def extend_episodes(backend: GenerationBackend, builder: ConversationBuilder, ta
     seeds = None if seed is None else [row_seed(seed, ep.problem.id, ep.sample, len(ep.attempts))
                                        for ep in episodes]
     generations = backend.generate(contexts, params, progress, seeds=seeds)
-    attempts = [builder.append_attempt(ep, g.ids, g.truncated) for ep, g in zip(episodes, generations)]
+    attempts = [builder.append_attempt(ep, g.ids, g.truncated, g.logprobs) for ep, g in zip(episodes, generations)]
     verdicts = task.verdicts([a.text for a in attempts], [ep.problem for ep in episodes])
     for attempt, verdict in zip(attempts, verdicts):
         attempt.reward = float(verdict.reward)

@@ -68,6 +68,9 @@ class VLLMBackend:
         vllm = _vllm()
         # The engine must run in this process so that sync_weights can reach its model.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # Sampled tokens' log-probs after temperature / top-k / top-p: the distribution sampled from,
+        # which the trainer's own log-probs are checked against (vLLM's default reports raw ones).
+        engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         engine = vllm.LLM(model=str(model), dtype=dtype, seed=seed, enable_prefix_caching=True,
                           gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                           **engine_kwargs)
@@ -81,7 +84,7 @@ class VLLMBackend:
             n=1, temperature=float(params.temperature), top_p=float(params.top_p),
             top_k=int(params.top_k) if params.top_k else -1, max_tokens=params.max_new_tokens,
             stop_token_ids=sorted(self.eos_token_ids), seed=None if params.greedy else seed,
-            skip_special_tokens=False, detokenize=False)
+            skip_special_tokens=False, detokenize=False, logprobs=0)   # 0: the sampled token's only
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
                  progress: Callable[[int], None] | None = None,
@@ -104,7 +107,8 @@ class VLLMBackend:
         if completion.finish_reason == "stop" and isinstance(stop, int) and (not ids or ids[-1] != stop):
             ids.append(stop)          # a stop_token_ids hit that the engine left out of token_ids
         ended = bool(ids) and ids[-1] in self.eos_token_ids
-        return Generation(ids=ids[: params.max_new_tokens], truncated=not ended)
+        ids = ids[: params.max_new_tokens]
+        return Generation(ids=ids, truncated=not ended, logprobs=_sampled_logprobs(completion, ids))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load ``(Hugging Face name, tensor)`` pairs into the engine's model; drop stale cached prefixes."""
@@ -157,3 +161,17 @@ def engine_source(spec: str) -> str:
         raise ConfigError(f"{spec} is a LoRA checkpoint: start the engine from its base model "
                           "(VLLMBackend.sync_weights loads the merged weights)")
     return str(source)
+
+
+def _sampled_logprobs(completion: Any, ids: list[int]) -> list[float] | None:
+    """The log-prob vLLM reported for each sampled id, or None when it did not report one for every id."""
+    per_token = getattr(completion, "logprobs", None)
+    if not per_token or len(per_token) < len(ids):
+        return None
+    out = []
+    for token, options in zip(ids, per_token):
+        entry = options.get(token) if options else None
+        if entry is None:
+            return None
+        out.append(float(getattr(entry, "logprob", entry)))
+    return out
