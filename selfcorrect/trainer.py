@@ -380,11 +380,17 @@ def _autocast(config: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def micro_batches(episodes: Sequence[Episode], per_batch: int) -> list[list[Episode]]:
-    """Whole problems per micro-batch, problems sorted by longest episode (less padding)."""
-    by_problem: dict[str, list[Episode]] = {}
+def rloo_group(episode: Episode, samples: int) -> tuple[str, int]:
+    """The RLOO group of an episode: its problem and which draw of it (a problem drawn twice in one
+    step, across an epoch boundary, is two groups with their own seeds)."""
+    return episode.problem.id, episode.sample // samples
+
+
+def micro_batches(episodes: Sequence[Episode], per_batch: int, samples: int) -> list[list[Episode]]:
+    """Whole RLOO groups per micro-batch, groups sorted by longest episode (less padding)."""
+    by_problem: dict[tuple[str, int], list[Episode]] = {}
     for ep in episodes:
-        by_problem.setdefault(ep.problem.id, []).append(ep)
+        by_problem.setdefault(rloo_group(ep, samples), []).append(ep)
     groups = sorted(by_problem.values(), key=lambda g: max(len(e.tokens) for e in g))
     return [[ep for g in groups[i:i + per_batch] for ep in g] for i in range(0, len(groups), per_batch)]
 
@@ -399,8 +405,9 @@ def step_loss(config: TrainConfig, objective: str, policy, reference, anchor, ba
     attempt_mask = tensors["attempt_mask"].to(device)             # [B, K, T]
     label_mask = attempt_mask.any(1)                              # [B, T]
     rewards = torch.tensor([[a.reward for a in ep.attempts[:k]] for ep in batch], device=device)   # [B, K]
-    ids = {pid: i for i, pid in enumerate(dict.fromkeys(ep.problem.id for ep in batch))}
-    groups = torch.tensor([ids[ep.problem.id] for ep in batch], device=device)                      # [B]
+    keys = [rloo_group(ep, config.samples) for ep in batch]
+    ids = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    groups = torch.tensor([ids[key] for key in keys], device=device)                                # [B]
 
     with torch.no_grad(), _autocast(config, device):
         # Everything at the sampling temperature: the policy term must be the distribution that sampled
@@ -855,11 +862,13 @@ class Trainer:
 
     def _rollout(self, problems, attempts: int) -> list[Episode]:
         """This process's share of the problems, rolled out with per-row seeds (batch- and process-invariant)."""
+        draws = draw_indices(problems)      # over the whole step, so every process numbers repeats alike
         with self._gathered(), self._generation_autocast():
             return sample_episodes(self.backend, self.builder, self.task, self.dist.shard(problems),
                                    samples=self.config.samples, attempts=attempts,
                                    params=self.config.sampling_params(),
-                                   per_row_seed=self.config.seed * 1_000_003 + self.step)
+                                   per_row_seed=self.config.seed * 1_000_003 + self.step,
+                                   draws=self.dist.shard(draws))
 
     def _rl_step(self, phase: Phase) -> dict[str, Any]:
         config = self.config
@@ -872,7 +881,7 @@ class Trainer:
         losses, kls, ordered = [], [], []
         gaps: list[tuple[list[float], list[float]]] = [([], []) for _ in range(attempts)]
         norm = len(problems) * config.samples             # episodes of the whole step, over all processes
-        batches = micro_batches(episodes, config.micro_batch_problems)
+        batches = micro_batches(episodes, config.micro_batch_problems, config.samples)
         # Sharded, every process must run as many forward/backward passes (collectives); a problem drawn
         # twice in one step merges into one group and can leave a process a micro-batch short.
         passes = self.dist.max(len(batches)) if self.sharding != "none" else len(batches)

@@ -70,11 +70,32 @@ def test_micro_batches_keep_whole_problems(tiny_model_dir, tmp_path):
 
     eps = sample_episodes(trainer.backend, trainer.builder, trainer.task, problems, samples=2, attempts=2,
                           params=SamplingParams(max_new_tokens=3))
-    batches = micro_batches(eps, 2)
+    batches = micro_batches(eps, 2, samples=2)
     assert sorted(len(b) for b in batches) == [2, 4]
     for b in batches:
         ids = [e.problem.id for e in b]
         assert all(ids.count(i) == 2 for i in ids)
+
+
+def test_a_problem_drawn_twice_in_a_step_is_two_groups_with_their_own_seeds(tiny_model_dir, tmp_path):
+    """Across an epoch boundary one step can draw a problem twice: two RLOO groups, distinct episodes."""
+    from selfcorrect.rollout import SamplingParams, sample_episodes
+    from selfcorrect.rollout.sampling import draw_indices
+    from selfcorrect.trainer import rloo_group
+
+    trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "run"))
+    a, b = trainer.task.problems[:2]
+    problems = [a, b, a]
+    assert draw_indices(problems) == [0, 0, 1]
+    eps = sample_episodes(trainer.backend, trainer.builder, trainer.task, problems, samples=2, attempts=1,
+                          params=SamplingParams(temperature=1.0, max_new_tokens=4), per_row_seed=7)
+    assert [e.sample for e in eps] == [0, 1, 0, 1, 2, 3]
+    first, again = eps[0:2], eps[4:6]
+    assert [e.tokens for e in first] != [e.tokens for e in again]      # their own seeds, their own samples
+    groups = {rloo_group(e, 2) for e in eps}
+    assert groups == {(a.id, 0), (b.id, 0), (a.id, 1)}
+    batches = micro_batches(eps, 1, samples=2)
+    assert sorted(len(x) for x in batches) == [2, 2, 2]                 # never one merged group of 4
 
 
 def test_resume_after_interrupt_equals_straight_run(tiny_model_dir, tmp_path, parity_task, interrupt_training):

@@ -22,14 +22,30 @@ from .episodes import ConversationBuilder, Episode
 Progress = Callable[[int], None]
 
 
-def new_episodes(builder: ConversationBuilder, task: Task, problems: Sequence[Problem], samples: int) -> list[Episode]:
-    """``samples`` empty episodes per problem (problem-major order), each holding the attempt-1 prompt."""
+def draw_indices(problems: Sequence[Problem]) -> list[int]:
+    """How many times each problem already occurred earlier in ``problems`` (0 for a first draw)."""
+    seen: dict[str, int] = {}
+    draws = []
+    for problem in problems:
+        draws.append(seen.get(problem.id, 0))
+        seen[problem.id] = draws[-1] + 1
+    return draws
+
+
+def new_episodes(builder: ConversationBuilder, task: Task, problems: Sequence[Problem], samples: int,
+                 draws: Sequence[int] | None = None) -> list[Episode]:
+    """``samples`` empty episodes per problem (problem-major order), each holding the attempt-1 prompt.
+
+    A problem drawn ``d`` times before in the same batch (``draws``, default :func:`draw_indices`)
+    gets sample indices ``d·samples .. d·samples + samples − 1``: its own seeds, its own episodes.
+    """
     if not isinstance(samples, int) or samples < 1:
         raise ConfigError(f"samples per problem must be an integer >= 1, got {samples!r}")
+    draws = draw_indices(problems) if draws is None else list(draws)
     episodes = []
-    for problem in problems:
+    for problem, draw in zip(problems, draws, strict=True):
         prompt = builder.first_prompt(task.first_prompt(problem))
-        episodes.extend(builder.new_episode(problem, s, prompt) for s in range(samples))
+        episodes.extend(builder.new_episode(problem, draw * samples + s, prompt) for s in range(samples))
     return episodes
 
 
@@ -64,14 +80,16 @@ def sample_episodes(backend: GenerationBackend, builder: ConversationBuilder, ta
                     problems: Sequence[Problem], *, samples: int = 1, attempts: int = 2,
                     params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
                     seed: int | None = None, progress: Progress | None = None,
-                    per_row_seed: int | None = None) -> list[Episode]:
+                    per_row_seed: int | None = None, draws: Sequence[int] | None = None) -> list[Episode]:
     """Roll out ``samples`` episodes of ``attempts`` attempts for each problem.
 
     ``params`` may be one :class:`SamplingParams` for all attempts or one per
     attempt.  ``seed`` seeds torch's global generator first (sampling is then
     reproducible for a fixed batch composition); ``per_row_seed`` instead gives
     every (problem, sample, attempt) its own generator (see :func:`extend_episodes`),
-    which makes episodes independent of batching.  ``progress(n)`` receives
+    which makes episodes independent of batching.  ``draws`` numbers repeated draws of a problem
+    (see :func:`new_episodes`; pass it when ``problems`` is one process's share of a larger list,
+    so that every process numbers them alike).  ``progress(n)`` receives
     counts of finished generations (``len(problems) * samples * attempts`` in total).
     """
     if not isinstance(attempts, int) or attempts < 1:
@@ -81,7 +99,7 @@ def sample_episodes(backend: GenerationBackend, builder: ConversationBuilder, ta
         raise ConfigError(f"got {len(per_attempt)} sampling settings for {attempts} attempts")
     if seed is not None:
         torch.manual_seed(seed)
-    episodes = new_episodes(builder, task, problems, samples)
+    episodes = new_episodes(builder, task, problems, samples, draws)
     for k in range(attempts):
         extend_episodes(backend, builder, task, episodes, per_attempt[k], progress, seed=per_row_seed)
     return episodes
