@@ -568,12 +568,15 @@ def test_memory_bombs_are_contained(code, audit, no_trace):
     assert result.status in ("error", "killed", "timeout"), result
 
 
-def test_memfd_pages_count_against_the_cgroup(no_trace):
+def test_tmpfs_pages_count_against_the_cgroup(no_trace):
+    """Pages in the program's tmpfs are not in RLIMIT_AS; the run's memory cgroup counts them.
+    (memfd_create, the other such route, is refused outright.)"""
     if not sandbox_info()["cgroup"]:
-        pytest.skip("no memory cgroup here: memfd pages are bounded only per file (RLIMIT_FSIZE)")
-    code = MEMFD_BOMB.replace("while True:", "for _ in range(40):") + "def f():\n    return 1\n"
-    result = attack(code, "assert f() == 1\n", "f", audit=False, memory_mb=256, max_open_files=256)
-    assert result.status == "killed", result  # 600 MiB of memfd pages in a 256 MiB cgroup
+        pytest.skip("no memory cgroup here: tmpfs pages are bounded only by the tmpfs size")
+    code = ("with open('/sandbox/big', 'wb') as f:\n    for _ in range(500):\n        f.write(b'x' * (1 << 20))\n"
+            "def f():\n    return 1\n")
+    result = attack(code, "assert f() == 1\n", "f", audit=False, memory_mb=256, disk_mb=700, max_file_mb=700)
+    assert result.status == "killed", result  # 500 MiB of tmpfs pages in a 256 MiB cgroup
 
 
 @layers
@@ -745,13 +748,109 @@ def test_the_tests_never_enter_the_candidate(no_trace):
     assert result.status == "failed" and "assert candidate(1) ==" in result.reason, result
 
 
-def test_a_slow_to_decode_result_fails_within_the_backstop(no_trace):
-    """Ints equal mod 2**61 - 1 share one hash: a set of them takes the judge quadratic time to build.
+def test_hash_flooded_results_fail_closed_fast(no_trace):
+    """Ints equal mod 2**61 - 1 share one hash: building a set of them would take the judge quadratic time.
 
-    The judge's CPU limit ends it; that is the program's failure, never an error of the run.
+    Built by the program (slow for it too) or forged as a ready-made node (cheap for it, found by a red
+    team): either way the decoder refuses it before building, and no judge dies (which had leaked the
+    run's cgroups).
     """
-    code = "def f():\n    return {k * (2 ** 61 - 1) for k in range(1, 60000)}\n"
+    built = "def f():\n    return {k * (2 ** 61 - 1) for k in range(1, 3000)}\n"
+    forged = ("import sys\n_m = sys.modules['__main__']\n_orig = _m.encode\n"
+              "_node = ['S', [['i', format(k * (2**61 - 1), 'x')] for k in range(1, 200000)]]\n"
+              "_m.encode = lambda v, depth=0: _node if v == 'FLOOD' else _orig(v, depth)\n"
+              "def f():\n    return 'FLOOD'\n")
+    for code in (built, forged):
+        start = time.monotonic()
+        result = run_tests(code, "assert f() == set()\n", "f", SandboxLimits(timeout_s=6.0, max_message_mb=16))
+        assert result.status == "boundary" and "hash flooding" in result.reason, result
+        assert time.monotonic() - start < 6.0
+
+
+def test_no_native_code_of_its_own(no_trace):
+    """A copy of a stdlib extension written where the program can write cannot be loaded (noexec
+    mounts; memfd_create refused): native code could make any syscall the interpreter never offers."""
+    code = """
+import glob, importlib.machinery, importlib.util, os, sys
+source = glob.glob(sys.prefix + "/lib/python3*/lib-dynload/math.*.so")[0]
+blob = open(source, "rb").read()
+loaded = []
+def try_load(path):
+    try:
+        loader = importlib.machinery.ExtensionFileLoader("math", path)
+        spec = importlib.util.spec_from_file_location("math", path, loader=loader)
+        loader.exec_module(importlib.util.module_from_spec(spec))
+        loaded.append(path)
+    except Exception as exc:
+        print(path, type(exc).__name__)
+for where in ("/sandbox", "/tmp", "/dev/shm"):
+    path = where + "/m.so"
+    open(path, "wb").write(blob)
+    try_load(path)
+try:
+    fd = os.memfd_create("m")
+    os.write(fd, blob)
+    try_load("/proc/self/fd/%d" % fd)
+except OSError as exc:
+    print("memfd", type(exc).__name__)
+def f():
+    return loaded
+"""
+    result = run_tests(code, "assert f() == []\n", "f", SandboxLimits(audit_hook=False))
+    assert result.passed, result
+    assert "memfd PermissionError" in result.stdout_tail, result.stdout_tail
+
+
+def test_seccomp_denies_the_keyring_and_friends():
+    """The candidate's filter, applied to a forked child: keyring calls (per-user state that outlives
+    a run: a red team used it to learn HumanEval/0's answers over four runs) and memfd_create get
+    EPERM; ordinary syscalls still work."""
+    from selfcorrect.tasks.sandbox import judge
+
+    if judge.seccomp_program(os.uname().machine) is None:
+        pytest.skip(f"no seccomp filter for {os.uname().machine}")
+    numbers = judge._SECCOMP[os.uname().machine][1]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+            judge.install_seccomp()
+            results = []
+            for name in ("keyctl", "add_key", "request_key", "memfd_create", "io_uring_setup"):
+                rc = libc.syscall(numbers[name], 0, 0, 0, 0, 0)
+                results.append(f"{name}={rc}/{ctypes.get_errno()}")
+            results.append(f"getpid={int(os.getpid() > 0)}")
+            os.write(write, " ".join(results).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    report = os.read(read, 4096).decode()
+    os.close(read)
+    for name in ("keyctl", "add_key", "request_key", "memfd_create", "io_uring_setup"):
+        assert f"{name}=-1/1" in report, report          # -1 with errno EPERM
+    assert "getpid=1" in report
+
+
+def test_a_neighbour_holding_processes_does_not_starve_or_crash_others(humaneval, no_trace):
+    """One program keeps every process slot of the sandbox user taken; with the shared RLIMIT_NPROC
+    this made other runs' exec fail and rewards() raise (a red team's find)."""
+    hog = ("import threading, time\ndef _hold():\n    time.sleep(2.9)\n"
+           "def has_close_elements(numbers, threshold):\n    end = time.time() + 2.6\n"
+           "    while time.time() < end:\n        try:\n"
+           "            threading.Thread(target=_hold, daemon=True).start()\n"
+           "        except RuntimeError:\n            time.sleep(0.002)\n    return False\n")
+    problem = _problem(humaneval, 0)
+    good = problem.meta["canonical_solution"]
+    rewards = humaneval.rewards([_fenced(hog)] + [good] * 11, [problem] * 12)
+    assert rewards == [0.0] + [1.0] * 11
+
+
+def test_an_oversized_program_fails_closed_at_once(no_trace):
+    code = "# " + "x" * (9 << 20) + "\ndef f():\n    return 1\n"
     start = time.monotonic()
-    result = run_tests(code, "assert f() == set()\n", "f", SandboxLimits(timeout_s=2.0, max_message_mb=16))
-    assert not result.passed and result.status in ("timeout", "killed"), result
-    assert time.monotonic() - start < 2.0 + 5.0 + 4.0
+    result = run_tests(code, "assert f() == 1\n", "f")
+    assert result.status == "boundary" and "larger than" in result.reason
+    assert time.monotonic() - start < 2.0

@@ -30,12 +30,14 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -345,6 +347,103 @@ def _cgroup_bases() -> tuple[tuple[tuple[str, str], ...], str]:
     return (), "no cgroup hierarchy is mounted at /sys/fs/cgroup"
 
 
+def _make_cgroups(limits: SandboxLimits) -> list[str]:
+    """This run's cgroup directories (one per hierarchy), limits written; the candidate joins them.
+
+    Made and removed here, not in the judge: a judge that dies (its CPU limit) must not leak them.
+    """
+    made: list[str] = []
+    tag = f"selfcorrect-{os.getpid()}-{os.urandom(6).hex()}"
+    try:
+        for base, values in _cgroup_limits(limits):
+            directory = os.path.join(base, tag)
+            os.mkdir(directory)
+            made.append(directory)
+            for name, value in values:
+                Path(directory, name).write_text(str(value))
+    except OSError:
+        _cleaner.remove(made)
+        raise
+    return made
+
+
+class _CgroupCleaner:
+    """Removes finished runs' cgroups in one background thread (off the caller's critical path).
+
+    A run's processes are SIGKILLed first (a setsid() child included, at any isolation level);
+    removal is retried while a dying PID namespace drains.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: list[str] = []
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def remove(self, directories: Sequence[str]) -> None:
+        if not directories:
+            return
+        with self.lock:
+            self.pending.extend(directories)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="sandbox-cgroup-cleaner", daemon=True)
+                self.thread.start()
+        self.wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait(timeout=1.0)
+            self.wake.clear()
+            self.drain(seconds=0.05)
+
+    def drain(self, seconds: float) -> None:
+        """One attempt at every pending directory; a directory stays pending until it is gone, so
+        the exit-time drain also sees the ones this thread is working on."""
+        with self.lock:
+            todo = list(dict.fromkeys(self.pending))
+        busy = False
+        for directory in todo:
+            if _remove_cgroup(directory, seconds):
+                with self.lock:
+                    self.pending = [d for d in self.pending if d != directory]
+            else:
+                busy = True
+        if busy:
+            self.wake.set()
+
+
+def _remove_cgroup(directory: str, seconds: float) -> bool:
+    """Kill what is still in ``directory`` and remove it; False if it is still busy after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            pids = [int(x) for x in Path(directory, "cgroup.procs").read_text().split()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            os.rmdir(directory)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+
+_cleaner = _CgroupCleaner()
+
+
+@atexit.register
+def _drain_cgroups() -> None:
+    _cleaner.drain(seconds=2.0)
+
+
 def _cgroup_limits(limits: SandboxLimits) -> list[list]:
     if not limits.memory_cgroup:
         return []
@@ -376,13 +475,14 @@ _JUDGE_SOURCE = _source("wire.py", "judge.py")
 
 def _read_frame(sock: socket.socket) -> dict:
     def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
+        data = bytearray(n)
+        view, got = memoryview(data), 0
+        while got < n:
+            count = sock.recv_into(view[got:])
+            if not count:
                 raise EOFError
-            data += chunk
-        return data
+            got += count
+        return bytes(data)
     return wire.parse_json(exactly(wire.frame_size(exactly(4))))
 
 
@@ -413,8 +513,8 @@ class _Zygote:
             with self.lock:
                 socket.send_fds(self.control, [b"j"], [theirs.fileno()])
             theirs.close()
+            mine.settimeout(timeout_s)            # before sending: a large job must not block past the limit
             mine.sendall(wire.pack_json(job))
-            mine.settimeout(timeout_s)
             return _read_frame(mine)
         finally:
             mine.close()
@@ -448,6 +548,11 @@ def _close_zygotes() -> None:
         if key[0] == os.getpid():
             zygote.close()
     _zygotes.clear()
+
+
+def _has_pids_limit(cgroups: Sequence[str]) -> bool:
+    """Whether one of the run's cgroups bounds its processes (a v1 pids hierarchy or v2 with pids on)."""
+    return any(Path(d, "pids.max").exists() for d in cgroups)
 
 
 def _verdict(python: str, job: dict, backstop_s: float) -> dict:
@@ -485,15 +590,22 @@ def _unshare_flags(level: str) -> int:
     return 0
 
 
-def _rlimits(limits: SandboxLimits) -> dict:
+_NPROC_WITH_PIDS_CGROUP = 1 << 15
+
+
+def _rlimits(limits: SandboxLimits, pids_cgroup: bool) -> dict:
     cpu = math.ceil(limits.cpu_s if limits.cpu_s is not None else limits.timeout_s)
     mib = 1 << 20
+    # RLIMIT_NPROC counts every process of the sandbox user across all runs at once: one program
+    # holding threads would make *other* runs' exec fail.  With a per-run pids cgroup (pids.max) it
+    # is only a loose ceiling.
+    nproc = _NPROC_WITH_PIDS_CGROUP if pids_cgroup else limits.max_processes
     return {
         "RLIMIT_CPU": [cpu, cpu + 1],
         "RLIMIT_AS": [limits.memory_mb * mib] * 2,
         "RLIMIT_FSIZE": [limits.max_file_mb * mib] * 2,
         "RLIMIT_NOFILE": [limits.max_open_files] * 2,
-        "RLIMIT_NPROC": [limits.max_processes] * 2,
+        "RLIMIT_NPROC": [nproc] * 2,
         "RLIMIT_CORE": [0, 0],
     }
 
@@ -537,6 +649,12 @@ def _run_once(code: str, tests: str, entry_point: str | None, context: str, limi
     python = _base_interpreter(limits)
     as_root = _is_root()
     flags = _unshare_flags(level)
+    max_bytes = int(limits.max_message_mb * (1 << 20))
+    if len(code) + len(tests) + len(context) > max_bytes:
+        return SandboxResult(passed=False, status="boundary", duration_s=0.0, stdout_tail="", stderr_tail="",
+                             reason=f"the program and its tests are larger than max_message_mb "
+                                    f"({limits.max_message_mb:g} MiB)")
+    cgroups = _make_cgroups(limits)
     scratch = tempfile.mkdtemp(prefix="selfcorrect-sandbox-")
     try:
         if as_root:
@@ -546,14 +664,15 @@ def _run_once(code: str, tests: str, entry_point: str | None, context: str, limi
             "names": list(_proxied_names(context, tests, entry_point)), "audit": limits.audit_hook,
             "timeout_s": float(limits.timeout_s),
             "call_timeout_s": float(limits.call_timeout_s or limits.timeout_s),
-            "max_bytes": int(limits.max_message_mb * (1 << 20)),
+            "max_bytes": max_bytes,
             "uid": limits.uid if as_root else None, "gid": limits.gid if as_root else None,
-            "rlimits": _rlimits(limits), "disk_mb": limits.disk_mb, "memory_mb": limits.memory_mb,
-            "unshare": flags, "root": scratch, "workdir": scratch,
-            "cgroup_limits": _cgroup_limits(limits),
+            "rlimits": _rlimits(limits, pids_cgroup=_has_pids_limit(cgroups)),
+            "disk_mb": limits.disk_mb, "memory_mb": limits.memory_mb,
+            "unshare": flags, "root": scratch, "workdir": scratch, "cgroups": cgroups, "seccomp": True,
         }
         verdict = _verdict(python, job, limits.timeout_s + _BACKSTOP_S)
     finally:
+        _cleaner.remove(cgroups)
         shutil.rmtree(scratch, ignore_errors=True)
     if verdict["status"] == "setup":
         raise _SetupFailed(str(verdict.get("reason")))
@@ -649,8 +768,24 @@ def run_tests(
     level = _resolve_isolation(limits)
     try:
         return _run_once(code, tests, entry_point, context, limits, level)
-    except _SetupFailed as exc:  # worked when probed, so this is the machine, not the program
-        raise RuntimeError(f"sandbox set-up failed: {exc}") from exc
+    except _SetupFailed as exc:
+        # It worked when probed, so the machine changed or ran short (processes, memory) under load.
+        # One run's failure, never an exception out of a reward: a program must not be able to crash
+        # training by starving its neighbours.
+        _warn_setup_once(str(exc))
+        return SandboxResult(passed=False, status="setup", duration_s=0.0, stdout_tail="", stderr_tail="",
+                             reason=f"sandbox set-up failed: {exc}")
+
+
+_setup_warned = threading.Event()
+
+
+def _warn_setup_once(reason: str) -> None:
+    if not _setup_warned.is_set():
+        _setup_warned.set()
+        print(f"WARNING: a sandbox run could not be set up ({reason}); it scored 0. Later failures of this "
+              "kind are counted in samples.jsonl (status 'setup') without another warning.",
+              file=sys.stderr, flush=True)
 
 
 def _usable_cpus() -> int:

@@ -53,6 +53,11 @@ def _flush_and_exit():
 
 def _send(message):
     """``message``: a dict of tags, hex strings and nodes (JSON once its quotes are swapped)."""
+    for stream in (sys.stdout, sys.stderr):  # the program's output so far reaches the tails even if
+        try:                                  # the judge ends the run right after this answer
+            stream.flush()
+        except BaseException:
+            pass
     data = frame(node_text(message).encode("ascii"))  # noqa: F821 (wire.py)
     while data:
         data = data[_write(_ANSWERS, data):]

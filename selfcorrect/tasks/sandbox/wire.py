@@ -95,8 +95,21 @@ def _items(payload, depth):
     return [decode(v, depth + 1) for v in payload]
 
 
-def _hashable(items, what):
+FLOOD_CHECK_SIZE = 1000
+"""Sets and dicts larger than this are checked for hash flooding before they are built."""
+
+
+def _hashable(items, what, keys=None):
+    """``what(items)`` (set, frozenset, dict); BoundaryError when unhashable or hash-flooded.
+
+    Elements whose hashes collide make building the container quadratic (ints equal modulo
+    2**61 - 1 share one hash): a program could make the judge spend its whole CPU limit on one
+    value.  Honest data has (nearly) distinct hashes; counting them costs one pass.
+    """
+    keys = items if keys is None else keys
     try:
+        if len(keys) > FLOOD_CHECK_SIZE and len({hash(k) for k in keys}) < 0.9 * len(keys):
+            raise BoundaryError("a %s whose elements share hashes (hash flooding)" % what.__name__)
         return what(items)
     except TypeError as exc:
         raise BoundaryError("unhashable element in a %s: %s" % (what.__name__, exc)) from None
@@ -141,7 +154,7 @@ def decode(node, depth=0):
                 if type(pair) is not list or len(pair) != 2:
                     raise BoundaryError("malformed dict item")
                 pairs.append((decode(pair[0], depth + 1), decode(pair[1], depth + 1)))
-            return _hashable(pairs, dict)
+            return _hashable(pairs, dict, [k for k, _ in pairs])
     except (ValueError, OverflowError, UnicodeDecodeError) as exc:
         raise BoundaryError("malformed %r value: %s" % (tag, exc)) from None
     raise BoundaryError("unknown or malformed tag %r" % (tag,))
