@@ -72,6 +72,7 @@ from .sharding import ENGINES, SHARDINGS, copy_weights, full_optimizer_state, fu
     load_full_optimizer_state, scalar, shard, sharding_from_launcher
 from .rollout import (ConversationBuilder, Episode, SamplingParams, TransformersBackend, collate, end_of_turn_ids,
                       sample_episodes)
+from .rollout.sampling import draw_indices
 
 METHODS = ("score", "stage2-only", "no-shaping", "single-turn", "star", "pair-sft", "star-stage2", "prompting")
 
@@ -162,7 +163,7 @@ class TrainConfig:
     logprob_gap_warn: float = 0.05
     """Warn (once per run) when the mean |trainer − sampler| log-prob of an attempt's tokens exceeds this many
     nats: a wrong temperature, stale sampler weights or a masking bug makes the gradient off-policy.  Measured
-    (docs/training.md): about 1e-6 in float32, up to about 0.02 under bf16 autocast."""
+    in docs/training.md (float32 and bf16 differ)."""
     generation_batch_size: int = 64
     """Sequences generated per batch (transformers backend)."""
     rollout_backend: str = "transformers"
