@@ -145,15 +145,15 @@ def humaneval_attack(task, number: int, code: str, audit: bool = True, **limits)
     problem = _problem(task, number)
     start = time.monotonic()
     if audit and not limits:
-        reward, = task.rewards([_fenced(code)], [problem])
-        reason = task.verdicts([_fenced(code)], [problem])[0].reason
+        verdict, = task.verdicts([_fenced(code)], [problem])   # what rewards() returns, with the reason
+        reward, reason = verdict.reward, verdict.reason
     else:
         result = run_tests(humaneval_program(_fenced(code), problem), problem.tests, problem.entry_point,
                            SandboxLimits(timeout_s=TIMEOUT, audit_hook=audit, **limits),
                            context=problem.meta["prompt"])
         reward, reason = float(result.passed), f"{result.status}: {result.reason}"
     assert reward == 0.0, f"the attack got reward {reward}"
-    assert time.monotonic() - start < 2 * BOUND  # verdicts() above runs it a second time
+    assert time.monotonic() - start < BOUND
     return reason
 
 

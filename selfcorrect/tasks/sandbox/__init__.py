@@ -244,7 +244,7 @@ class _View:
         masks: list[list[str]] = []
         for d in dirs:
             for pattern in ("site-packages", "dist-packages", "python3*/site-packages", "python3*/dist-packages",
-                            "python3/dist-packages", "lib-dynload/../site-packages"):
+                            "python3/dist-packages"):
                 for hit in sorted(glob.glob(os.path.join(d, pattern))):
                     hit = os.path.normpath(hit)
                     if os.path.isdir(hit) and not os.path.islink(hit) and ["mask-dir", hit, ""] not in masks:
@@ -347,15 +347,15 @@ def _cgroup_bases() -> tuple[tuple[tuple[str, str], ...], str]:
     return (), "no cgroup hierarchy is mounted at /sys/fs/cgroup"
 
 
-def _make_cgroups(limits: SandboxLimits) -> list[str]:
-    """This run's cgroup directories (one per hierarchy), limits written; the candidate joins them.
-
-    Made and removed here, not in the judge: a judge that dies (its CPU limit) must not leak them.
+def _make_cgroups(plan: Sequence[Sequence]) -> list[str]:
+    """This run's cgroup directories (one per hierarchy of ``plan``), limits written; the candidate
+    joins them.  Made and removed here, not in the judge: a judge that dies (its CPU limit) must not
+    leak them.
     """
     made: list[str] = []
     tag = f"selfcorrect-{os.getpid()}-{os.urandom(6).hex()}"
     try:
-        for base, values in _cgroup_limits(limits):
+        for base, values in plan:
             directory = os.path.join(base, tag)
             os.mkdir(directory)
             made.append(directory)
@@ -444,7 +444,13 @@ def _drain_cgroups() -> None:
     _cleaner.drain(seconds=2.0)
 
 
+@functools.lru_cache(maxsize=8)
+def _v2_pids_enabled(base: str) -> bool:
+    return "pids" in Path(base, "cgroup.subtree_control").read_text().split()
+
+
 def _cgroup_limits(limits: SandboxLimits) -> list[list]:
+    """[[base directory, [[file, value], ...]], ...]: the cgroups a run gets and their limits."""
     if not limits.memory_cgroup:
         return []
     memory = limits.memory_mb << 20
@@ -458,7 +464,7 @@ def _cgroup_limits(limits: SandboxLimits) -> list[list]:
             values = [["pids.max", limits.max_processes]]
         else:
             values = [["memory.max", memory], ["memory.swap.max", 0]]
-            if "pids" in Path(base, "cgroup.subtree_control").read_text().split():
+            if _v2_pids_enabled(base):
                 values.append(["pids.max", limits.max_processes])
         plan.append([base, values])
     return plan
@@ -473,28 +479,15 @@ _CANDIDATE_SOURCE = _source("wire.py", "candidate.py")
 _JUDGE_SOURCE = _source("wire.py", "judge.py")
 
 
-def _read_frame(sock: socket.socket) -> dict:
-    def exactly(n: int) -> bytes:
-        data = bytearray(n)
-        view, got = memoryview(data), 0
-        while got < n:
-            count = sock.recv_into(view[got:])
-            if not count:
-                raise EOFError
-            got += count
-        return bytes(data)
-    return wire.parse_json(exactly(wire.frame_size(exactly(4))))
-
-
 class _Zygote:
     """One trusted zygote process per (parent process, interpreter, view); it forks the judges."""
 
     def __init__(self, python: str, view: tuple) -> None:
         self.control, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        settings = {"python": python, "candidate_source": _CANDIDATE_SOURCE, "view": [list(e) for e in view]}
-        source = _JUDGE_SOURCE.replace("_CONTROL_FD = 3", f"_CONTROL_FD = {child.fileno()}", 1)
+        settings = {"python": python, "candidate_source": _CANDIDATE_SOURCE, "view": [list(e) for e in view],
+                    "control_fd": child.fileno()}
         self.proc = subprocess.Popen(
-            [python, "-I", "-S", "-c", source], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            [python, "-I", "-S", "-c", _JUDGE_SOURCE], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, pass_fds=(child.fileno(),), start_new_session=True, cwd="/",
             env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"},
         )
@@ -515,7 +508,7 @@ class _Zygote:
             theirs.close()
             mine.settimeout(timeout_s)            # before sending: a large job must not block past the limit
             mine.sendall(wire.pack_json(job))
-            return _read_frame(mine)
+            return wire.read_json_frame(mine)
         finally:
             mine.close()
             theirs.close()
@@ -548,11 +541,6 @@ def _close_zygotes() -> None:
         if key[0] == os.getpid():
             zygote.close()
     _zygotes.clear()
-
-
-def _has_pids_limit(cgroups: Sequence[str]) -> bool:
-    """Whether one of the run's cgroups bounds its processes (a v1 pids hierarchy or v2 with pids on)."""
-    return any(Path(d, "pids.max").exists() for d in cgroups)
 
 
 def _verdict(python: str, job: dict, backstop_s: float) -> dict:
@@ -654,7 +642,8 @@ def _run_once(code: str, tests: str, entry_point: str | None, context: str, limi
         return SandboxResult(passed=False, status="boundary", duration_s=0.0, stdout_tail="", stderr_tail="",
                              reason=f"the program and its tests are larger than max_message_mb "
                                     f"({limits.max_message_mb:g} MiB)")
-    cgroups = _make_cgroups(limits)
+    plan = _cgroup_limits(limits)
+    cgroups = _make_cgroups(plan)
     scratch = tempfile.mkdtemp(prefix="selfcorrect-sandbox-")
     try:
         if as_root:
@@ -666,7 +655,8 @@ def _run_once(code: str, tests: str, entry_point: str | None, context: str, limi
             "call_timeout_s": float(limits.call_timeout_s or limits.timeout_s),
             "max_bytes": max_bytes,
             "uid": limits.uid if as_root else None, "gid": limits.gid if as_root else None,
-            "rlimits": _rlimits(limits, pids_cgroup=_has_pids_limit(cgroups)),
+            "rlimits": _rlimits(limits, pids_cgroup=any(name == "pids.max" for _, values in plan
+                                                        for name, _ in values)),
             "disk_mb": limits.disk_mb, "memory_mb": limits.memory_mb,
             "unshare": flags, "root": scratch, "workdir": scratch, "cgroups": cgroups, "seccomp": True,
         }

@@ -3,7 +3,7 @@
 Runs as ``python -I -S -c <wire.py + this file>`` started by the parent
 (``selfcorrect.tasks.sandbox``), which sends its settings as one JSON line on
 stdin and then, for every program, one end of a fresh socket pair over the
-control socket (fd 3).  The zygote never runs job code itself: it forks, and
+control socket (the inherited fd named in the settings).  The zygote never runs job code itself: it forks, and
 the child is the judge of exactly one program.
 
 A judge
@@ -42,7 +42,6 @@ import tempfile
 import time
 import traceback
 
-_CONTROL_FD = 3
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -201,15 +200,16 @@ def install_seccomp():
     if program is None:
         return False
     buffer = ctypes.create_string_buffer(program, len(program))
-
-    class Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    fprog = Fprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
-    _check("prctl(PR_SET_SECCOMP)", prctl(22, 2, ctypes.byref(fprog), 0, 0))  # SECCOMP_MODE_FILTER
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    # PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog
+    _check("prctl(PR_SET_SECCOMP)", _libc.prctl(22, 2, ctypes.addressof(fprog), 0, 0))
     return True
+
+
+class _SockFprog(ctypes.Structure):
+    """struct sock_fprog: the filter's length in instructions and a pointer to them."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
 def _join_cgroup(job):
@@ -534,24 +534,11 @@ def run_job(job, settings):
 
 
 # --------------------------------------------------------------------------- zygote
-def _read_frame(sock):
-    def exactly(n):
-        data = bytearray(n)
-        view, got = memoryview(data), 0
-        while got < n:
-            count = sock.recv_into(view[got:])
-            if not count:
-                raise EOFError
-            got += count
-        return bytes(data)
-    return parse_json(exactly(frame_size(exactly(4))))  # noqa: F821 (wire.py)
-
-
 def _serve(fd, settings):
     """A forked judge: read one job from ``fd``, answer with its verdict, exit."""
     sock = socket.socket(fileno=fd)
     try:
-        job = _read_frame(sock)
+        job = read_json_frame(sock)  # noqa: F821 (wire.py)
         resource.setrlimit(resource.RLIMIT_CPU, (int(job["timeout_s"]) + 5, int(job["timeout_s"]) + 6))
         try:
             verdict = run_job(job, settings)
@@ -578,7 +565,7 @@ def _zygote():
         except ImportError:
             pass
     settings = json.loads(sys.stdin.readline())
-    control = socket.socket(fileno=_CONTROL_FD)
+    control = socket.socket(fileno=settings["control_fd"])
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # judges are reaped by the kernel
     while True:
         try:

@@ -182,3 +182,17 @@ def parse_json(body):
         return json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
         raise BoundaryError("malformed message: %s" % type(exc).__name__) from None
+
+
+def read_json_frame(sock):
+    """One :func:`pack_json` frame from a socket, read in place (EOFError if it closes first)."""
+    def exactly(n):
+        data = bytearray(n)
+        view, got = memoryview(data), 0
+        while got < n:
+            count = sock.recv_into(view[got:])
+            if not count:
+                raise EOFError
+            got += count
+        return bytes(data)
+    return parse_json(exactly(frame_size(exactly(4))))
