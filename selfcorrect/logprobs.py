@@ -15,7 +15,10 @@ must see the log-probabilities as their model's output (DeepSpeed).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
+from collections.abc import Iterator
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -131,6 +134,45 @@ class TokenLogprobs(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_mask: torch.Tensor,
                 chunk_size: int = 1024, temperature: float = 1.0) -> torch.Tensor:
         return token_logprobs(self.model, input_ids, attention_mask, label_mask, chunk_size, temperature)
+
+
+_DROPOUT_NAME = re.compile(r"(dropout|pdrop|layerdrop)", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def dropout_disabled(model: torch.nn.Module) -> Iterator[None]:
+    """Every dropout of ``model`` is off inside the block; the modules keep their train/eval mode.
+
+    The policy-gradient term must score a rollout with the distribution that sampled it, and sampling
+    runs without dropout.  ``model.eval()`` would turn dropout off too, but also gradient
+    checkpointing (Hugging Face layers recompute only while ``training``), so instead every dropout
+    *rate* is set to 0 for the block: ``nn.Dropout`` modules (PEFT's LoRA dropout among them), the
+    float rates that attention modules read at forward time (``attention_dropout``, ``layerdrop``, ...)
+    and the same fields of each model config.  At rate 0 dropout is the identity, bit for bit.
+    """
+    saved: list[tuple[object, str, float]] = []
+    configs: dict[int, object] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            saved.append((module, "p", module.p))
+            continue
+        for name, value in vars(module).items():
+            if isinstance(value, float) and not name.startswith("_") and _DROPOUT_NAME.search(name):
+                saved.append((module, name, value))
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            configs[id(config)] = config
+    for config in configs.values():
+        for name, value in vars(config).items():
+            if isinstance(value, float) and _DROPOUT_NAME.search(name):
+                saved.append((config, name, value))
+    try:
+        for owner, name, _ in saved:
+            setattr(owner, name, 0.0)
+        yield
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
 
 
 def full_logits_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -64,7 +64,7 @@ from .checkpoint import (has_anchor, latest_checkpoint, load_anchor, load_state,
                          save_checkpoint, set_rng_state, write_best)
 from .config import from_dict, load_yaml, to_dict
 from .errors import ConfigError
-from .logprobs import token_logprobs
+from .logprobs import dropout_disabled, token_logprobs
 from .distributed import DataParallel, StopRequest
 from .lora import apply_lora, base_model_context, export_merged, load_adapter
 from . import deepspeed_engine as ds
@@ -886,22 +886,25 @@ class Trainer:
         # Sharded, every process must run as many forward/backward passes (collectives); a problem drawn
         # twice in one step merges into one group and can leave a process a micro-batch short.
         passes = self.dist.max(len(batches)) if self.sharding != "none" else len(batches)
-        for i in range(passes):
-            padding = i >= len(batches)                   # a pass that keeps collectives aligned, adding nothing
-            batch = batches[-1] if padding else batches[i]
-            out = step_loss(config, phase.objective, self._trained, self.reference, self.anchor, batch,
-                            self.tokenizer.pad_token_id, norm, self.device)
-            if not torch.isfinite(out.loss) and self.sharding == "none":
-                losses.append(float("nan"))
-                break                 # (sharded: every process must run every backward; the step is skipped later)
-            self._backward(out.loss * (0.0 if padding else self._loss_scale), last=i == passes - 1)
-            if not padding:
-                losses.append(float(out.loss.detach()))
-                kls.append(out.kl.cpu())
-                ordered.extend(batch)
-                for total, part in zip(gaps, logprob_gaps(batch, out.logp, attempts)):
-                    total[0].extend(part[0])
-                    total[1].extend(part[1])
+        # The sampler ran without dropout, so the policy is scored without it -- through the backward pass
+        # too, where checkpointed layers recompute their forward (docs/training.md, "Dropout").
+        with dropout_disabled(self._trained):
+            for i in range(passes):
+                padding = i >= len(batches)               # a pass that keeps collectives aligned, adding nothing
+                batch = batches[-1] if padding else batches[i]
+                out = step_loss(config, phase.objective, self._trained, self.reference, self.anchor, batch,
+                                self.tokenizer.pad_token_id, norm, self.device)
+                if not torch.isfinite(out.loss) and self.sharding == "none":
+                    losses.append(float("nan"))
+                    break             # (sharded: every process must run every backward; the step is skipped later)
+                self._backward(out.loss * (0.0 if padding else self._loss_scale), last=i == passes - 1)
+                if not padding:
+                    losses.append(float(out.loss.detach()))
+                    kls.append(out.kl.cpu())
+                    ordered.extend(batch)
+                    for total, part in zip(gaps, logprob_gaps(batch, out.logp, attempts)):
+                        total[0].extend(part[0])
+                        total[1].extend(part[1])
         trained = time.perf_counter()
         loss, grad_norm, skipped = self._optimizer_step(losses)
 

@@ -273,3 +273,66 @@ def test_training_refuses_truncated_sampling_and_maps_the_old_kl_name():
         TrainConfig(top_k=5)
     assert TrainConfig().kl_in == "reward"
     assert TrainConfig(kl_in="loss").kl_in == "loss-k3"      # configs written before the rename
+
+
+# --------------------------------------------------------------------------- dropout off while scoring
+def _dropout_model_dir(tmp_path, tokenizer, kind: str):
+    """A tiny random model with heavy dropout: Llama (a float attention rate) or GPT-2 (nn.Dropout modules)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import TINY_CONFIG
+
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**ids, **TINY_CONFIG, attention_dropout=0.5))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(**ids, n_embd=32, n_layer=2, n_head=2, n_positions=1024,
+                                           resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5))
+    path = tmp_path / kind
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_dropout_disabled_scores_the_eval_model_with_checkpointing_on(kind, tmp_path, default_tokenizer):
+    from selfcorrect.logprobs import dropout_disabled, token_logprobs
+    from selfcorrect.models import load_model
+
+    model = load_model(str(_dropout_model_dir(tmp_path, default_tokenizer, kind)), dtype="float32")
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask, labels = torch.ones_like(ids), torch.zeros_like(ids, dtype=torch.bool)
+    labels[:, 4:] = True
+
+    def scored():
+        model.zero_grad(set_to_none=True)
+        logp = token_logprobs(model, ids, mask, labels)
+        logp.sum().backward()
+        return logp.detach(), [p.grad.clone() for p in model.parameters()]
+
+    model.eval()
+    want, want_grads = scored()                               # no dropout, no checkpointing
+    model.gradient_checkpointing_enable()
+    model.train()
+    noisy, _ = scored()
+    assert not torch.allclose(noisy, want, atol=1e-3)         # dropout is on in train mode
+    with dropout_disabled(model):
+        got, grads = scored()                                 # the checkpointed backward recomputes in the block
+    assert model.training and torch.equal(got, want)
+    for g, w in zip(grads, want_grads):
+        assert torch.allclose(g, w, atol=1e-6)
+    assert not torch.allclose(scored()[0], want, atol=1e-3)   # rates restored on exit
+
+
+def test_a_dropout_model_is_trained_on_policy(tmp_path, default_tokenizer, capsys):
+    """Rollouts are sampled without dropout; training must score them the same way (the gap check sees it)."""
+    model_dir = _dropout_model_dir(tmp_path, default_tokenizer, "llama")
+    run = tmp_path / "run"
+    Trainer.create(_config(model_dir, run, iterations=1, stage1_steps=1, stage2_steps=1, eval_limit=1,
+                           gradient_checkpointing=True)).train()
+    for row in _gap_rows(run):
+        for k in (1, 2):
+            assert row[f"logp_gap_max_t{k}"] < 1e-3, row
+    assert "off-policy" not in capsys.readouterr().err
