@@ -101,6 +101,33 @@ def _curves(path: Path) -> dict[int, dict[str, float]]:
     return out
 
 
+def run_budget(out: Path, method: str, seeds: Sequence[int]) -> dict[str, Any]:
+    """What one run of ``method`` spent: episodes sampled and optimizer steps (applied, per seed)."""
+    from .config import from_dict, load_yaml
+
+    first = run_dir(out, method, seeds[0]) / "config.yaml"
+    config = from_dict(TrainConfig, load_yaml(first), str(first))
+    applied = []
+    for seed in seeds:
+        extra = json.loads((run_dir(out, method, seed) / "eval" / "metrics.json").read_text())
+        applied.append(int(extra.get("step", 0)) - int(extra.get("skipped_steps", 0)))
+    return {"sampled_episodes": config.sampled_episodes, "scheduled_updates": config.total_steps,
+            "applied_updates": applied}
+
+
+def format_budget(methods: dict[str, Any]) -> str:
+    """The budget rule made visible: every method samples the same episodes; updates differ by method."""
+    lines = ["Budget: every trained method samples SCoRe's number of episodes (SFT datasets rounded up to whole "
+             "problems); gradient updates differ (RL: one per sampled batch; SFT: `sft_steps` per dataset).", "",
+             "| Method | Episodes sampled | Gradient updates (scheduled) | Applied per seed |",
+             "|---|---|---|---|"]
+    for name, entry in methods.items():
+        b = entry["budget"]
+        lines.append(f"| {name} | {b['sampled_episodes']} | {b['scheduled_updates']} | "
+                     f"{', '.join(map(str, b['applied_updates']))} |")
+    return "\n".join(lines)
+
+
 def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
     """Pool each method's eval episodes over seeds and write table.md/json and the plots."""
     summaries: dict[str, dict[str, Any]] = {}
@@ -117,7 +144,8 @@ def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) ->
         summaries[method] = summary
         keys = ("n", "n_groups", "attempts", "accuracy", "delta", "delta_i2c", "delta_c2i",
                 "edit_distance_ratio", "copy_rate", "parse_rate", "ci95", "ci_method")
-        table["methods"][method] = {**{k: summary.get(k) for k in keys}, "per_seed": per_seed}
+        table["methods"][method] = {**{k: summary.get(k) for k in keys}, "per_seed": per_seed,
+                                    "budget": run_budget(out, method, seeds)}
         steps: dict[int, list[dict[str, float]]] = {}
         for seed in seeds:
             for step, row in _curves(run_dir(out, method, seed)).items():
@@ -129,7 +157,8 @@ def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) ->
     write_json(out / "table.json", table)
     with atomic_write(out / "table.md") as fh:
         fh.write(f"# Comparison ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: "
-                 f"{', '.join(map(str, seeds))}; held-out problems, greedy)\n\n{metrics.format_table(summaries)}\n")
+                 f"{', '.join(map(str, seeds))}; held-out problems, greedy)\n\n{metrics.format_table(summaries)}\n"
+                 f"\n{format_budget(table['methods'])}\n")
     if all(s.get("edit_histogram") for s in summaries.values()):
         plots.plot_edit_histograms(summaries, out / "edit_ratio.png")
     if curves:

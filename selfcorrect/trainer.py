@@ -95,6 +95,9 @@ class Phase:
     """SFT phases: ``star`` (filter the current model's K-attempt traces) or ``pair`` (base-model pairs)."""
     collect_episodes: int = 0
     """SFT phases: episodes generated to build the dataset (its share of the sample budget)."""
+    restart: bool = False
+    """STaR rounds: fine-tune the *initial* model afresh (its weights, a fresh Adam, the LR warmup again)
+    on every trace kept in this and the earlier rounds, as the STaR paper does."""
 OPTIMIZERS = ("adam", "adamw")
 BACKENDS = ("transformers", "vllm")
 
@@ -114,6 +117,11 @@ class TrainConfig:
     """Split trained on (given as the task's ``split`` option when it has one)."""
     eval_split: str = "test"
     """Held-out split for periodic evaluation and best-checkpoint selection."""
+    eval_task: str = ""
+    """Task evaluated on, when not ``task`` (the paper trains on MBPP and evaluates on HumanEval)."""
+    eval_task_options: dict[str, Any] = field(default_factory=dict, metadata={"append": True})
+    """Options of the evaluation task as KEY=VALUE (repeatable; e.g. another data file); when neither this nor
+    ``eval_task`` is set, ``task_options``."""
     out: str = "runs/train"
     """Run directory: config, metrics.jsonl, TensorBoard logs, samples, checkpoints, plots."""
 
@@ -287,6 +295,10 @@ class TrainConfig:
             return "LoRA with DeepSpeed sharding is not supported yet (use sharding_engine fsdp, or sharding: none)"
         if self.rollout_backend != "transformers":
             return "rollout_backend vllm cannot be combined with sharding yet (use sharding: none)"
+        if self.method == "star" and (engine == "deepspeed" or self.lora_r):
+            return ("method star restarts each round from the initial model, which is not supported yet with "
+                    f"{'DeepSpeed' if engine == 'deepspeed' else 'LoRA'} sharding (use sharding_engine fsdp "
+                    "without LoRA, or sharding: none)")
         return None
 
     def sampling_params(self) -> SamplingParams:
@@ -316,15 +328,38 @@ class TrainConfig:
                                     collect_episodes=self.stage2_steps * self.problems_per_step * self.samples))
         if self.method == "star":
             share = self.episode_budget // self.star_rounds
-            phases = [Phase("sft", r, 2, self.sft_steps, collect="star", collect_episodes=share)
+            phases = [Phase("sft", r, 2, self.sft_steps, collect="star", collect_episodes=share, restart=True)
                       for r in range(1, self.star_rounds + 1)]
         elif self.method == "pair-sft":
             phases = [Phase("sft", 1, 2, self.sft_steps, collect="pair", collect_episodes=self.episode_budget)]
         return [p for p in phases if p.steps > 0]
 
     @property
+    def sampled_episodes(self) -> int:
+        """Episodes the schedule generates (RL steps, and SFT datasets rounded up to whole problems)."""
+        per_problem = self.samples
+        return sum(p.steps * self.problems_per_step * per_problem if p.kind == "rl" else
+                   max(1, math.ceil(p.collect_episodes / per_problem)) * per_problem for p in self.schedule())
+
+    @property
     def total_steps(self) -> int:
         return sum(p.steps for p in self.schedule())
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``lr`` at 0-based optimizer step ``step``: linear warmup over ``warmup_steps``, then 1.
+
+        The warmup counts from the start of the run -- the schedule, like Adam's moments, carries on
+        across Stage I → Stage II and across iterations (docs/training.md, "Optimizer state") -- except
+        in a STaR round, which fine-tunes the initial model afresh and so warms up again.
+        """
+        if not self.warmup_steps:
+            return 1.0
+        since = step
+        if step < self.total_steps:
+            _, phase, offset = self.phase_at(step)
+            if phase.restart:
+                since = offset
+        return min(1.0, (since + 1) / self.warmup_steps)
 
     def phase_at(self, step: int) -> tuple[int, Phase, int]:
         """(phase index, phase, step within the phase) of a 0-based step."""
@@ -546,13 +581,16 @@ def _frozen_copy(model):
     return _frozen(copy.deepcopy(model))
 
 
-def _task_options(config: TrainConfig, split: str) -> dict[str, Any]:
+def _task_spec(config: TrainConfig, evaluation: bool) -> tuple[str, dict[str, Any]]:
+    """(task name, factory options) of the training or the evaluation task."""
     from .tasks import accepts_option
 
-    options = dict(config.task_options)
-    if "split" not in options and accepts_option(config.task, "split"):
-        options["split"] = split
-    return options
+    name = (config.eval_task or config.task) if evaluation else config.task
+    shared = evaluation and not (config.eval_task or config.eval_task_options)   # the same task, its options
+    options = dict(config.eval_task_options if evaluation and not shared else config.task_options)
+    if "split" not in options and accepts_option(name, "split"):
+        options["split"] = config.eval_split if evaluation else config.train_split
+    return name, options
 
 
 class Trainer:
@@ -575,8 +613,10 @@ class Trainer:
         self.sharding, self.sharding_engine = sharding_from_launcher(config.sharding, config.sharding_engine)
         self._check_sharding()
         torch.manual_seed(config.seed)
-        self.task = load_task(config.task, **_task_options(config, config.train_split))
-        self.eval_task = load_task(config.task, **_task_options(config, config.eval_split))
+        name, options = _task_spec(config, evaluation=False)
+        self.task = load_task(name, **options)
+        name, options = _task_spec(config, evaluation=True)
+        self.eval_task = load_task(name, **options)
         level = self.task.options.get("sandbox_isolation")
         if level not in (None, "full") and self.dist.main:
             # The task factory warned already; training is where a gameable reward does damage.
@@ -609,9 +649,7 @@ class Trainer:
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optim_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
         self.optimizer = optim_cls(params, lr=config.lr, weight_decay=config.weight_decay)
-        warmup = config.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: config.lr_factor(s))
         # DeepSpeed: its engine runs the policy's forward/backward and the optimizer (see deepspeed_engine.py);
         # self.policy stays the Hugging Face model (generation, saving).
         self.engine = None
@@ -836,6 +874,7 @@ class Trainer:
 
         Returns (loss, grad norm, skipped); ``losses`` are this process's micro-batch losses.
         """
+        self._step_lr = self.scheduler.get_last_lr()[0]   # the rate this step applies (logged as `lr`)
         loss = self.dist.sum(float(sum(losses)) if losses else float("nan"))
         if self.engine is not None:       # DeepSpeed reduces, clips, steps; it skips non-finite gradients itself
             grad_norm, applied = ds.step(self.engine) if losses else (0.0, False)
@@ -918,7 +957,7 @@ class Trainer:
         checked = gap_metrics([(sum((p[k][0] for p in everyone), []), sum((p[k][1] for p in everyone), []))
                                for k in range(attempts)])
         self._warn_on_gap(checked)
-        return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self.scheduler.get_last_lr()[0],
+        return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self._step_lr,
                 **batch_metrics(ordered, kl), **checked, "generated_tokens": tokens,
                 "tokens_per_s": tokens / max(trained - started, 1e-9),
                 "time_generate_s": generated - started, "time_train_s": trained - generated}
@@ -987,15 +1026,50 @@ class Trainer:
             ordered.extend(per_rank[index % world][j * n:(j + 1) * n])
         return ordered
 
+    def _sft_dataset(self, index: int, phase: Phase) -> tuple[dict[str, Any], list[Episode]]:
+        """(this phase's record, the episodes it trains on): its own, or for a STaR round every round's so far."""
+        record = self._collect(index, phase)
+        if not phase.restart:
+            return record, record["episodes"]
+        earlier = [i for i, p in enumerate(self.config.schedule()[:index]) if p.restart]
+        dataset = [ep for i in earlier
+                   for ep in torch.load(self._sft_path(i), map_location="cpu", weights_only=False)["episodes"]]
+        return record, dataset + record["episodes"]
+
+    def _restart_from_initial(self) -> None:
+        """The policy := the initial model, with a fresh Adam (the warmup restarts through ``lr_factor``)."""
+        with torch.no_grad():
+            if self.reference is None:                    # LoRA: the adapter as it was created
+                initial = torch.load(self._initial_adapter_path, map_location=self.device, weights_only=True)
+                for name, param in self.policy.named_parameters():
+                    if param.requires_grad:
+                        param.copy_(initial[name])
+            else:
+                copy_weights(self.policy, self.reference)
+        self.optimizer.state.clear()
+        if hasattr(self.backend, "sync_weights"):
+            self.backend.sync_weights(self.policy)
+
+    @property
+    def _initial_adapter_path(self) -> Path:
+        return self.run_dir / "sft" / "initial-adapter.pt"
+
     def _sft_step(self, index: int, phase: Phase, offset: int) -> dict[str, Any]:
         config = self.config
         started = time.perf_counter()
         fresh = offset == 0 and not self._sft_path(index).is_file()
+        if phase.restart and self.step == 0 and self.reference is None and self.dist.main:
+            # LoRA has no frozen copy of the initial model to restart from: keep its initial adapter.
+            self._initial_adapter_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._initial_adapter_path.with_suffix(".tmp")
+            torch.save({n: p.detach().cpu() for n, p in self.policy.named_parameters() if p.requires_grad}, tmp)
+            tmp.replace(self._initial_adapter_path)
         self.dist.barrier()                               # nobody reads the file before everyone checked it
         if getattr(self, "_sft_index", None) != index:
-            self._sft_record, self._sft_index = self._collect(index, phase), index
-        record = self._sft_record
-        dataset: list[Episode] = record["episodes"]
+            (self._sft_record, self._sft_data), self._sft_index = self._sft_dataset(index, phase), index
+            if phase.restart and offset == 0 and self.step > 0:
+                self._restart_from_initial()              # after collecting: the round samples the last model
+        record, dataset = self._sft_record, self._sft_data
         generated = time.perf_counter()
         losses: list[float] = []
         if dataset:
@@ -1016,7 +1090,7 @@ class Trainer:
                 losses.append(float(loss.detach()))
         trained = time.perf_counter()
         loss, grad_norm, skipped = self._optimizer_step(losses)
-        row = {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self.scheduler.get_last_lr()[0],
+        row = {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self._step_lr,
                "sft_dataset": len(dataset), "sft_collected": record["collected"],
                "time_generate_s": generated - started, "time_train_s": trained - generated}
         if fresh:

@@ -159,8 +159,9 @@ def test_mbpp_from_jsonl(tmp_path):
     # Set-up code is the judge's trusted context; the asserts are the tests.
     assert second.meta["context"] == "import math\n" and second.tests == (
         "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n")
-    assert second.meta["hidden_tests"] == "assert add(-1, 1) == 0\n"  # the first assert is in the prompt
-    prompt = task.first_prompt(first)
+    assert second.meta["hidden_tests"] == {"first": "assert add(-1, 1) == 0\n", "all": "\n"}
+    zero_shot = make_mbpp(path=str(tmp_path / "mbpp.jsonl"), prompt_style="zero-shot")
+    prompt = zero_shot.first_prompt(zero_shot.problems[0])
     assert prompt.startswith(CODE_INSTRUCTION) and "assert add(1, 2) == 3" in prompt
     assert "assert add(-1, 1) == 0" not in prompt  # only the first test is shown
     assert [p.id for p in make_mbpp(path=str(tmp_path / "mbpp.jsonl"), split="all").problems] == [
@@ -279,11 +280,11 @@ def test_mbpp_hidden_tests_score_only_what_the_prompt_does_not_show(tmp_path):
                  challenge_test_list=["assert add(-3, -4) == -7"]),
             _row(12, test_list=["assert add(1, 2) == 3"])]
     path = _write_jsonl(tmp_path / "mbpp.jsonl", rows)
-    hidden = make_mbpp(path=path, reward_tests="hidden")
-    everything = make_mbpp(path=path)
+    hidden = make_mbpp(path=path, reward_tests="hidden", prompt_style="zero-shot")
+    everything = make_mbpp(path=path, prompt_style="zero-shot")
     first, only_one = hidden.problems
     assert "assert add(1, 2) == 3" in hidden.first_prompt(first)          # shown in the prompt ...
-    assert "add(1, 2)" not in first.meta["hidden_tests"]                   # ... so not a hidden test
+    assert "add(1, 2)" not in first.meta["hidden_tests"]["first"]          # ... so not a hidden test
     hard_coded = "```python\ndef add(a, b):\n    return 3 if (a, b) == (1, 2) else 0\n```"
     right = "```python\ndef add(a, b):\n    return a + b\n```"
     assert [everything.reward(hard_coded, p) for p in everything.problems] == [0.0, 1.0]
@@ -293,6 +294,38 @@ def test_mbpp_hidden_tests_score_only_what_the_prompt_does_not_show(tmp_path):
     assert verdict.reward == 0.0 and "no hidden tests" in verdict.reason
     with pytest.raises(ConfigError, match="reward_tests"):
         make_mbpp(path=path, reward_tests="some")
+    # The 3-shot prompt shows every assert: only challenge_test_list stays hidden.
+    three_shot = make_mbpp(path=path, reward_tests="hidden")
+    assert "assert add(5, 5) == 10" in three_shot.first_prompt(three_shot.problems[0])
+    assert three_shot.reward(hard_coded, first) == 0.0 and three_shot.reward(right, first) == 1.0
+    assert three_shot.verdicts([right], [only_one])[0].reward == 0.0
+
+
+def test_mbpp_default_prompt_is_austin_et_al_three_shot(tmp_path):
+    """The SCoRe paper's MBPP prompt: Austin et al.'s task ids 2, 3, 4 as solved examples, then the task."""
+    from selfcorrect.tasks.code import extract_code
+    from selfcorrect.tasks.prompts import MBPP_SHOTS
+
+    task = make_mbpp(path=_write_jsonl(tmp_path / "mbpp.jsonl", [_row(11)]))
+    prompt = task.first_prompt(task.problems[0])
+    head = ("You are an expert Python programmer, and here is your task: Write a function to find the similar "
+            "elements from the given two tuple lists. Your code should pass these tests:\n\n"
+            "assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)\n")
+    assert prompt.startswith(head)
+    assert prompt.count("[BEGIN]\n") == prompt.count("\n[DONE]\n") == 3
+    assert [p.split(" Your code")[0] for p in prompt.split("here is your task: ")[1:]] == \
+        [text for text, _, _ in MBPP_SHOTS] + [task.problems[0].question]
+    assert prompt.endswith("Your code should pass these tests:\n\nassert add(1, 2) == 3\nassert add(-1, 1) == 0\n")
+    # Each example's reference code passes its own asserts (the shots are a correct transcription).
+    for _, tests, code in MBPP_SHOTS:
+        namespace: dict = {}
+        exec(code + "\n" + "\n".join(tests), namespace)       # trusted: our own constants
+    # Answers in the shots' form are read back.
+    assert extract_code("[BEGIN]\ndef add(a, b):\n    return a + b\n[DONE]") == "def add(a, b):\n    return a + b\n"
+    assert task.reward("[BEGIN]\ndef add(a, b):\n    return a + b\n[DONE]", task.problems[0]) == 1.0
+    assert extract_code("[BEGIN]\n```python\nx = 1\n```\n[DONE]") == "x = 1\n"
+    with pytest.raises(ConfigError, match="prompt_style"):
+        make_mbpp(path=str(tmp_path / "mbpp.jsonl"), prompt_style="5-shot")
 
 
 def test_a_weaker_sandbox_level_warns_loudly(monkeypatch, capsys):

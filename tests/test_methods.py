@@ -135,6 +135,11 @@ def test_compare_end_to_end_and_resumable(tiny_model_dir, tmp_path, parity_task)
         assert len(entry["per_seed"]) == 2 and "delta" in entry["ci95"]
     md = (out / "table.md").read_text()
     assert all(f"| {m} |" in md for m in methods)
+    budgets = {m: table["methods"][m]["budget"] for m in methods}
+    assert {m: (b["sampled_episodes"], b["scheduled_updates"]) for m, b in budgets.items()} == \
+        {"score": (8, 2), "star": (8, 2), "pair-sft": (8, 1), "prompting": (0, 0)}
+    assert all(len(b["applied_updates"]) == 2 for b in budgets.values())
+    assert "| pair-sft | 8 | 1 |" in md
     for png in ("edit_ratio.png", "training_curves.png", "delta.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert not list((out / "prompting" / "seed-0").glob("checkpoint-*"))   # nothing trained, nothing saved
@@ -142,3 +147,48 @@ def test_compare_end_to_end_and_resumable(tiny_model_dir, tmp_path, parity_task)
     run_compare(base, methods, [0, 1], out, on_run=lambda m, s, what: events.append((m, s, what)))
     assert all("skipped" in e[2] for e in events) and len(events) == 8
     assert json.loads((out / "table.json").read_text())["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize("lora_r", [0, 2])
+def test_star_rounds_fine_tune_the_initial_model_afresh_on_every_kept_trace(tiny_model_dir, tmp_path, parity_task,
+                                                                           monkeypatch, lora_r):
+    """STaR's protocol: round r samples with round r-1's model, then fine-tunes the *initial* model (fresh
+    Adam, warmup again) on the traces kept in rounds 1..r."""
+    run = tmp_path / "star"
+    config = _config(tiny_model_dir, run, parity_task, method="star", stage1_steps=3, stage2_steps=3,
+                     star_rounds=3, sft_steps=2, warmup_steps=2, lora_r=lora_r)
+    trainer = Trainer.create(config)
+    trained = lambda: {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    initial, restarts = trained(), []
+    original = Trainer._restart_from_initial
+
+    def spy(self):
+        before = trained()
+        original(self)
+        after = trained()
+        restarts.append((self.step, any(not torch.equal(before[n], initial[n]) for n in initial),
+                         all(torch.equal(after[n], initial[n]) for n in initial), len(self.optimizer.state)))
+
+    monkeypatch.setattr(Trainer, "_restart_from_initial", spy)
+    trainer.train()
+    assert restarts == [(2, True, True, 0), (4, True, True, 0)]   # moved in the round before, reset exactly
+    kept = [len(torch.load(run / "sft" / f"phase-{i}.pt", weights_only=False)["episodes"]) for i in range(3)]
+    assert min(kept) > 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["sft_dataset"] for r in rows] == [kept[0]] * 2 + [kept[0] + kept[1]] * 2 + [sum(kept)] * 2
+    assert [r["lr"] for r in rows] == pytest.approx([5e-4, 1e-3] * 3)
+
+
+def test_star_resumed_at_a_round_boundary_equals_a_straight_run(tiny_model_dir, tmp_path, parity_task,
+                                                               interrupt_training):
+    from safetensors.torch import load_file
+
+    overrides = dict(method="star", stage1_steps=3, stage2_steps=3, star_rounds=3, sft_steps=2, warmup_steps=2)
+    straight = Trainer.create(_config(tiny_model_dir, tmp_path / "a", parity_task, **overrides))
+    straight.train()
+    interrupted = Trainer.create(_config(tiny_model_dir, tmp_path / "b", parity_task, **overrides))
+    interrupt_training(interrupted, 2)                           # the end of round 1
+    Trainer.resume(tmp_path / "b").train()
+    a, b = load_file(str(tmp_path / "a" / "checkpoint-6" / "model.safetensors")), \
+        load_file(str(tmp_path / "b" / "checkpoint-6" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

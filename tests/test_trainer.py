@@ -170,7 +170,55 @@ def test_resume_errors(tmp_path):
         Trainer.resume(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["demo", "math", "humaneval", "mbpp"])
+SHIPPED_TRAIN_CONFIGS = ["demo", "math", "humaneval", "mbpp"]
+
+
+def test_every_shipped_config_is_tested():
+    from pathlib import Path
+
+    shipped = {p.stem for p in (Path(__file__).resolve().parents[1] / "selfcorrect" / "configs").glob("*.yaml")}
+    assert shipped == {*SHIPPED_TRAIN_CONFIGS, "eval"}
+
+
+def _fixture_data(tmp_path, task: str, split: str) -> str:
+    """A few rows of the file a shipped config expects (MBPP: one row per standard task-id range)."""
+    if task == "mbpp":
+        rows = [{"task_id": i, "text": "Add two numbers.", "code": "def add(a, b):\n    return a + b\n",
+                 "test_list": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]} for i in (11, 12, 601, 602)]
+    else:
+        rows = [{"problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
+    path = tmp_path / f"{task}-{split}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", SHIPPED_TRAIN_CONFIGS)
+def test_every_shipped_config_runs_a_step(name, tiny_model_dir, tmp_path):
+    """The shipped YAML as a user runs it, with only size knobs, the model and its data files swapped in."""
+    from pathlib import Path
+
+    from selfcorrect.config import load_yaml
+
+    path = Path(__file__).resolve().parents[1] / "selfcorrect" / "configs" / f"{name}.yaml"
+    data = load_yaml(path)
+    for key, task in (("task_options", data["task"]), ("eval_task_options", data.get("eval_task") or data["task"])):
+        if "path" in data.get(key, {}):
+            data[key] = {**data[key], "path": _fixture_data(tmp_path, task, key)}
+    data.update(model=str(tiny_model_dir), out=str(tmp_path / "run"), iterations=1, stage1_steps=1, stage2_steps=0,
+                problems_per_step=1, samples=2, max_new_tokens=4, eval_limit=1, eval_max_new_tokens=4,
+                eval_every=0, save_every=0, generation_batch_size=4, micro_batch_problems=1, autocast="none",
+                report_to=["none"])
+    trainer = Trainer.create(TrainConfig(**data))
+    row = trainer.train()
+    assert trainer.step == 1 and row["final_eval"]["n"] == 1
+    if name == "humaneval":     # trains on MBPP's train range, evaluates on HumanEval
+        assert trainer.task.name == "mbpp" and {p.id for p in trainer.task.problems} == {"mbpp/601", "mbpp/602"}
+        assert trainer.eval_task.name == "humaneval"
+    if name == "mbpp":
+        assert {p.id for p in trainer.eval_task.problems} == {"mbpp/11", "mbpp/12"}
+
+
+@pytest.mark.parametrize("name", SHIPPED_TRAIN_CONFIGS)
 def test_shipped_train_configs_are_valid(name):
     from pathlib import Path
 
@@ -336,3 +384,15 @@ def test_a_dropout_model_is_trained_on_policy(tmp_path, default_tokenizer, capsy
         for k in (1, 2):
             assert row[f"logp_gap_max_t{k}"] < 1e-3, row
     assert "off-policy" not in capsys.readouterr().err
+
+
+def test_adam_and_the_lr_schedule_carry_on_across_stage_and_iteration_boundaries(tiny_model_dir, tmp_path):
+    """The choice documented in docs/training.md: one optimizer run over Stage I → II → I → II, no reset."""
+    run = tmp_path / "run"
+    trainer = Trainer.create(_config(tiny_model_dir, run, warmup_steps=4, eval_limit=1))   # stages 2+1, twice
+    trainer.train()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r["stage"]) for r in rows] == [(1, 1), (1, 1), (1, 2), (2, 1), (2, 1), (2, 2)]
+    assert [r["lr"] for r in rows] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    applied = sum(not r["skipped"] for r in rows)
+    assert applied >= 5 and {int(s["step"]) for s in trainer.optimizer.state.values()} == {applied}

@@ -47,7 +47,7 @@ from typing import Any
 
 from ..errors import ConfigError, DataError
 from .base import Problem, Task, Verdict
-from .prompts import CODE_CORRECTION, CODE_INSTRUCTION
+from .prompts import CODE_CORRECTION, CODE_INSTRUCTION, mbpp_three_shot
 from .sandbox import WEAKER_LEVEL_WARNING, SandboxLimits, SandboxResult, run_many, sandbox_isolation
 
 __all__ = ["extract_code", "make_humaneval", "make_mbpp", "SandboxIsolationWarning"]
@@ -59,16 +59,22 @@ class SandboxIsolationWarning(RuntimeWarning):
 # ```python / ```py / ```python3 / ``` (any case), up to the closing fence or the end of the text.
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.S | re.M)
 _PYTHON_TAGS = {"python", "py", "python3", "py3"}
+_BEGIN_DONE = re.compile(r"\[BEGIN\](.*?)(?:\[DONE\]|\Z)", re.S)
 
 
 def extract_code(completion: str) -> str:
     """The program in a completion.
 
-    The first fenced block tagged ``python`` (``py``, ``python3``) wins; else the
-    first untagged fenced block; else the whole text.  A fence left open at the
-    end of the text runs to the end (truncated generations).  Indentation is
-    kept, so body continuations survive.
+    Text between ``[BEGIN]`` and ``[DONE]`` (the answer form of MBPP's 3-shot
+    prompt; holding no fence) wins; else the first fenced block tagged ``python``
+    (``py``, ``python3``); else the first untagged fenced block; else the whole
+    text.  A block left open at the end of the text runs to the end (truncated
+    generations).  Indentation is kept, so body continuations survive.
     """
+    delimited = _BEGIN_DONE.search(completion)      # Austin et al.'s few-shot answers (MBPP's 3-shot prompt)
+    if delimited and "```" not in delimited.group(1):
+        body = delimited.group(1).strip("\r\n")
+        return body.rstrip() + "\n" if body.strip() else ""
     blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(completion)]
     for wanted in (lambda tag: tag in _PYTHON_TAGS, lambda tag: tag == ""):
         for tag, body in blocks:
@@ -266,9 +272,11 @@ def _mbpp_problem(row: Any, where: str) -> Problem:
         question=text,
         tests="\n".join(test_list) + "\n",
         entry_point=_mbpp_entry_point(code, test_list[0]),
-        meta={"task_id": task_id, "canonical_solution": code, "first_test": test_list[0],
+        meta={"task_id": task_id, "canonical_solution": code, "test_list": list(test_list),
               "context": context + "\n" if context else "",
-              "hidden_tests": "\n".join([*test_list[1:], *challenge]) + "\n"},
+              # the tests a prompt does not show, when it shows the first one or all of them
+              "hidden_tests": {"first": "\n".join([*test_list[1:], *challenge]) + "\n",
+                               "all": "\n".join(challenge) + "\n"}},
     )
 
 
@@ -343,20 +351,29 @@ def make_mbpp(
     config: str | None = None,
     reward_tests: str = "all",
     isolation: str | None = None,
+    prompt_style: str = "3-shot",
 ) -> Task:
     """MBPP from a local JSONL/JSON file (``path``) or a Hugging Face dataset (``dataset``).
 
     Rows need ``task_id``, ``text`` (or ``prompt``), ``code`` and ``test_list``;
     ``test_setup_code`` and ``test_imports`` are optional.  For a local file,
     ``split`` selects the standard MBPP task-id range (test = 11-510, ...), or
-    ``"all"`` keeps every row; for a dataset it is the dataset's split.  The
-    prompt shows the first test assert so the model knows the function name
-    (as in the MBPP paper); ``reward_tests="hidden"`` scores only the asserts
-    the prompt does not show (a row whose only assert is the shown one then
-    fails closed: nothing hidden to check).  ``isolation`` is the sandbox level.
+    ``"all"`` keeps every row; for a dataset it is the dataset's split.
+
+    ``prompt_style="3-shot"`` (default) is the SCoRe paper's prompt: Austin et
+    al.'s three solved examples (:data:`~selfcorrect.tasks.prompts.MBPP_SHOTS`),
+    then the task with all its ``test_list`` asserts (``instruction``, when
+    given, goes first).  ``"zero-shot"`` is ``instruction`` (default: a fenced
+    answer) + the task + its first assert only, so the model knows the function
+    name.  ``reward_tests="hidden"`` scores only the asserts the prompt does not
+    show plus ``challenge_test_list`` (a row with nothing hidden fails closed);
+    with the 3-shot prompt that is ``challenge_test_list`` alone.  ``isolation``
+    is the sandbox level.
     """
     if reward_tests not in ("all", "hidden"):
         raise ConfigError(f"reward_tests must be 'all' or 'hidden'; got {reward_tests!r}")
+    if prompt_style not in ("3-shot", "zero-shot"):
+        raise ConfigError(f"prompt_style must be '3-shot' or 'zero-shot'; got {prompt_style!r}")
     if (path is None) == (dataset is None):
         raise ConfigError("make_mbpp needs exactly one of path=... (local file) or dataset=... (HF name)")
     if limit is not None and limit < 0:
@@ -381,15 +398,20 @@ def make_mbpp(
         problems = _select_split(problems, split, source)
     problems = problems[:limit]
 
-    instruction = CODE_INSTRUCTION if instruction is None else instruction
+    shown = "all" if prompt_style == "3-shot" else "first"        # the tests the prompt shows
+    if prompt_style == "zero-shot" and instruction is None:
+        instruction = CODE_INSTRUCTION
     limits, level = _sandbox_limits(timeout_s, isolation)
 
     def prompt(p: Problem) -> str:
-        test = _fenced(p.meta["first_test"])
+        if prompt_style == "3-shot":
+            shots = mbpp_three_shot(p.question, p.meta["test_list"])
+            return f"{instruction}\n\n{shots}" if instruction else shots
+        test = _fenced(p.meta["test_list"][0])
         return f"{instruction}\n\n{p.question}\nYour code should pass this test:\n\n{test}"
 
     def job(completion: str, problem: Problem) -> Job:
-        tests = problem.meta["hidden_tests"] if reward_tests == "hidden" else problem.tests or ""
+        tests = problem.meta["hidden_tests"][shown] if reward_tests == "hidden" else problem.tests or ""
         if not tests.strip():
             tests = "raise AssertionError('no hidden tests for this problem')\n"
         return extract_code(completion), tests, problem.entry_point, problem.meta["context"]
@@ -405,5 +427,6 @@ def make_mbpp(
         batch_verdicts=verdicts,
         options={"path": path, "dataset": dataset, "config": config, "split": split, "limit": limit,
                  "instruction": instruction, "timeout_s": timeout_s, "workers": workers,
-                 "reward_tests": reward_tests, "isolation": isolation, "sandbox_isolation": level},
+                 "reward_tests": reward_tests, "isolation": isolation, "sandbox_isolation": level,
+                 "prompt_style": prompt_style},
     )
