@@ -232,7 +232,7 @@ def _time_worker(max_new_tokens: int, out: str, queue) -> None:
     start = time.perf_counter()
     row = trainer.train_step()
     ours = time.perf_counter() - start
-    floor = _floor(trainer, trainer._last_episodes, max_new_tokens)
+    floor = _floor(trainer, trainer.last_episodes, max_new_tokens)
     queue.put({"ours": ours, "row": {k: row[k] for k in ("time_generate_s", "time_train_s", "generated_tokens")},
                "floor": floor})
 

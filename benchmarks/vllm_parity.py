@@ -48,7 +48,9 @@ def main() -> None:
     from selfcorrect.models import load_model, load_tokenizer
     from selfcorrect.rollout import (ConversationBuilder, SamplingParams, TransformersBackend, end_of_turn_ids,
                                      sample_episodes)
-    from selfcorrect.rollout.vllm_backend import VLLMBackend, engine_source
+    from selfcorrect.lora import merged_weights
+    from selfcorrect.models import engine_source, resolve_dtype
+    from selfcorrect.rollout.vllm_backend import VLLMBackend
     from selfcorrect.tasks import load_task
 
     tok = load_tokenizer("default")
@@ -67,6 +69,7 @@ def main() -> None:
     started = time.perf_counter()
     engine = VLLMBackend.create(engine_source("default"), end_of_turn_ids(tok, model.generation_config),
                                 dtype=args.dtype, max_model_len=2048, seed=0, enforce_eager=True,
+                                weight_dtype=None if args.dtype == "auto" else resolve_dtype(args.dtype),
                                 block_size=32)     # CPU default 128 would leave short prompts uncached
     t_start = time.perf_counter() - started
     served, t_vllm = episodes(engine)
@@ -77,10 +80,10 @@ def main() -> None:
     with torch.no_grad():
         for p in perturbed.parameters():
             p.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.02 * p.std())
-    engine.sync_weights(perturbed)
+    engine.sync_weights(lambda: merged_weights(perturbed))
     after_sync, _ = episodes(engine)
     perturbed_reference, _ = episodes(TransformersBackend(perturbed, tok))
-    engine.sync_weights(model)
+    engine.sync_weights(lambda: merged_weights(model))
     restored, _ = episodes(engine)
 
     n = len(_attempt_ids(reference))

@@ -29,8 +29,8 @@ import numpy as np
 from . import metrics, plots
 from .config import to_dict
 from .errors import ConfigError
-from .rollout import (ConversationBuilder, Episode, SamplingParams, TransformersBackend, end_of_turn_ids,
-                      extend_episodes, new_episodes)
+from .rollout import ConversationBuilder, Episode, SamplingParams, extend_episodes, new_episodes
+from .rollout import make_backend as rollout_backend
 
 
 @dataclass
@@ -283,17 +283,21 @@ def _generation_config(source: str):
 
 def make_backend(config: EvalConfig, model, tokenizer):
     """The generation backend of an evaluation (a LoRA checkpoint reaches vLLM as merged weights)."""
-    if config.backend == "transformers":
-        return TransformersBackend(model, tokenizer, batch_size=config.batch_size)
-    from .rollout.vllm_backend import VLLMBackend, engine_source
+    from .models import engine_source, resolve_dtype
 
+    if config.backend == "transformers":
+        return rollout_backend("transformers", model, tokenizer, batch_size=config.batch_size)
     base = json.loads((Path(config.model) / "adapter_config.json").read_text())["base_model_name_or_path"] \
         if model is not None else config.model
     source = engine_source(base)
-    backend = VLLMBackend.create(source, end_of_turn_ids(tokenizer, _generation_config(source)), dtype=config.dtype,
-                                 seed=config.seed, gpu_memory_utilization=config.vllm_gpu_memory_utilization)
+    backend = rollout_backend("vllm", None, tokenizer, source=source, generation_config=_generation_config(source),
+                              dtype=config.dtype, weight_dtype=None if config.dtype == "auto" else
+                              resolve_dtype(config.dtype), seed=config.seed,
+                              gpu_memory_utilization=config.vllm_gpu_memory_utilization)
     if model is not None:
-        backend.sync_weights(model)
+        from .lora import merged_weights
+
+        backend.sync_weights(lambda: merged_weights(model))
     return backend
 
 

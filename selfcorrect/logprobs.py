@@ -10,7 +10,9 @@ checkpointed: its ``[chunk, V]`` logits are recomputed in the backward pass
 instead of being stored, so peak memory holds one chunk of logits at a time.
 
 :class:`TokenLogprobs` is the same computation as a module, for engines that
-must see the log-probabilities as their model's output (DeepSpeed).
+must see the log-probabilities as their model's output (DeepSpeed).  This
+module knows no engine: one whose output layer is a collective passes
+``align_calls``.
 """
 
 from __future__ import annotations
@@ -18,12 +20,10 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.checkpoint import checkpoint
-
-from .distributed import all_reduce_scalar
 
 
 def _backbone_and_head(model):
@@ -81,21 +81,21 @@ def _chunk_logprobs(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.M
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_mask: torch.Tensor,
-                   chunk_size: int = 1024, temperature: float = 1.0) -> torch.Tensor:
+                   chunk_size: int = 1024, temperature: float = 1.0,
+                   align_calls: Callable[[int], int] | None = None) -> torch.Tensor:
     """``out[b, t] = log π_T(input_ids[b, t] | input_ids[b, < t])`` where ``label_mask[b, t]``, else 0.
 
     ``π_T`` is the model's next-token distribution at ``temperature`` (softmax of logits / T),
     the distribution a sampler at that temperature draws from: RL scores a rollout with the
     distribution that produced it.
     ``input_ids``, ``attention_mask``, ``label_mask``: ``[B, T]`` (right padded).
-    Returns float32 ``[B, T]``; differentiable when grad is enabled.  ``model`` may also be an
-    engine wrapping a :class:`TokenLogprobs` (DeepSpeed): it is then run through the engine.
+    Returns float32 ``[B, T]``; differentiable when grad is enabled.  ``align_calls(n)``: the
+    number of output-layer calls to make when this process needs ``n`` (an engine whose every call
+    is a collective, such as DeepSpeed ZeRO-3, returns the largest ``n`` of all processes; the
+    extra calls get empty chunks).
     """
     if not temperature > 0:
         raise ValueError(f"log-probs need a temperature > 0, got {temperature!r}")
-    if isinstance(getattr(model, "module", None), TokenLogprobs):
-        return model(input_ids=input_ids, attention_mask=attention_mask, label_mask=label_mask,
-                     chunk_size=chunk_size, temperature=temperature)
     inner, backbone, head = _backbone_and_head(model)
     hidden = _last_hidden_state(model, backbone, input_ids, attention_mask)      # [B, T, H]
     predicts = label_mask[:, 1:]                                   # [B, T-1]: position t-1 predicts token t
@@ -103,10 +103,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     labels = input_ids[:, 1:][predicts]                            # [N]
     softcap, scale = logit_transform(inner.config)
     calls = max(1, math.ceil(rows.shape[0] / chunk_size))
-    if hasattr(head.weight, "ds_id"):
-        # DeepSpeed ZeRO-3: each call of the output layer (and its recomputation in the backward pass)
-        # gathers its weight from all processes, so every process makes as many calls as the busiest one.
-        calls = int(all_reduce_scalar(calls, torch.int64, torch.distributed.ReduceOp.MAX, rows.device))
+    if align_calls is not None:
+        calls = int(align_calls(calls))
     pieces = []
     for lo in range(0, calls * chunk_size, chunk_size):                   # trailing chunks may be empty
         args = (rows[lo:lo + chunk_size], labels[lo:lo + chunk_size], head, softcap, scale, float(temperature))
@@ -127,13 +125,15 @@ class TokenLogprobs(torch.nn.Module):
     log-probabilities, from which every loss is built, that output.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, align_calls: Callable[[int], int] | None = None):
         super().__init__()
         self.model = model
+        self.align_calls = align_calls
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_mask: torch.Tensor,
                 chunk_size: int = 1024, temperature: float = 1.0) -> torch.Tensor:
-        return token_logprobs(self.model, input_ids, attention_mask, label_mask, chunk_size, temperature)
+        return token_logprobs(self.model, input_ids, attention_mask, label_mask, chunk_size, temperature,
+                              self.align_calls)
 
 
 _DROPOUT_NAME = re.compile(r"(dropout|pdrop|layerdrop)", re.IGNORECASE)

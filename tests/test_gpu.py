@@ -127,7 +127,7 @@ def test_lora_reference_on_cuda_is_the_base_model(tiny_model_dir, tmp_path, pari
                                      lr=0.05, iterations=1, stage1_steps=1, stage2_steps=1))
     trainer.train_step()
     trainer.train_step()
-    batch = {k: v.to(DEVICE) for k, v in collate(trainer._last_episodes, trainer.tokenizer.pad_token_id).items()}
+    batch = {k: v.to(DEVICE) for k, v in collate(trainer.last_episodes, trainer.tokenizer.pad_token_id).items()}
     mask = batch["attempt_mask"].any(1)
     base = load_model(str(tiny_model_dir), dtype="float32", device=DEVICE)
     trainer.policy.eval()

@@ -36,7 +36,7 @@ def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir, t
     assert trainable and all("lora_" in n for n in trainable)
     trainer.train_step()
     trainer.train_step()
-    episodes = trainer._last_episodes
+    episodes = trainer.last_episodes
     base = load_model(str(tiny_model_dir), dtype="float32")
     pad = trainer.tokenizer.pad_token_id
     trainer.policy.eval()
@@ -53,7 +53,7 @@ def test_lora_checkpoint_loads_merged_and_resumes(tiny_model_dir, tmp_path, pari
     assert (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "model.safetensors").exists()
     assert (tmp_path / "run" / "merged" / "config.json").is_file()
     trainer.policy.eval()
-    episodes = trainer._last_episodes
+    episodes = trainer.last_episodes
     pad = trainer.tokenizer.pad_token_id
     expected = _scores(trainer.policy, episodes, pad)
     for spec in (checkpoint, tmp_path / "run" / "merged"):   # `selfcorrect eval --model RUN/checkpoint-N` works

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from selfcorrect.algorithms.sft import pair_episodes, sft_loss, star_filter
+from selfcorrect.algorithms.sft import sft_loss
+from selfcorrect.training.sft_data import pair_episodes, star_filter
 from selfcorrect.compare import run_compare
 from selfcorrect.rollout import ConversationBuilder
 from selfcorrect.rollout.episodes import Attempt, Episode
@@ -83,7 +84,7 @@ def test_every_method_spends_the_same_sample_budget(method):
     spent = sum(p.steps * c.problems_per_step * c.samples if p.kind == "rl" else p.collect_episodes
                 for p in c.schedule())
     assert spent == (0 if method == "prompting" else budget)
-    kinds = {p.objective or p.collect for p in c.schedule()}
+    kinds = {p.name for p in c.schedule()}
     expected = {"score": {"stage1", "stage2"}, "no-shaping": {"stage1", "stage2"}, "stage2-only": {"stage2"},
                 "single-turn": {"single"}, "star": {"star"}, "pair-sft": {"pair"},
                 "star-stage2": {"stage1", "star"}, "prompting": set()}[method]
@@ -104,17 +105,17 @@ def test_star_trains_only_on_filtered_attempt_two(tiny_model_dir, tmp_path, pari
 def test_single_turn_and_no_shaping_objectives(tiny_model_dir, tmp_path, parity_task, monkeypatch):
     trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "single", parity_task, method="single-turn"))
     trainer.train_step()
-    assert all(len(ep.attempts) == 1 for ep in trainer._last_episodes)   # training touches attempt 1 only
+    assert all(len(ep.attempts) == 1 for ep in trainer.last_episodes)   # training touches attempt 1 only
     seen = {}
-    import selfcorrect.trainer as trainer_module
+    import selfcorrect.training.methods as methods
 
-    original = trainer_module.stage_two_loss
+    original = methods.stage_two_loss
 
     def spy(*args, **kwargs):
         seen["alpha"] = kwargs["alpha"]
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "stage_two_loss", spy)
+    monkeypatch.setattr(methods, "stage_two_loss", spy)
     no_shaping = Trainer.create(_config(tiny_model_dir, tmp_path / "ns", parity_task, method="no-shaping",
                                         stage1_steps=0))
     no_shaping.train_step()

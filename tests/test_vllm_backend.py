@@ -23,7 +23,8 @@ from selfcorrect.errors import ConfigError
 from selfcorrect.lora import apply_lora, export_merged, merged_weights
 from selfcorrect.rollout import (ConversationBuilder, SamplingParams, TransformersBackend, collate,
                                  sample_episodes)
-from selfcorrect.rollout.vllm_backend import VLLMBackend, engine_source
+from selfcorrect.models import engine_source
+from selfcorrect.rollout.vllm_backend import VLLMBackend
 from selfcorrect.tasks.base import Problem, Task
 from selfcorrect.trainer import TrainConfig, Trainer
 
@@ -188,7 +189,7 @@ def test_lora_weights_reach_the_engine_merged(tiny_model, tmp_path):
         assert torch.allclose(tensor, expected[name], atol=1e-6), name
     base_before = {n: t.clone() for n, t in policy.get_base_model().state_dict().items()}
     backend = _fake_backend(model, tok)
-    backend.sync_weights(policy)
+    backend.sync_weights(lambda: merged_weights(policy))
     for name, tensor in backend.engine.model.state_dict().items():
         assert torch.allclose(tensor, expected[name], atol=1e-6), name
     after = policy.get_base_model().state_dict()         # merging was out of place: the policy is untouched
@@ -200,7 +201,7 @@ def test_synced_weights_are_cast_to_the_engine_dtype(tiny_model):
     from selfcorrect.rollout import end_of_turn_ids
 
     backend = VLLMBackend(FakeLLM(model), end_of_turn_ids(tok), FakeSamplingParams, weight_dtype=torch.bfloat16)
-    backend.sync_weights(model)
+    backend.sync_weights(lambda: merged_weights(model))
     assert backend.engine.loaded_dtypes == {torch.bfloat16}
     assert backend.syncs == 1 and backend.engine.resets == 1
 
@@ -236,7 +237,7 @@ def test_trainer_pushes_weights_into_the_engine_after_every_step(tiny_model_dir,
         served = engine.model.state_dict()
         for name, tensor in merged_weights(trainer.policy):
             assert torch.allclose(served[name], tensor, atol=1e-6), name
-    assert engine.requests and len(trainer._last_episodes) == 4
+    assert engine.requests and len(trainer.last_episodes) == 4
 
 
 def test_resumed_run_syncs_the_checkpoint_into_the_engine(tiny_model_dir, tmp_path, parity_task, monkeypatch):

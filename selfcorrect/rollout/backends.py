@@ -11,7 +11,7 @@ method (``selfcorrect.rollout.vllm_backend``, where installed).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,6 +76,14 @@ class GenerationBackend(Protocol):
         """
         ...
 
+    def sync_weights(self, weights: Callable[[], Iterable[tuple[str, torch.Tensor]]]) -> None:
+        """Sample from the policy whose ``(Hugging Face name, tensor)`` pairs ``weights()`` returns.
+
+        Called after every applied optimizer step.  A backend that generates with the live policy
+        object ignores it (and never calls ``weights``); an engine holding its own copy loads them.
+        """
+        ...
+
 
 class TransformersBackend:
     """Batched sampling with a transformers model: left padding, a KV cache, and finished rows dropped.
@@ -109,6 +117,9 @@ class TransformersBackend:
         self.batch_size = batch_size
         self.eos_token_ids = eos_token_ids or end_of_turn_ids(tokenizer, getattr(model, "generation_config", None))
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids)
+
+    def sync_weights(self, weights: Callable[[], Iterable[tuple[str, torch.Tensor]]]) -> None:
+        """Nothing to do: this backend generates with the policy object itself."""
 
     @staticmethod
     def _warpers(params: SamplingParams):
@@ -257,3 +268,26 @@ def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
         if any(s[i] != tok for s in sequences):
             return i
     return n
+
+
+def make_backend(name: str, model, tokenizer, *, batch_size: int = 64, source: str | None = None,
+                 generation_config=None, dtype: str = "auto", weight_dtype: torch.dtype | None = None,
+                 seed: int = 0, gpu_memory_utilization: float = 0.3,
+                 max_model_len: int | None = None) -> GenerationBackend:
+    """The rollout backend ``name`` -- training and evaluation both build theirs here.
+
+    ``transformers`` decodes with ``model`` itself (``batch_size`` sequences at a time).  ``vllm`` starts a
+    colocated engine from the Hugging Face directory (or hub id) ``source`` in ``dtype`` (its parameters
+    as ``weight_dtype``, which synced weights are cast to); ``generation_config`` names its end-of-turn
+    tokens.  Give it the policy's weights with :meth:`GenerationBackend.sync_weights`.
+    """
+    if name == "transformers":
+        return TransformersBackend(model, tokenizer, batch_size=batch_size)
+    if name != "vllm":
+        raise ConfigError(f"unknown rollout backend {name!r}; choose transformers or vllm")
+    from .episodes import end_of_turn_ids
+    from .vllm_backend import VLLMBackend
+
+    return VLLMBackend.create(source, end_of_turn_ids(tokenizer, generation_config), dtype=dtype,
+                              weight_dtype=weight_dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+                              max_model_len=max_model_len)

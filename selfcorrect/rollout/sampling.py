@@ -22,6 +22,31 @@ from .episodes import ConversationBuilder, Episode
 Progress = Callable[[int], None]
 
 
+class ProblemStream:
+    """Problems in a fresh seeded permutation each epoch; its position is part of the checkpoint."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, position: int = 0):
+        self.n, self.seed, self.epoch, self.position = n, seed, epoch, position
+
+    def _order(self) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=gen).tolist()
+
+    def take(self, count: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < count:
+            order = self._order()
+            take = min(count - len(out), self.n - self.position)
+            out.extend(order[self.position:self.position + take])
+            self.position += take
+            if self.position == self.n:
+                self.epoch, self.position = self.epoch + 1, 0
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+
 def draw_indices(problems: Sequence[Problem]) -> list[int]:
     """How many times each problem already occurred earlier in ``problems`` (0 for a first draw)."""
     seen: dict[str, int] = {}

@@ -61,8 +61,10 @@ class VLLMBackend:
     @classmethod
     def create(cls, model: str | Path, eos_token_ids: set[int], *, dtype: str = "auto",
                gpu_memory_utilization: float = 0.3, max_model_len: int | None = None, seed: int = 0,
-               **engine_kwargs: Any) -> VLLMBackend:
-        """Start a colocated engine for the Hugging Face model directory (or hub id) ``model``."""
+               weight_dtype: torch.dtype | None = None, **engine_kwargs: Any) -> VLLMBackend:
+        """Start a colocated engine for the Hugging Face model directory (or hub id) ``model``.
+
+        ``weight_dtype``: the engine's parameter dtype (``dtype`` as a torch dtype; None for ``auto``)."""
         if not 0.0 < gpu_memory_utilization <= 1.0:
             raise ConfigError(f"vllm gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
         vllm = _vllm()
@@ -74,10 +76,7 @@ class VLLMBackend:
         engine = vllm.LLM(model=str(model), dtype=dtype, seed=seed, enable_prefix_caching=True,
                           gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                           **engine_kwargs)
-        from ..models import resolve_dtype
-
-        return cls(engine, eos_token_ids, vllm.SamplingParams,
-                   weight_dtype=None if dtype == "auto" else resolve_dtype(dtype))
+        return cls(engine, eos_token_ids, vllm.SamplingParams, weight_dtype=weight_dtype)
 
     def _sampling(self, params: SamplingParams, seed: int | None):
         return self._sampling_params_cls(
@@ -117,15 +116,14 @@ class VLLMBackend:
             raise RuntimeError("vLLM did not reset its prefix cache after a weight update")
         self.syncs += 1
 
-    def sync_weights(self, policy) -> None:
-        """Make the engine sample from ``policy``'s current weights (LoRA adapters merged in)."""
-        from ..lora import merged_weights
-
+    def sync_weights(self, weights: Callable[[], Iterable[tuple[str, torch.Tensor]]]) -> None:
+        """Make the engine sample from the weights ``weights()`` returns (e.g. a policy with its LoRA
+        adapters merged in: :func:`selfcorrect.lora.merged_weights`)."""
         with torch.no_grad():
-            weights = merged_weights(policy)
+            named = list(weights())
             if self.weight_dtype is not None:
-                weights = [(name, t.to(self.weight_dtype)) for name, t in weights]
-            self.load_weights(weights)
+                named = [(name, t.to(self.weight_dtype)) for name, t in named]
+            self.load_weights(named)
 
 
 def _load_weights(engine: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -147,20 +145,6 @@ def _load_weights(engine: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> N
                           "updated; set VLLM_ENABLE_V1_MULTIPROCESSING=0 before creating it")
     runner = getattr(worker, "worker", worker).model_runner
     runner.reload_weights(weights_iterator=iter(weights))
-
-
-def engine_source(spec: str) -> str:
-    """What vLLM loads for a model spec: a Hugging Face directory or hub id (``default``: its cached directory)."""
-    from ..models import _resolve
-
-    source, extra = _resolve(spec)
-    if "gguf_file" in extra:
-        raise ConfigError(f"the vllm backend loads Hugging Face directories, not .gguf files ({spec}): "
-                          "save the model with save_pretrained first, or use the transformers backend")
-    if extra.get("adapter"):
-        raise ConfigError(f"{spec} is a LoRA checkpoint: start the engine from its base model "
-                          "(VLLMBackend.sync_weights loads the merged weights)")
-    return str(source)
 
 
 def _sampled_logprobs(completion: Any, ids: list[int]) -> list[float] | None:

@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-2 / ZeRO-3: the sharded layouts of :mod:`selfcorrect.sharding`, driven by DeepSpeed's engine.
+"""DeepSpeed engine (``sharding_engine: deepspeed``): the ZeRO-2 / ZeRO-3 layouts of :mod:`.fsdp`, driven by DeepSpeed.
 
 ``sharding_engine: deepspeed`` (or ``accelerate launch`` with
 ``configs/accelerate/deepspeed_zero{2,3}.yaml``) hands the policy to
@@ -33,14 +33,17 @@ gradients, clips them and runs the optimizer.  What the trainer keeps:
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import ConfigError
-from .logprobs import TokenLogprobs
+from ..checkpoint import load_anchor
+from ..errors import ConfigError
+from ..logprobs import TokenLogprobs
+from .base import CheckpointParts, Engine, check_sharded
 
 CHECKPOINT_TAG = "zero"
 """DeepSpeed's checkpoint tag (sub-folder) inside ``checkpoint-N/deepspeed``."""
@@ -84,20 +87,20 @@ def ds_config(stage: int, max_grad_norm: float, bf16: bool, autocast: bool, trai
 
 
 def train_engine(model, optimizer: torch.optim.Optimizer, stage: int, max_grad_norm: float, bf16: bool,
-                 autocast: bool):
+                 autocast: bool, align_calls=None):
     """``deepspeed.initialize`` on the policy (wrapped to output log-probs) and selfcorrect's optimizer."""
     deepspeed = require_deepspeed()
-    engine, *_ = deepspeed.initialize(model=TokenLogprobs(model), optimizer=optimizer,
+    engine, *_ = deepspeed.initialize(model=TokenLogprobs(model, align_calls), optimizer=optimizer,
                                       config=ds_config(stage, max_grad_norm, bf16, autocast))
     return engine
 
 
-def frozen(model, stage: int, bf16: bool, autocast: bool):
+def frozen_engine(model, stage: int, bf16: bool, autocast: bool, align_calls=None):
     """A frozen model for log-probs: a partitioned inference engine under ZeRO-3, the model itself under ZeRO-2."""
     if stage != 3:
         return model
     deepspeed = require_deepspeed()
-    engine, *_ = deepspeed.initialize(model=TokenLogprobs(model),
+    engine, *_ = deepspeed.initialize(model=TokenLogprobs(model, align_calls),
                                       config=ds_config(3, 0.0, bf16, autocast, train=False))
     engine.eval()
     return engine
@@ -208,3 +211,108 @@ def load(engine, directory: Path) -> None:
                                        load_lr_scheduler_states=False)
     if loaded is None:
         raise ConfigError(f"{directory}: no DeepSpeed checkpoint to resume from")
+
+
+class DeepSpeedEngine(Engine):
+    """DeepSpeed runs the policy's forward/backward and the optimizer; ``self.policy`` stays the Hugging Face
+    model (generation, saving)."""
+
+    layout = "deepspeed"
+    lockstep = True
+
+    def __init__(self, dist, device: torch.device, max_grad_norm: float, sharding: str, bf16: bool, autocast: bool):
+        super().__init__(dist, device, max_grad_norm, "deepspeed")
+        self.sharding, self.precision = sharding, {"bf16": bf16, "autocast": autocast}
+        self.engine = None
+        self._nonfinite_loss = False              # seen in this step's micro-batches
+
+    @property
+    def whole_weights(self) -> bool:              # ZeRO-2 partitions gradients and Adam state only
+        return self.zero_stage == 2
+
+    def check(self, config) -> None:
+        check_sharded(self, config, require_deepspeed)
+
+    def _align_calls(self):
+        """ZeRO-3: each call of the output layer (and its recomputation in the backward pass) gathers its weight
+        from all processes, so every process makes as many calls as the busiest one."""
+        return self.dist.max if self.zero_stage == 3 else None
+
+    def prepare_models(self, policy, reference):
+        self.policy = policy
+        return reference
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer, reference):
+        self.optimizer = optimizer
+        self.engine = train_engine(self.policy, optimizer, self.zero_stage, self.max_grad_norm,
+                                   align_calls=self._align_calls(), **self.precision)
+        return frozen_engine(reference, self.zero_stage, align_calls=self._align_calls(), **self.precision)
+
+    @property
+    def trained(self):
+        return self.engine
+
+    def token_logprobs(self, model, input_ids, attention_mask, label_mask, chunk_size: int = 1024,
+                       temperature: float = 1.0) -> torch.Tensor:
+        if is_engine(model):                      # its module is a TokenLogprobs: the engine's output
+            return model(input_ids=input_ids, attention_mask=attention_mask, label_mask=label_mask,
+                         chunk_size=chunk_size, temperature=temperature)
+        return super().token_logprobs(model, input_ids, attention_mask, label_mask, chunk_size, temperature)
+
+    @property
+    def loss_scale(self) -> float:
+        return float(self.dist.world)             # DeepSpeed averages gradients over processes
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        # DeepSpeed steps unless the gradients are non-finite: a non-finite loss anywhere in the step (on any
+        # process) poisons the last micro-batch's gradients, so the step is skipped as on the other paths.
+        self._nonfinite_loss = self._nonfinite_loss or not bool(torch.isfinite(loss))
+        poison = last and self.dist.max(int(self._nonfinite_loss)) > 0
+        if last:
+            self._nonfinite_loss = False
+        backward(self.engine, loss, last, poison)
+
+    def step(self, loss: float, ran: bool) -> tuple[float, bool]:
+        # DeepSpeed reduces, clips, steps; it skips non-finite gradients itself
+        return step(self.engine) if ran else (0.0, False)
+
+    def gathered(self):
+        return gathered(self.engine)
+
+    def copy_weights(self, target, source) -> None:
+        raise ConfigError("copying the policy's weights is not supported with DeepSpeed yet")
+
+    def new_anchor(self, anchor, reference, build):
+        if self.whole_weights:
+            return super().new_anchor(anchor, reference, build)
+        if anchor is reference:                   # built once and refilled (DeepSpeed never frees a ZeRO-3 engine)
+            anchor = frozen_engine(build(), self.zero_stage, align_calls=self._align_calls(), **self.precision)
+        copy_weights(anchor, self.engine)
+        return anchor
+
+    def anchor_from_checkpoint(self, checkpoint: Path, template, build):
+        if self.whole_weights:
+            return super().anchor_from_checkpoint(checkpoint, template, build)
+        anchor = build()
+        load_anchor(checkpoint, anchor)
+        return frozen_engine(anchor, self.zero_stage, align_calls=self._align_calls(), **self.precision)
+
+    def checkpoint_parts(self, run_dir: Path, step: int, anchor) -> CheckpointParts:
+        # DeepSpeed's own checkpoint holds the optimizer; every process writes its partition
+        folder = run_dir / f".tmp-deepspeed-{step}"
+        if self.dist.main:                        # left over from an interrupted save
+            shutil.rmtree(folder, ignore_errors=True)
+        self.dist.barrier()
+        save(self.engine, folder)
+        return CheckpointParts(optimizer={}, layout=self._layout(sharded=True), anchor=hf_model(anchor),
+                               weights=full_state_dict(self.engine), anchor_weights=full_state_dict(anchor),
+                               extra={"deepspeed": folder})
+
+    def _load_optimizer(self, run_dir: Path, checkpoint: Path, state: dict[str, Any]) -> None:
+        if state.get("world") != self.dist.world:
+            raise ConfigError(f"--resume {run_dir}: a DeepSpeed checkpoint resumes on the number of processes "
+                              f"that wrote it ({state.get('world')}), not {self.dist.world}")
+        if state.get("zero_stage") != self.zero_stage:
+            raise ConfigError(f"--resume {run_dir}: its DeepSpeed checkpoint is ZeRO stage {state.get('zero_stage')}"
+                              f", this launch runs stage {self.zero_stage}; resume it with the same stage")
+        load(self.engine, checkpoint / "deepspeed")

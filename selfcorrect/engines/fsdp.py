@@ -1,4 +1,4 @@
-"""Sharded data parallelism with PyTorch FSDP2 (``fully_shard``): ZeRO-2 / ZeRO-3 memory across processes.
+"""FSDP2 engine (``sharding: zero2|zero3``, ``sharding_engine: fsdp``): PyTorch's ``fully_shard``.
 
 ``sharding: zero3`` (FSDP full shard) splits parameters, gradients and Adam
 state over the processes: each holds ``1/world`` of them and gathers a layer's
@@ -8,7 +8,7 @@ fewer gathers, more memory — and shards gradients and Adam state the same way.
 Both are the memory layouts DeepSpeed calls ZeRO stage 3 and 2; this module
 implements them with PyTorch's own FSDP2, which needs nothing beyond torch
 (``sharding_engine: deepspeed`` runs them on DeepSpeed's engine instead, see
-:mod:`selfcorrect.deepspeed_engine`).
+:mod:`selfcorrect.engines.deepspeed`).
 
 How the trainer stays correct and deadlock-free (every FSDP forward and
 backward is a collective that all processes must enter together):
@@ -32,57 +32,16 @@ backward is a collective that all processes must enter together):
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import ConfigError
-
-SHARDINGS = ("none", "zero2", "zero3")
-ENGINES = ("fsdp", "deepspeed")
-
-
-def sharding_from_launcher(configured: str, engine: str) -> tuple[str, str]:
-    """(sharding, engine): the configured ones, else what ``accelerate launch`` with an FSDP or DeepSpeed config asks for.
-
-    ``accelerate launch --config_file configs/accelerate/fsdp_zero3.yaml`` sets
-    ``ACCELERATE_USE_FSDP=true`` and ``FSDP_RESHARD_AFTER_FORWARD`` (or, for
-    FSDP1-style configs, ``FSDP_SHARDING_STRATEGY``); a DeepSpeed config sets
-    ``ACCELERATE_USE_DEEPSPEED=true`` and ``ACCELERATE_DEEPSPEED_ZERO_STAGE``.
-    """
-    if configured != "none":
-        return configured, engine
-    env = os.environ
-    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        return _deepspeed_launch(env), "deepspeed"
-    if env.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
-        return "none", engine
-    strategy = env.get("FSDP_SHARDING_STRATEGY", "").upper()
-    reshard = env.get("FSDP_RESHARD_AFTER_FORWARD", "").lower()
-    if reshard == "false" or strategy in ("2", "SHARD_GRAD_OP"):
-        return "zero2", "fsdp"
-    if strategy and strategy not in ("1", "FULL_SHARD"):
-        raise ConfigError(f"FSDP sharding strategy {strategy} is not supported: use FULL_SHARD (zero3) or "
-                          "SHARD_GRAD_OP (zero2), e.g. configs/accelerate/fsdp_zero3.yaml")
-    return "zero3", "fsdp"
-
-
-def _deepspeed_launch(env) -> str:
-    """The sharding an accelerate DeepSpeed config asks for; settings selfcorrect does not drive are errors."""
-    hint = "use configs/accelerate/deepspeed_zero2.yaml or deepspeed_zero3.yaml"
-    if env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
-        raise ConfigError("a DeepSpeed JSON config (deepspeed_config_file) is not read: selfcorrect builds the "
-                          f"DeepSpeed config from its own training config; {hint}")
-    for key in ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"):
-        if env.get(key, "none").lower() not in ("none", ""):
-            raise ConfigError(f"DeepSpeed offloading ({key}={env[key]}) is not supported yet; {hint}")
-    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
-    if stage not in ("2", "3"):
-        raise ConfigError(f"DeepSpeed ZeRO stage {stage or '(unset)'} is not supported: selfcorrect runs stages "
-                          f"2 and 3; {hint}")
-    return f"zero{stage}"
+from ..checkpoint import load_anchor
+from ..errors import ConfigError
+from .base import CheckpointParts, check_sharded
+from .replicated import ReplicatedEngine
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:
@@ -171,6 +130,64 @@ def copy_weights(target, source) -> None:
         t.copy_(s)
 
 
-def scalar(value) -> torch.Tensor:
-    """A plain tensor from what may be a (replicated) DTensor, e.g. a clipped gradient norm."""
-    return value.full_tensor() if hasattr(value, "full_tensor") else value
+class FSDP2Engine(ReplicatedEngine):
+    """Policy and reference wrapped in FSDP2 units; the torch optimizer steps on local shards."""
+
+    layout = "fsdp"
+    lockstep = True
+    whole_weights = False
+
+    def __init__(self, dist, device: torch.device, max_grad_norm: float, sharding: str):
+        super().__init__(dist, device, max_grad_norm, "fsdp")
+        self.sharding = sharding
+
+    def check(self, config) -> None:
+        check_sharded(self, config)
+
+    @property
+    def load_device(self) -> torch.device:
+        """Host memory: FSDP2 moves each unit's shard to the GPU as it wraps it, so a GPU never holds a whole
+        policy + reference (or anchor) at once."""
+        return torch.device("cpu")
+
+    def prepare_models(self, policy, reference):
+        # (after gradient checkpointing is enabled, before the optimizer is built on the sharded parameters)
+        self.policy = shard(policy, self.sharding)
+        if reference is not None:                 # (LoRA: the reference is the policy, adapter off)
+            shard(reference, self.sharding)
+        return reference
+
+    @property
+    def loss_scale(self) -> float:
+        return float(self.dist.world)             # FSDP averages gradients over processes
+
+    def _reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """FSDP's backward has already reduce-scattered them."""
+
+    def gathered(self):
+        return gathered(self.policy, self.sharding)
+
+    def copy_weights(self, target, source) -> None:
+        copy_weights(target, source)
+
+    def new_anchor(self, anchor, reference, build):
+        if anchor is reference:                   # built once, then refilled in place
+            anchor = shard(build(), self.sharding)
+        copy_weights(anchor, self.policy)
+        return anchor
+
+    def anchor_from_checkpoint(self, checkpoint: Path, template, build):
+        anchor = build()
+        load_anchor(checkpoint, anchor)
+        return shard(anchor, self.sharding)
+
+    def checkpoint_parts(self, run_dir: Path, step: int, anchor) -> CheckpointParts:
+        # (torch would take a dummy Adam step to build a state that does not exist yet)
+        optimizer = full_optimizer_state(self.policy, self.optimizer) if self.optimizer.state else {}
+        return CheckpointParts(optimizer=optimizer, layout=self._layout(sharded=True), anchor=anchor,
+                               weights=full_state_dict(self.policy),
+                               anchor_weights=full_state_dict(anchor) if anchor is not None else None)
+
+    def _load_optimizer(self, run_dir: Path, checkpoint: Path, state: dict[str, Any]) -> None:
+        if state["optimizer"]:                    # empty: saved before any optimizer step
+            load_full_optimizer_state(self.policy, self.optimizer, state["optimizer"])

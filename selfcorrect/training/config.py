@@ -1,0 +1,286 @@
+"""``TrainConfig``: every setting of a ``selfcorrect train`` run (YAML file + flags), validated on construction.
+
+A docstring per field: ``selfcorrect train --help`` prints them.  The method's
+phases come from :mod:`selfcorrect.training.methods`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..algorithms.policy_gradient import BASELINES, KL_PLACEMENTS
+from ..engines import ENGINES, SHARDINGS
+from ..errors import ConfigError
+from ..rollout import SamplingParams
+from .methods import METHODS, Phase, schedule
+from .sft_data import KEEP
+
+OPTIMIZERS = ("adam", "adamw")
+BACKENDS = ("transformers", "vllm")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one ``selfcorrect train`` run (YAML file + flags; see ``selfcorrect/configs/``)."""
+
+    # ---- what to train on
+    model: str = "default"
+    """Model spec to start from: default, a local HF directory, a .gguf file, or a hub id."""
+    task: str = "arithmetic"
+    """Task name or ``module:function`` (see ``selfcorrect tasks``)."""
+    task_options: dict[str, Any] = field(default_factory=dict, metadata={"append": True, "aliases": ("-o",)})
+    """Task factory options as KEY=VALUE (repeatable)."""
+    train_split: str = "train"
+    """Split trained on (given as the task's ``split`` option when it has one)."""
+    eval_split: str = "test"
+    """Held-out split for periodic evaluation and best-checkpoint selection."""
+    eval_task: str = ""
+    """Task evaluated on, when not ``task`` (the paper trains on MBPP and evaluates on HumanEval)."""
+    eval_task_options: dict[str, Any] = field(default_factory=dict, metadata={"append": True})
+    """Options of the evaluation task as KEY=VALUE (repeatable; e.g. another data file); when neither this nor
+    ``eval_task`` is set, ``task_options``."""
+    out: str = "runs/train"
+    """Run directory: config, metrics.jsonl, TensorBoard logs, samples, checkpoints, plots."""
+
+    # ---- method and schedule
+    method: str = "score"
+    """score, stage2-only, no-shaping, single-turn, star, pair-sft, star-stage2 or prompting (docs/training.md)."""
+    iterations: int = 1
+    """How many times the Stage I → Stage II pair runs (the stages are interleaved)."""
+    stage1_steps: int = 10
+    """Optimizer steps of Stage I per iteration."""
+    stage2_steps: int = 10
+    """Optimizer steps of Stage II per iteration."""
+    alpha: float = 10.0
+    """Reward-shaping weight α in r̂2 = r2 + α·(r2 − r1) (paper: 10)."""
+    beta1: float = 0.01
+    """KL coefficient to the initial model on rewarded attempts (paper: 0.01)."""
+    beta2: float = 0.1
+    """Stage I KL coefficient pinning attempt 1 (paper: 0.1 MATH, 0.25 code)."""
+    baseline: str = "rloo"
+    """Policy-gradient baseline: rloo (leave one out over a problem's samples) or none (plain REINFORCE)."""
+    kl_in: str = "reward"
+    """Where the KL goes: reward (sequence k1 in the returns, RLOO-style: its expected gradient is the paper's KL(π‖π_ref)), loss-k2 (per-token ½·log-ratio² in the loss: exact for one-token outputs, drops a token's effect on later tokens' KL) or loss-k3 (per-token k3 in the loss: the forward-KL gradient; `loss` is its old name). docs/training.md."""
+    star_rounds: int = 3
+    """STaR: rounds of sample → filter → fine-tune (the sample budget is split evenly over them)."""
+    sft_steps: int = 8
+    """Supervised steps per STaR round, per star-stage2 iteration, and for Pair-SFT."""
+    sft_keep: str = "D"
+    """Which traces the SFT baselines keep: D (wrong → right) or D+ (also right → right)."""
+    sft_batch_episodes: int = 32
+    """Episodes per supervised step (the dataset is cycled in a seeded order)."""
+
+    # ---- rollouts
+    problems_per_step: int = 8
+    """Problems sampled per optimizer step."""
+    samples: int = 4
+    """Episodes per problem per step (RLOO group size; >= 2 for rloo)."""
+    attempts: int = 2
+    """Attempts per episode K (SCoRe: 2)."""
+    temperature: float = 1.0
+    """Sampling temperature of training rollouts (paper: 1.0); policy, reference and anchor log-probs are all scored at it."""
+    top_p: float = 1.0
+    """Nucleus sampling mass of training rollouts: must stay 1 (the trainer scores the untruncated distribution)."""
+    top_k: int = 0
+    """Top-k of training rollouts: must stay 0 (the trainer scores the untruncated distribution)."""
+    max_new_tokens: int = 64
+    """Token limit per attempt."""
+    logprob_gap_warn: float = 0.05
+    """Warn (once per run) when the mean |trainer − sampler| log-prob of an attempt's tokens exceeds this many
+    nats: a wrong temperature, stale sampler weights or a masking bug makes the gradient off-policy.  Measured
+    in docs/training.md (float32 and bf16 differ)."""
+    generation_batch_size: int = 64
+    """Sequences generated per batch (transformers backend)."""
+    rollout_backend: str = "transformers"
+    """Who samples rollouts: transformers (selfcorrect's batched decode loop) or vllm (experimental, `pip install 'selfcorrect[vllm]'`: a colocated engine with prefix caching; policy weights are pushed into it after every optimizer step)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Share of the GPU's memory the colocated vLLM engine may take (its weights + KV cache); training gets the rest."""
+    vllm_max_model_len: int = 0
+    """Longest sequence (prompt + all attempts) the vLLM engine plans its KV cache for; 0 = the model's own limit."""
+
+    # ---- optimisation
+    optimizer: str = "adam"
+    """adam (paper) or adamw."""
+    lr: float = 1e-5
+    """Learning rate (paper: 5e-6 MATH, 1e-5 code)."""
+    weight_decay: float = 0.0
+    """Weight decay (adamw)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warmup steps, then constant."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 = off)."""
+    micro_batch_problems: int = 2
+    """Problems (all their samples) per forward/backward micro-batch; gradients accumulate over the step."""
+    logprob_chunk: int = 1024
+    """Rows of the output layer computed at once when scoring tokens (memory knob)."""
+    dtype: str = "float32"
+    """Parameter dtype of the trained model (float32 keeps Adam exact; bfloat16 halves memory)."""
+    autocast: str = "bf16"
+    """Mixed precision for forward passes and generation: bf16 or none."""
+    lora_r: int = 0
+    """LoRA rank (0 = train all weights). With LoRA, π_ref is the base model with the adapter disabled: no second copy."""
+    lora_alpha: float = 16.0
+    """LoRA scaling alpha."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules that get adapters (names like q_proj,v_proj, or all-linear)."""
+    sharding: str = "none"
+    """Multi-process memory layout: none (every process holds all weights and Adam state; gradients summed), zero2 (gradients and Adam state sharded) or zero3 (weights too). `accelerate launch` with configs/accelerate/{fsdp,deepspeed}_zero{2,3}.yaml selects it."""
+    sharding_engine: str = "fsdp"
+    """Who implements zero2/zero3: fsdp (PyTorch FSDP2, built in) or deepspeed (DeepSpeed's ZeRO engine, `pip install 'selfcorrect[deepspeed]'`; resume needs the same number of processes). A DeepSpeed accelerate config selects deepspeed."""
+    gradient_checkpointing: bool = True
+    """Recompute each layer's activations in the backward pass: several times less activation memory for some extra compute (see benchmarks/train_step.py)."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    seed: int = 0
+    """Seed of data order, sampling and initialisation of any randomness."""
+
+    # ---- evaluation, logging, checkpoints
+    eval_every: int = 0
+    """Evaluate on the held-out split every N steps (0 = only at the end)."""
+    eval_limit: int = 200
+    """Held-out problems per evaluation (greedy, K attempts)."""
+    eval_max_new_tokens: int = 64
+    """Token limit per attempt during evaluation."""
+    save_every: int = 0
+    """Checkpoint every N steps (0 = only at the end); Ctrl-C also checkpoints."""
+    keep_last: int = 2
+    """Checkpoints kept besides the best one."""
+    log_samples_every: int = 5
+    """Write a few episodes to samples.jsonl every N steps (0 = never)."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Loggers besides metrics.jsonl: tensorboard, wandb (needs `pip install wandb`), or none."""
+    overwrite: bool = False
+    """Allow writing into a non-empty run directory (otherwise refuse, to protect earlier runs)."""
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        need(self.sft_keep in KEEP, f"sft_keep must be one of {', '.join(KEEP)}, got {self.sft_keep!r}")
+        need(self.baseline in BASELINES, f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
+        if self.kl_in == "loss":      # the earlier name of loss-k3 (configs and runs written before it changed)
+            self.kl_in = "loss-k3"
+        need(self.kl_in in KL_PLACEMENTS, f"kl_in must be one of {', '.join(KL_PLACEMENTS)}, got {self.kl_in!r}")
+        need(self.temperature > 0, f"temperature must be > 0 for training rollouts, got {self.temperature!r}")
+        need(self.top_p == 1.0 and self.top_k == 0,
+             f"top_p={self.top_p!r} / top_k={self.top_k!r}: training scores rollouts with the untruncated "
+             "distribution at `temperature`, so truncated sampling would make the gradient off-policy; "
+             "keep top_p 1 and top_k 0 for training (evaluation may use them)")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        need(self.autocast in ("bf16", "none"), f"autocast must be bf16 or none, got {self.autocast!r}")
+        need(self.sharding in SHARDINGS, f"sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
+        need(self.sharding_engine in ENGINES,
+             f"sharding_engine must be one of {', '.join(ENGINES)}, got {self.sharding_engine!r}")
+        conflict = self.sharding_conflict(self.sharding, self.sharding_engine)
+        need(conflict is None, conflict or "")
+        need(self.rollout_backend in BACKENDS,
+             f"rollout_backend must be one of {', '.join(BACKENDS)}, got {self.rollout_backend!r}")
+        need(0.0 < self.vllm_gpu_memory_utilization <= 1.0,
+             f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization!r}")
+        need(self.vllm_max_model_len >= 0, f"vllm_max_model_len must be >= 0, got {self.vllm_max_model_len!r}")
+        for name in ("iterations", "problems_per_step", "samples", "attempts", "micro_batch_problems",
+                     "generation_batch_size", "logprob_chunk", "eval_limit", "eval_max_new_tokens", "star_rounds",
+                     "sft_batch_episodes"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("stage1_steps", "stage2_steps", "warmup_steps", "eval_every", "save_every", "keep_last",
+                     "log_samples_every", "sft_steps"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("alpha", "beta1", "beta2", "weight_decay", "max_grad_norm"):
+            need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
+                 f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
+        need(self.lora_r >= 0, f"lora_r must be >= 0 (0 = no LoRA), got {self.lora_r!r}")
+        need(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        need(self.total_steps >= 1 or self.method == "prompting",
+             "the schedule has no steps: set stage1_steps/stage2_steps (and sft_steps for SFT methods)")
+        need(self.baseline != "rloo" or self.samples >= 2,
+             "baseline 'rloo' needs samples >= 2 per problem (or use baseline: none)")
+        need(self.attempts >= 2, f"attempts must be >= 2 (a self-correction episode), got {self.attempts}")
+        unknown = set(self.report_to) - {"tensorboard", "wandb", "none"}
+        need(not unknown, f"report_to: unknown logger(s) {sorted(unknown)}; choose tensorboard, wandb or none")
+        self.sampling_params()
+
+    def sharding_conflict(self, sharding: str, engine: str) -> str | None:
+        """Why ``sharding`` on ``engine`` (configured, or chosen by the launcher) cannot run with this config."""
+        if sharding == "none":
+            return None
+        if self.lora_r and engine == "deepspeed":
+            return "LoRA with DeepSpeed sharding is not supported yet (use sharding_engine fsdp, or sharding: none)"
+        if self.rollout_backend != "transformers":
+            return "rollout_backend vllm cannot be combined with sharding yet (use sharding: none)"
+        if self.method == "star" and (engine == "deepspeed" or self.lora_r):
+            return ("method star restarts each round from the initial model, which is not supported yet with "
+                    f"{'DeepSpeed' if engine == 'deepspeed' else 'LoRA'} sharding (use sharding_engine fsdp "
+                    "without LoRA, or sharding: none)")
+        return None
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              max_new_tokens=self.max_new_tokens)
+
+    @property
+    def episode_budget(self) -> int:
+        """Episodes SCoRe generates with these settings; every method spends this many."""
+        return self.iterations * (self.stage1_steps + self.stage2_steps) * self.problems_per_step * self.samples
+
+    def schedule(self) -> list[Phase]:
+        """The method's phases in order (:mod:`selfcorrect.training.methods`)."""
+        return schedule(self)
+
+    @property
+    def sampled_episodes(self) -> int:
+        """Episodes the schedule generates (RL steps, and SFT datasets rounded up to whole problems)."""
+        per_problem = self.samples
+        return sum(p.steps * self.problems_per_step * per_problem if p.kind == "rl" else
+                   max(1, math.ceil(p.collect_episodes / per_problem)) * per_problem for p in self.schedule())
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.schedule())
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``lr`` at 0-based optimizer step ``step``: linear warmup over ``warmup_steps``, then 1.
+
+        The warmup counts from the start of the run -- the schedule, like Adam's moments, carries on
+        across Stage I → Stage II and across iterations (docs/training.md, "Optimizer state") -- except
+        in a STaR round, which fine-tunes the initial model afresh and so warms up again.
+        """
+        if not self.warmup_steps:
+            return 1.0
+        since = step
+        if step < self.total_steps:
+            _, phase, offset = self.phase_at(step)
+            if phase.restart:
+                since = offset
+        return min(1.0, (since + 1) / self.warmup_steps)
+
+    def phase_at(self, step: int) -> tuple[int, Phase, int]:
+        """(phase index, phase, step within the phase) of a 0-based step."""
+        for index, phase in enumerate(self.schedule()):
+            if step < phase.steps:
+                return index, phase, step
+            step -= phase.steps
+        raise IndexError("step beyond the end of the schedule")
+
+    def phase(self, step: int) -> tuple[int, int]:
+        """(iteration, stage) of a 0-based step."""
+        _, phase, _ = self.phase_at(step)
+        return phase.iteration, phase.stage
+
+
+def task_spec(config: TrainConfig, evaluation: bool) -> tuple[str, dict[str, Any]]:
+    """(task name, factory options) of the training or the evaluation task."""
+    from ..tasks import accepts_option
+
+    name = (config.eval_task or config.task) if evaluation else config.task
+    shared = evaluation and not (config.eval_task or config.eval_task_options)   # the same task, its options
+    options = dict(config.eval_task_options if evaluation and not shared else config.task_options)
+    if "split" not in options and accepts_option(name, "split"):
+        options["split"] = config.eval_split if evaluation else config.train_split
+    return name, options

@@ -1,0 +1,74 @@
+"""A run's records: ``metrics.jsonl`` (always), TensorBoard and W&B (when asked for), samples and plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..config import to_dict
+from ..errors import ConfigError
+
+
+class RunLogger:
+    """metrics.jsonl always; TensorBoard and W&B when asked for."""
+
+    def __init__(self, run_dir: Path, config, resume: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.tensorboard = None
+        self.wandb = None
+        if "tensorboard" in config.report_to:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if "wandb" in config.report_to:
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError("report_to includes wandb but wandb is not installed: pip install wandb") from None
+            self.wandb = wandb.init(project="selfcorrect", dir=str(run_dir), config=to_dict(config),
+                                    resume="allow" if resume else None)
+
+    def log(self, step: int, row: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, **row}) + "\n")
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.tensorboard is not None:
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(key, value, step)
+            self.tensorboard.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def log_samples(run_dir: Path, step: int, episodes: Sequence, count: int = 4) -> None:
+    """Append the first ``count`` episodes of a step to ``samples.jsonl``."""
+    from ..evaluation import episode_record
+
+    with open(run_dir / "samples.jsonl", "a", encoding="utf-8") as fh:
+        for ep in episodes[:count]:
+            fh.write(json.dumps({"step": step, **episode_record(ep)}, ensure_ascii=False) + "\n")
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+def plot_curves(run_dir: Path) -> None:
+    from ..plots import plot_training_curves
+
+    log = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    if rows:
+        plot_training_curves(rows, run_dir / "training_curves.png")

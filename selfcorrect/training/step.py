@@ -1,0 +1,147 @@
+"""One training step's tensors: collate → log-probs → objective, and the numbers a step logs.
+
+The data flow of one RL micro-batch (:func:`step_loss`)::
+
+    episodes ──collate──▶ input_ids, attention_mask [B, T], attempt_mask [B, K, T], rewards [B, K], groups [B]
+             ──score (policy with grad; π_ref, anchor without; all at the sampling temperature)──▶ [B, T]
+             ──phase.objective (selfcorrect.algorithms.score)──▶ LossOutput
+
+Everything here is a function of tensors and episodes; which engine runs the
+forward passes arrives as ``score`` (its ``token_logprobs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .. import metrics
+from ..algorithms.policy_gradient import LossOutput
+from ..algorithms.sft import sft_loss
+from ..lora import base_model_context
+from ..rollout import Episode, collate
+from .methods import Phase
+
+Scorer = Callable[..., torch.Tensor]
+"""``score(model, input_ids, attention_mask, label_mask, chunk_size, temperature) -> [B, T]`` log-probs."""
+
+
+def autocast(config, device: torch.device):
+    """bf16 autocast when ``config.autocast`` asks for it."""
+    if config.autocast == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def rloo_group(episode: Episode, samples: int) -> tuple[str, int]:
+    """The RLOO group of an episode: its problem and which draw of it (a problem drawn twice in one
+    step, across an epoch boundary, is two groups with their own seeds)."""
+    return episode.problem.id, episode.sample // samples
+
+
+def micro_batches(episodes: Sequence[Episode], per_batch: int, samples: int) -> list[list[Episode]]:
+    """Whole RLOO groups per micro-batch, groups sorted by longest episode (less padding)."""
+    by_problem: dict[tuple[str, int], list[Episode]] = {}
+    for ep in episodes:
+        by_problem.setdefault(rloo_group(ep, samples), []).append(ep)
+    groups = sorted(by_problem.values(), key=lambda g: max(len(e.tokens) for e in g))
+    return [[ep for g in groups[i:i + per_batch] for ep in g] for i in range(0, len(groups), per_batch)]
+
+
+def step_loss(config, phase: Phase, score: Scorer, policy, reference, anchor, batch: list[Episode], pad_id: int,
+              norm: int, device: torch.device) -> LossOutput:
+    """Collate → log-probs (policy with grad; π_ref and the anchor without) → the phase's objective.
+
+    ``score`` is the engine's :meth:`~selfcorrect.engines.Engine.token_logprobs`; ``reference`` is None
+    under LoRA (π_ref = the policy with its adapter switched off).
+    """
+    k = phase.attempts
+    tensors = collate(batch, pad_token_id=pad_id, num_attempts=k)
+    input_ids = tensors["input_ids"].to(device)                   # [B, T]
+    attention_mask = tensors["attention_mask"].to(device)         # [B, T]
+    attempt_mask = tensors["attempt_mask"].to(device)             # [B, K, T]
+    label_mask = attempt_mask.any(1)                              # [B, T]
+    rewards = torch.tensor([[a.reward for a in ep.attempts[:k]] for ep in batch], device=device)   # [B, K]
+    keys = [rloo_group(ep, config.samples) for ep in batch]
+    ids = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    groups = torch.tensor([ids[key] for key in keys], device=device)                                # [B]
+
+    with torch.no_grad(), autocast(config, device):
+        # Everything at the sampling temperature: the policy term must be the distribution that sampled
+        # the rollout (on-policy), and the KL then compares π_θ and π_ref as that sampler sees them.
+        scored = dict(chunk_size=config.logprob_chunk, temperature=config.temperature)
+        if reference is None:          # LoRA: π_ref = the policy with its adapter switched off
+            with base_model_context(policy):
+                ref_logp = score(policy, input_ids, attention_mask, label_mask, **scored)
+        else:
+            ref_logp = score(reference, input_ids, attention_mask, label_mask, **scored)
+        anchor_logp = ref_logp if anchor is reference or not phase.objective.anchored else \
+            score(anchor, input_ids, attention_mask, label_mask, **scored)
+    with autocast(config, device):
+        logp = score(policy, input_ids, attention_mask, label_mask, **scored)
+    return phase.objective(logp, ref_logp, anchor_logp, attempt_mask, rewards, groups, norm=norm)
+
+
+def sft_step_loss(config, score: Scorer, policy, batch: list[Episode], pad_id: int, norm: int,
+                  device: torch.device) -> torch.Tensor:
+    """Supervised loss on attempt 2 of each episode (STaR / Pair-SFT) for one micro-batch."""
+    tensors = collate(batch, pad_token_id=pad_id, num_attempts=2)
+    attempt_mask = tensors["attempt_mask"].to(device)             # [B, 2, T]
+    with autocast(config, device):
+        logp = score(policy, tensors["input_ids"].to(device), tensors["attention_mask"].to(device),
+                     attempt_mask[:, 1], config.logprob_chunk)
+    return sft_loss(logp, attempt_mask, trained=[False, True], norm=norm)
+
+
+def logprob_gaps(batch: Sequence[Episode], logp: torch.Tensor, attempts: int) -> list[tuple[list[float], list[float]]]:
+    """Per attempt: (|trainer − sampler| log-prob of every token, Σ_t (trainer − sampler) per attempt).
+
+    ``logp``: ``[B, T]`` the trainer's log-probs of ``batch``'s episode tokens (the collated layout puts
+    token ``t`` of an episode at column ``t``).  Attempts whose sampler reported no log-probs are left out.
+    """
+    logp = logp.float().cpu()
+    gaps: list[tuple[list[float], list[float]]] = [([], []) for _ in range(attempts)]
+    for row, ep in enumerate(batch):
+        for k, attempt in enumerate(ep.attempts[:attempts]):
+            if attempt.sample_logprobs is None:
+                continue
+            diff = logp[row, attempt.start:attempt.end] - torch.tensor(attempt.sample_logprobs)   # [len]
+            gaps[k][0].extend(diff.abs().tolist())
+            gaps[k][1].append(float(diff.sum()))
+    return gaps
+
+
+def gap_metrics(gaps: Sequence[tuple[list[float], list[float]]]) -> dict[str, float]:
+    """logp_gap_mean/max_t{k} (nats per token) and importance_ratio_t{k} (mean π_trainer(y)/π_sampler(y))."""
+    out: dict[str, float] = {}
+    for k, (tokens, sequences) in enumerate(gaps):
+        out[f"logp_gap_mean_t{k + 1}"] = float(np.mean(tokens)) if tokens else float("nan")
+        out[f"logp_gap_max_t{k + 1}"] = float(np.max(tokens)) if tokens else float("nan")
+        out[f"importance_ratio_t{k + 1}"] = float(np.mean(np.exp(sequences))) if sequences else float("nan")
+    return out
+
+
+def batch_metrics(episodes: Sequence[Episode], kl: torch.Tensor) -> dict[str, float]:
+    """Rollout statistics of one step: reward per attempt, Δ, i→c, c→i, KL per attempt, edit ratio, copy rate."""
+    rewards = np.array([[a.reward for a in ep.attempts] for ep in episodes], dtype=float)   # [B, K]
+    out: dict[str, float] = {}
+    for k in range(rewards.shape[1]):
+        out[f"reward_t{k + 1}"] = float(rewards[:, k].mean())
+        out[f"kl_t{k + 1}"] = float(kl[:, k].mean()) if k < kl.shape[1] else float("nan")
+        out[f"length_t{k + 1}"] = float(np.mean([len(ep.attempts[k].ids) for ep in episodes]))
+    if rewards.shape[1] >= 2:
+        rates = metrics.transition_rates(rewards)
+        out.update(delta=rates["delta"], delta_i2c=rates["i2c"], delta_c2i=rates["c2i"])
+        edits = metrics.edit_stats([[a.text for a in ep.attempts] for ep in episodes])
+        out.update(edit_distance_ratio=edits["mean"], copy_rate=edits["copy_rate"])
+    return out
+
+
+def collected_stats(traces: Sequence[Episode], attempts: int) -> dict[str, float]:
+    """What an SFT phase logs about the traces it collected."""
+    if attempts >= 2:
+        return batch_metrics(traces, torch.full((len(traces), attempts), float("nan")))
+    return {"reward_t1": float(np.mean([ep.attempts[0].reward for ep in traces]))}
