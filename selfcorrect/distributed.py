@@ -92,6 +92,17 @@ class DataParallel:
         """Every process's list, concatenated in rank order (on every process)."""
         return [x for part in self.gather_ranks(items) for x in part]
 
+    def gather_in_order(self, local: list[Any], count: int, per: int) -> list[Any]:
+        """All processes' items of ``count`` problems in the problems' order (on every process).
+
+        Process ``r`` produced the items of ``problems[r::world]``, ``per`` items each, problem-major.
+        """
+        per_rank, ordered = self.gather_ranks(local), []
+        for index in range(count):
+            j = index // self.world
+            ordered.extend(per_rank[index % self.world][j * per:(j + 1) * per])
+        return ordered
+
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+import torch
 
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    import torch
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -104,3 +101,20 @@ def merged_weights(model) -> list[tuple[str, torch.Tensor]]:
             tensor = tensor + deltas[plain].to(tensor.dtype)
         weights.append((plain, tensor))
     return weights
+
+
+def save_trainable(model, path: Path) -> None:
+    """The trainable parameters (a LoRA adapter) as they are now, to ``path`` (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def load_trainable(model, path: Path) -> None:
+    """Put back trainable parameters saved by :func:`save_trainable`."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            param.copy_(saved[name])

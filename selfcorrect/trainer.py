@@ -7,18 +7,10 @@ One training step::
              ──forward (policy, grad; reference/anchor, no grad)──▶ token log-probs [B, T]
              ──objective (the phase's: Stage I | Stage II | single-turn)──▶ loss ──backward──▶ optimizer step
 
-This module is the loop: build the run (:meth:`Trainer.create` /
-:meth:`Trainer.resume`), run each phase's steps, checkpoint, evaluate.  The
-pieces live beside it:
-
-* :mod:`selfcorrect.training.config` -- :class:`TrainConfig`, every setting;
-* :mod:`selfcorrect.training.methods` -- each method as a list of phases, each
-  phase with its objective (docs/training.md);
-* :mod:`selfcorrect.training.step` -- one micro-batch: collate → log-probs → objective;
-* :mod:`selfcorrect.training.sft_data` -- the STaR / Pair-SFT datasets;
-* :mod:`selfcorrect.training.run_log` -- metrics.jsonl, TensorBoard, W&B, samples, plots;
-* :mod:`selfcorrect.engines` -- how weights, gradients and Adam state are laid
-  out over processes (replicated, FSDP2, DeepSpeed): the trainer never asks which.
+This module is the loop: build the run (:meth:`Trainer.create` / :meth:`Trainer.resume`), run each
+phase's steps, checkpoint, evaluate.  The settings, the methods' phases, one micro-batch's tensors, the
+SFT datasets and the run log live in :mod:`selfcorrect.training`; how weights, gradients and Adam state
+are laid out over processes in :mod:`selfcorrect.engines` (the trainer never asks which engine it has).
 
 **KL anchors.**  The β1 terms are always anchored to the *initial* model
 π_ref (frozen).  The β2 term of Stage I pins attempt 1 to the model at the
@@ -34,6 +26,7 @@ accumulated gradients equal the full-batch gradient.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -50,15 +43,15 @@ from .distributed import DataParallel, StopRequest
 from .engines import frozen, frozen_copy, make_engine
 from .errors import ConfigError
 from .logprobs import dropout_disabled
-from .lora import apply_lora, export_merged, load_adapter, merged_weights
+from .lora import apply_lora, export_merged, load_adapter, load_trainable, merged_weights, save_trainable
 from .rollout import ConversationBuilder, Episode, SamplingParams, make_backend, sample_episodes
 from .rollout.sampling import ProblemStream, draw_indices
 from .training.config import TrainConfig, task_spec
 from .training.methods import METHODS, Phase
 from .training.run_log import RunLogger, log_samples, plot_curves, truncate_log
 from .training.sft_data import BUILDERS
-from .training.step import (autocast, batch_metrics, collected_stats, gap_metrics, logprob_gaps, micro_batches,
-                            rloo_group, sft_step_loss, step_loss)
+from .training.step import (autocast, batch_metrics, collected_stats, gap_metrics, gap_warning, logprob_gaps,
+                            micro_batches, rloo_group, sft_step_loss, step_loss)
 
 __all__ = ["METHODS", "Phase", "ProblemStream", "TrainConfig", "Trainer", "micro_batches", "rloo_group"]
 
@@ -127,6 +120,7 @@ class Trainer:
         self.last_episodes: list[Episode] = []            # the latest step's (samples.jsonl)
         self._gap_warned = False
         self._sft: tuple[int, dict[str, Any], list[Episode]] | None = None   # (phase index, record, dataset)
+        self._initial_adapter_path = run_dir / "sft" / "initial-adapter.pt"  # LoRA STaR: restarts from it
 
     # ---- construction
 
@@ -156,7 +150,7 @@ class Trainer:
     def _generation_autocast(self):
         """bf16 autocast around our own decode loop; an inference engine keeps its own precision."""
         return autocast(self.config, self.device) if self.config.rollout_backend == "transformers" else \
-            _nothing()
+            contextlib.nullcontext()
 
     @classmethod
     def create(cls, config: TrainConfig) -> Trainer:
@@ -308,24 +302,14 @@ class Trainer:
         everyone = self.dist.gather([gaps])               # one list of per-attempt gaps per process
         checked = gap_metrics([(sum((p[k][0] for p in everyone), []), sum((p[k][1] for p in everyone), []))
                                for k in range(attempts)])
-        self._warn_on_gap(checked)
+        warning = None if self._gap_warned or not self.dist.main else gap_warning(checked, config.logprob_gap_warn)
+        if warning:                                       # once per run
+            self._gap_warned = True
+            print(warning, file=sys.stderr, flush=True)
         return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self._step_lr,
                 **batch_metrics(ordered, kl), **checked, "generated_tokens": tokens,
                 "tokens_per_s": tokens / max(trained - started, 1e-9),
                 "time_generate_s": generated - started, "time_train_s": trained - generated}
-
-    def _warn_on_gap(self, checked: dict[str, float]) -> None:
-        """One warning per run when the sampler's and the trainer's log-probs of the same tokens disagree."""
-        if self._gap_warned or not self.dist.main:
-            return
-        worst = max(((v, k) for k, v in checked.items() if k.startswith("logp_gap_mean") and v == v), default=None)
-        if worst is not None and worst[0] > self.config.logprob_gap_warn:
-            self._gap_warned = True
-            attempt = worst[1].rsplit("_t", 1)[1]
-            print(f"WARNING: on attempt {attempt} the trainer's log-probs differ from the sampler's by "
-                  f"{worst[0]:.3g} nats per token on average (logprob_gap_warn {self.config.logprob_gap_warn:g}): "
-                  "the gradient is off-policy -- a wrong temperature, stale sampler weights after a weight sync, "
-                  "or a masking bug (metrics.jsonl: logp_gap_*, importance_ratio_*).", file=sys.stderr, flush=True)
 
     # ---- supervised baselines
 
@@ -345,7 +329,7 @@ class Trainer:
         # Every process rolls out its shard; all traces are put back in the order one process would have
         # produced them, and every process builds the same dataset from them (so the SFT batches do not
         # depend on the number of processes, even when a problem was drawn twice).
-        traces = self._gather_in_problem_order(self._rollout(problems, phase.attempts), len(problems))
+        traces = self.dist.gather_in_order(self._rollout(problems, phase.attempts), len(problems), config.samples)
         dataset = BUILDERS[phase.name](traces, problems, self.task, self.builder, config.sft_keep)
         record = {"episodes": dataset, "collected": len(traces), "stats": collected_stats(traces, phase.attempts),
                   "stream": self.stream.state()}
@@ -357,18 +341,6 @@ class Trainer:
         self.dist.barrier()
         self.last_episodes = traces
         return record
-
-    def _gather_in_problem_order(self, local: list[Episode], count: int) -> list[Episode]:
-        """All processes' episodes of a step's ``count`` problems in the problems' order.
-
-        Process ``r`` rolled out ``problems[r::world]``, ``samples`` episodes each, problem-major.
-        """
-        per_rank, world, n = self.dist.gather_ranks(local), self.dist.world, self.config.samples
-        ordered = []
-        for index in range(count):
-            j = index // world
-            ordered.extend(per_rank[index % world][j * n:(j + 1) * n])
-        return ordered
 
     def _sft_dataset(self, index: int, phase: Phase) -> tuple[dict[str, Any], list[Episode]]:
         """(this phase's record, the episodes it trains on): its own, or for a STaR round every round's so far."""
@@ -383,19 +355,11 @@ class Trainer:
     def _restart_from_initial(self) -> None:
         """The policy := the initial model, with a fresh Adam (the warmup restarts through ``lr_factor``)."""
         if self.reference is None:                        # LoRA: the adapter as it was created
-            initial = torch.load(self._initial_adapter_path, map_location=self.device, weights_only=True)
-            with torch.no_grad():
-                for name, param in self.policy.named_parameters():
-                    if param.requires_grad:
-                        param.copy_(initial[name])
+            load_trainable(self.policy, self._initial_adapter_path)
         else:
             self.engine.copy_weights(self.policy, self.reference)
         self.optimizer.state.clear()
         self.backend.sync_weights(self._policy_weights)
-
-    @property
-    def _initial_adapter_path(self) -> Path:
-        return self.run_dir / "sft" / "initial-adapter.pt"
 
     def _sft_step(self, index: int, phase: Phase, offset: int) -> dict[str, Any]:
         config, engine = self.config, self.engine
@@ -403,10 +367,7 @@ class Trainer:
         fresh = offset == 0 and not self._sft_path(index).is_file()
         if phase.restart and self.step == 0 and self.reference is None and self.dist.main:
             # LoRA has no frozen copy of the initial model to restart from: keep its initial adapter.
-            self._initial_adapter_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._initial_adapter_path.with_suffix(".tmp")
-            torch.save({n: p.detach().cpu() for n, p in self.policy.named_parameters() if p.requires_grad}, tmp)
-            tmp.replace(self._initial_adapter_path)
+            save_trainable(self.policy, self._initial_adapter_path)
         self.dist.barrier()                               # nobody reads the file before everyone checked it
         if self._sft is None or self._sft[0] != index:
             self._sft = (index, *self._sft_dataset(index, phase))
@@ -536,8 +497,3 @@ class Trainer:
         self.dist.barrier()
         return {**row, "final_eval": summary}
 
-
-def _nothing():
-    import contextlib
-
-    return contextlib.nullcontext()

@@ -149,7 +149,7 @@ def test_non_finite_loss_skips_the_step(tiny_model_dir, tmp_path, monkeypatch):
     trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "run"))
     before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
 
-    def nan_loss(config, stage, policy, *args, **kwargs):
+    def nan_loss(config, phase, score, policy, *args, **kwargs):
         p = next(policy.parameters())
         nan = (p.sum() * float("nan"))
         return LossOutput(loss=nan, advantages=torch.zeros(1, 2), kl=torch.zeros(1, 2), returns=torch.zeros(1, 2))

@@ -22,8 +22,23 @@ from ..errors import ConfigError
 from .base import CheckpointParts, Engine, frozen, frozen_copy
 from .replicated import ReplicatedEngine
 
-__all__ = ["ENGINES", "SHARDINGS", "CheckpointParts", "Engine", "frozen", "frozen_copy", "make_engine",
-           "sharding_from_launcher"]
+__all__ = ["ENGINES", "SHARDINGS", "CheckpointParts", "Engine", "frozen", "frozen_copy", "layout_conflict",
+           "make_engine", "sharding_from_launcher"]
+
+
+def layout_conflict(config, sharding: str, engine: str) -> str | None:
+    """Why ``sharding`` on ``engine`` cannot run with ``config`` (None when it can)."""
+    if sharding == "none":
+        return None
+    if config.lora_r and engine == "deepspeed":
+        return "LoRA with DeepSpeed sharding is not supported yet (use sharding_engine fsdp, or sharding: none)"
+    if config.rollout_backend != "transformers":
+        return "rollout_backend vllm cannot be combined with sharding yet (use sharding: none)"
+    if config.method == "star" and (engine == "deepspeed" or config.lora_r):
+        return ("method star restarts each round from the initial model, which is not supported yet with "
+                f"{'DeepSpeed' if engine == 'deepspeed' else 'LoRA'} sharding (use sharding_engine fsdp "
+                "without LoRA, or sharding: none)")
+    return None
 
 
 def make_engine(config, dist, device: torch.device) -> Engine:

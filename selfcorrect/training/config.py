@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..algorithms.policy_gradient import BASELINES, KL_PLACEMENTS
-from ..engines import ENGINES, SHARDINGS
+from ..engines import ENGINES, SHARDINGS, layout_conflict
 from ..errors import ConfigError
 from ..rollout import SamplingParams
 from .methods import METHODS, Phase, schedule
@@ -208,17 +208,7 @@ class TrainConfig:
 
     def sharding_conflict(self, sharding: str, engine: str) -> str | None:
         """Why ``sharding`` on ``engine`` (configured, or chosen by the launcher) cannot run with this config."""
-        if sharding == "none":
-            return None
-        if self.lora_r and engine == "deepspeed":
-            return "LoRA with DeepSpeed sharding is not supported yet (use sharding_engine fsdp, or sharding: none)"
-        if self.rollout_backend != "transformers":
-            return "rollout_backend vllm cannot be combined with sharding yet (use sharding: none)"
-        if self.method == "star" and (engine == "deepspeed" or self.lora_r):
-            return ("method star restarts each round from the initial model, which is not supported yet with "
-                    f"{'DeepSpeed' if engine == 'deepspeed' else 'LoRA'} sharding (use sharding_engine fsdp "
-                    "without LoRA, or sharding: none)")
-        return None
+        return layout_conflict(self, sharding, engine)
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,

@@ -124,6 +124,18 @@ def gap_metrics(gaps: Sequence[tuple[list[float], list[float]]]) -> dict[str, fl
     return out
 
 
+def gap_warning(checked: dict[str, float], threshold: float) -> str | None:
+    """The warning to print when the sampler's and the trainer's log-probs of the same tokens disagree."""
+    worst = max(((v, k) for k, v in checked.items() if k.startswith("logp_gap_mean") and v == v), default=None)
+    if worst is None or worst[0] <= threshold:
+        return None
+    attempt = worst[1].rsplit("_t", 1)[1]
+    return (f"WARNING: on attempt {attempt} the trainer's log-probs differ from the sampler's by "
+            f"{worst[0]:.3g} nats per token on average (logprob_gap_warn {threshold:g}): "
+            "the gradient is off-policy -- a wrong temperature, stale sampler weights after a weight sync, "
+            "or a masking bug (metrics.jsonl: logp_gap_*, importance_ratio_*).")
+
+
 def batch_metrics(episodes: Sequence[Episode], kl: torch.Tensor) -> dict[str, float]:
     """Rollout statistics of one step: reward per attempt, Δ, i→c, c→i, KL per attempt, edit ratio, copy rate."""
     rewards = np.array([[a.reward for a in ep.attempts] for ep in episodes], dtype=float)   # [B, K]
