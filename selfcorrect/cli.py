@@ -77,7 +77,7 @@ def _console():
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import EvalConfig, run_eval
-    from .metrics import rich_table
+    from .report import rich_table
 
     config = build_config(EvalConfig, args, args.config)
     console = _console()
@@ -120,7 +120,7 @@ def _live_train(trainer, console) -> dict[str, Any]:
 
 def _run_training(config, console, compare_base: bool) -> int:
     from .evaluation import write_eval_outputs
-    from .metrics import format_table, rich_table
+    from .report import format_table, rich_table
     from .trainer import Trainer
 
     trainer = Trainer.create(config)
@@ -158,7 +158,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import run_compare
-    from .metrics import format_table
     from .trainer import TrainConfig
 
     config = build_config(TrainConfig, {**vars(args), "overwrite": True}, args.config)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics, plots
+from . import metrics, plots, report
 from .checkpoint import list_checkpoints
 from .errors import ConfigError
 from .evaluation import atomic_write, write_json
@@ -157,7 +157,7 @@ def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) ->
     write_json(out / "table.json", table)
     with atomic_write(out / "table.md") as fh:
         fh.write(f"# Comparison ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: "
-                 f"{', '.join(map(str, seeds))}; held-out problems, greedy)\n\n{metrics.format_table(summaries)}\n"
+                 f"{', '.join(map(str, seeds))}; held-out problems, greedy)\n\n{report.format_table(summaries)}\n"
                  f"\n{format_budget(table['methods'])}\n")
     if all(s.get("edit_histogram") for s in summaries.values()):
         plots.plot_edit_histograms(summaries, out / "edit_ratio.png")

@@ -21,6 +21,7 @@ import inspect
 import textwrap
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,17 @@ def field_docs(cls: type) -> dict[str, str]:
                     and isinstance(nxt.value.value, str)):
                 docs[stmt.target.id] = " ".join(nxt.value.value.split())
     return docs
+
+
+def ordered_fields(cls: type) -> list[dataclasses.Field]:
+    """``cls``'s fields, its own first (in declaration order), then the inherited ones.
+
+    (A dataclass lists a base class's fields first; a config reads better with its own -- ``model``,
+    ``task`` -- before the shared sampling knobs.)
+    """
+    own = list(vars(cls).get("__annotations__", {}))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return [fields[n] for n in own if n in fields] + [f for n, f in fields.items() if n not in own]
 
 
 def _describe(tp: Any) -> str:
@@ -155,8 +167,9 @@ def from_dict(cls: type, data: Mapping[str, Any], source: str = "config",
 
     ``sources`` optionally names, per field, where its value came from (default: ``source``).
     """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in ordered_fields(cls)}
     hints = typing.get_type_hints(cls)
+    data = renamed_fields(cls, data, source)
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise ConfigError(
@@ -178,16 +191,30 @@ def from_dict(cls: type, data: Mapping[str, Any], source: str = "config",
         raise ConfigError(f"{' + '.join(sorted(origins, key=lambda o: (o == 'command line', o)))}: {err}") from None
 
 
+def renamed_fields(cls: type, data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``data`` with the deprecated field names of ``cls`` (its ``RENAMED``) replaced by the new ones."""
+    renamed = getattr(cls, "RENAMED", {})
+    out = dict(data)
+    for old, new in renamed.items():
+        if old in out:
+            warnings.warn(f"{source}: {old!r} is now called {new!r}; the old name works for one more release",
+                          FutureWarning, stacklevel=3)
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
+
+
 def to_dict(config: Any) -> dict[str, Any]:
-    """A plain dict of a config (for YAML/JSON dumps next to results)."""
-    return dataclasses.asdict(config)
+    """A plain dict of a config (for YAML/JSON dumps next to results), its own fields first."""
+    values = dataclasses.asdict(config)
+    return {f.name: values[f.name] for f in ordered_fields(type(config))}
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """One ``--flag`` per field of ``cls`` (help = field docstring). Values stay strings until :func:`build_config`."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in ordered_fields(cls):
         if f.name in skip:
             continue
         flags = [f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ())]
@@ -202,6 +229,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         else:
             kwargs.update(metavar=_describe(hints[f.name]).upper().split("[")[0].split(" ")[0])
         parser.add_argument(*flags, **kwargs)
+    for old in getattr(cls, "RENAMED", {}):              # deprecated flags keep working (hidden from --help)
+        parser.add_argument(f"--{old.replace('_', '-')}", dest=old, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def build_config(cls: type, args: argparse.Namespace | Mapping[str, Any] | None = None,
@@ -210,6 +239,8 @@ def build_config(cls: type, args: argparse.Namespace | Mapping[str, Any] | None 
     data: dict[str, Any] = dict(load_yaml(config_file)) if config_file else {}
     source = str(config_file) if config_file else "config"
     overrides = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+    overrides = renamed_fields(cls, overrides, "command line")
+    data = renamed_fields(cls, data, source)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     sources: dict[str, str] = {}  # fields whose value comes (at least partly) from the command line
     for name, value in overrides.items():

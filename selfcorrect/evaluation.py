@@ -26,16 +26,22 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics, plots
+from . import metrics, plots, report
 from .config import to_dict
 from .errors import ConfigError
 from .rollout import ConversationBuilder, Episode, SamplingParams, extend_episodes, new_episodes
 from .rollout import make_backend as rollout_backend
+from .rollout.settings import SamplingSettings
 
 
 @dataclass
-class EvalConfig:
-    """Settings of one ``selfcorrect eval`` run."""
+class EvalConfig(SamplingSettings):
+    """Settings of one ``selfcorrect eval`` run.
+
+    The sampling fields are :class:`~selfcorrect.rollout.settings.SamplingSettings`, shared with
+    ``selfcorrect train``; evaluation decodes greedily by default.  ``backend`` and ``batch_size``
+    are the old names of ``rollout_backend`` and ``generation_batch_size``.
+    """
 
     model: str = "default"
     """Model spec: ``default``, a local HF directory (e.g. a training checkpoint), a .gguf file, or a hub id."""
@@ -53,20 +59,12 @@ class EvalConfig:
     """Attempts per episode, K >= 1 (attempt k > 1 follows the self-correction instruction)."""
     temperature: float = 0.0
     """Sampling temperature; 0 = greedy, the paper's evaluation protocol."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1 = off)."""
-    top_k: int = 0
-    """Top-k sampling (0 = off)."""
     max_new_tokens: int = 256
     """Token limit per attempt; attempts that hit it count as truncated."""
     seed: int = 0
     """Seed of sampling (one generator per problem, sample and attempt) and of the bootstrap CIs."""
-    batch_size: int = 64
-    """Sequences generated per batch (transformers backend)."""
-    backend: str = "transformers"
-    """Generation backend: transformers, or vllm (experimental; `pip install 'selfcorrect[vllm]'`, prefix caching)."""
     vllm_gpu_memory_utilization: float = 0.9
-    """Share of GPU memory the vLLM engine may take (vllm backend)."""
+    """Share of GPU memory the vLLM engine may take (evaluation has the GPU to itself)."""
     dtype: str = "auto"
     """Parameter dtype: auto (bf16 on CPU and bf16-capable GPUs), float32, bfloat16, float16."""
     device: str = "auto"
@@ -89,22 +87,14 @@ class EvalConfig:
             raise ConfigError(f"samples must be an integer >= 1, got {self.samples!r}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1 (or None for all problems), got {self.limit!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size!r}")
-        if self.backend not in ("transformers", "vllm"):
-            raise ConfigError(f"backend must be transformers or vllm, got {self.backend!r}")
+        self.check_sampling()
         if self.temperature == 0.0 and self.samples > 1:
             raise ConfigError("samples > 1 with greedy decoding (temperature 0) gives identical copies; "
                               "set a temperature > 0")
-        self.sampling_params()  # validates temperature / top_p / top_k / max_new_tokens
         SamplingParams(temperature=self.scaling_temperature)
         bad = [b for b in self.budgets if b < 2 or b % 2]
         if self.scaling and (not self.budgets or bad):
             raise ConfigError(f"budgets must be even numbers >= 2, got {self.budgets!r}")
-
-    def sampling_params(self, temperature: float | None = None) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature if temperature is None else temperature,
-                              top_p=self.top_p, top_k=self.top_k, max_new_tokens=self.max_new_tokens)
 
 
 def resolve_device(device: str) -> str:
@@ -186,7 +176,7 @@ def write_eval_outputs(out: Path, summary: dict[str, Any], episodes: Sequence[Ep
     write_json(paths["metrics.json"], {**summary, **(extra or {})})
     write_jsonl(paths["samples.jsonl"], [episode_record(ep) for ep in episodes])
     with atomic_write(paths["report.md"]) as fh:
-        fh.write(f"# {title}\n\n{metrics.format_table(summary)}\n")
+        fh.write(f"# {title}\n\n{report.format_table(summary)}\n")
     plots.plot_accuracy_per_attempt(summary, paths["accuracy.png"], title=title)
     if summary.get("edit_histogram"):
         plots.plot_edit_histogram(summary, paths["edit_ratio.png"], title=f"{title}: edit distance ratio t1→t2")
@@ -265,7 +255,7 @@ def prepare(config: EvalConfig):
     if not problems:
         raise ConfigError(f"task {config.task!r} has no problems with options {config.task_options}")
     tokenizer = load_tokenizer(config.model)
-    if config.backend == "vllm" and not is_adapter_dir(config.model):
+    if config.rollout_backend == "vllm" and not is_adapter_dir(config.model):
         return task, problems, None, tokenizer          # the engine loads the weights itself
     model = load_model(config.model, dtype=config.dtype, device=device)
     return task, problems, model, tokenizer
@@ -285,15 +275,16 @@ def make_backend(config: EvalConfig, model, tokenizer):
     """The generation backend of an evaluation (a LoRA checkpoint reaches vLLM as merged weights)."""
     from .models import engine_source, resolve_dtype
 
-    if config.backend == "transformers":
-        return rollout_backend("transformers", model, tokenizer, batch_size=config.batch_size)
+    if config.rollout_backend == "transformers":
+        return rollout_backend("transformers", model, tokenizer, batch_size=config.generation_batch_size)
     base = json.loads((Path(config.model) / "adapter_config.json").read_text())["base_model_name_or_path"] \
         if model is not None else config.model
     source = engine_source(base)
     backend = rollout_backend("vllm", None, tokenizer, source=source, generation_config=_generation_config(source),
                               dtype=config.dtype, weight_dtype=None if config.dtype == "auto" else
                               resolve_dtype(config.dtype), seed=config.seed,
-                              gpu_memory_utilization=config.vllm_gpu_memory_utilization)
+                              gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+                              max_model_len=config.vllm_max_model_len or None)
     if model is not None:
         from .lora import merged_weights
 

@@ -24,7 +24,7 @@ from selfcorrect.evaluation import EvalConfig
 from selfcorrect.tasks import load_task
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FAST = ["--max-new-tokens", "4", "--batch-size", "8"]
+FAST = ["--max-new-tokens", "4", "--generation-batch-size", "8"]
 
 
 @pytest.fixture(autouse=True)
@@ -284,8 +284,8 @@ BAD_INPUTS = {
     "malformed-jsonl-line": (_jsonl_with_bad_line, None),
     "empty-jsonl": (_empty_jsonl, None),
     "cuda-unavailable": (["--device", "cuda"], "device 'cuda' requested but CUDA is not available"),
-    "unknown-backend": (["--backend", "sglang"], "backend must be transformers or vllm, got 'sglang'"),
-    "vllm-not-installed": (["--backend", "vllm"], "the vllm rollout backend needs vLLM: pip install 'selfcorrect[vllm]'"),
+    "unknown-backend": (["--rollout-backend", "sglang"], "rollout_backend must be one of transformers, vllm, got 'sglang'"),
+    "vllm-not-installed": (["--rollout-backend", "vllm"], "the vllm rollout backend needs vLLM: pip install 'selfcorrect[vllm]'"),
 }
 
 

@@ -292,7 +292,7 @@ def test_build_config_unknown_yaml_field(tmp_path):
         (["--top-k", "-1"], "top_k must be an integer >= 0"),
         (["--max-new-tokens", "0"], "max_new_tokens must be an integer >= 1"),
         (["--limit", "0"], "limit must be >= 1"),
-        (["--batch-size", "0"], "batch_size must be >= 1"),
+        (["--generation-batch-size", "0"], "generation_batch_size must be >= 1"),
         (["--scaling", "--budgets", "2,3"], "budgets must be even numbers >= 2"),
         (["--scaling-temperature", "-0.5"], "temperature must be a number in [0, 100]"),
     ],
@@ -315,7 +315,8 @@ def test_field_docs_returns_each_docstring():
     docs = field_docs(EvalConfig)
     assert docs["attempts"] == ("Attempts per episode, K >= 1 (attempt k > 1 follows the "
                                 "self-correction instruction).")
-    assert docs["top_p"] == "Nucleus sampling mass (1 = off)."
+    assert docs["top_p"] == "Nucleus sampling mass (1 = off; training refuses truncated sampling)."   # inherited
+    assert docs["temperature"].endswith("the paper's evaluation protocol.")                        # overridden
     # multi-line docstrings collapse to one line
     assert all("\n" not in d and "  " not in d for d in docs.values())
 
@@ -350,3 +351,29 @@ def test_eval_help_text_is_each_field_doc():
         assert f"--{f.name.replace('_', '-')}" in action.option_strings
         assert action.help.startswith(docs[f.name].replace("%", "%%"))
     assert "-o" in by_dest["task_options"].option_strings
+
+
+def test_renamed_sampling_fields_still_work_for_one_release(tmp_path):
+    """EvalConfig's old `backend` / `batch_size` (YAML and flags) map to the names TrainConfig uses."""
+    import argparse
+
+    from selfcorrect.config import add_arguments, build_config
+    from selfcorrect.evaluation import EvalConfig
+    from selfcorrect.trainer import TrainConfig
+
+    path = tmp_path / "eval.yaml"
+    path.write_text("backend: transformers\nbatch_size: 8\n")
+    with pytest.warns(FutureWarning, match="'batch_size' is now called 'generation_batch_size'"):
+        config = build_config(EvalConfig, None, path)
+    assert (config.rollout_backend, config.generation_batch_size) == ("transformers", 8)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, EvalConfig)
+    assert "--batch-size" not in parser.format_help()                 # hidden from --help
+    with pytest.warns(FutureWarning, match="'backend' is now called 'rollout_backend'"):
+        config = build_config(EvalConfig, parser.parse_args(["--backend", "transformers", "--batch-size", "3"]))
+    assert config.generation_batch_size == 3
+    # One set of names, declared once, for both configs.
+    shared = ("temperature", "top_p", "top_k", "max_new_tokens", "generation_batch_size", "rollout_backend",
+              "vllm_gpu_memory_utilization", "vllm_max_model_len")
+    assert all(hasattr(TrainConfig(), n) and hasattr(EvalConfig(), n) for n in shared)
+    assert (EvalConfig().temperature, TrainConfig().temperature) == (0.0, 1.0)    # only the defaults differ

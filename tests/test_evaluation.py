@@ -202,7 +202,7 @@ def test_eval_config_defaults_are_valid_and_documented_protocol():
     assert cfg.sampling_params(temperature=0.7).temperature == 0.7
 
 
-@pytest.mark.parametrize("kwargs", [dict(attempts=0), dict(samples=2), dict(limit=0), dict(batch_size=0),
+@pytest.mark.parametrize("kwargs", [dict(attempts=0), dict(samples=2), dict(limit=0), dict(generation_batch_size=0),
                                     dict(top_p=1.5), dict(scaling=True, budgets=[]),
                                     dict(scaling=True, budgets=[2, 5])])
 def test_eval_config_rejects(kwargs):

@@ -15,13 +15,12 @@ from selfcorrect.metrics import (
     bootstrap_interval,
     edit_distance_ratio,
     edit_stats,
-    format_table,
     majority_vote,
-    rich_table,
     summarize,
     transition_rates,
     wilson_interval,
 )
+from selfcorrect.report import format_table, rich_table
 
 BALANCED = [[0, 1], [1, 0], [1, 1], [0, 0]]  # one fixed, one broken, one kept right, one kept wrong
 

@@ -13,17 +13,21 @@ from typing import Any
 from ..algorithms.policy_gradient import BASELINES, KL_PLACEMENTS
 from ..engines import ENGINES, SHARDINGS, layout_conflict
 from ..errors import ConfigError
-from ..rollout import SamplingParams
+from ..rollout.settings import SamplingSettings
 from .methods import METHODS, Phase, schedule
 from .sft_data import KEEP
 
 OPTIMIZERS = ("adam", "adamw")
-BACKENDS = ("transformers", "vllm")
 
 
 @dataclass
-class TrainConfig:
-    """Settings of one ``selfcorrect train`` run (YAML file + flags; see ``selfcorrect/configs/``)."""
+class TrainConfig(SamplingSettings):
+    """Settings of one ``selfcorrect train`` run (YAML file + flags; see ``selfcorrect/configs/``).
+
+    The sampling fields (temperature, top_p, top_k, max_new_tokens, generation_batch_size,
+    rollout_backend, vllm_*) are :class:`~selfcorrect.rollout.settings.SamplingSettings`, shared
+    with ``selfcorrect eval``.
+    """
 
     # ---- what to train on
     model: str = "default"
@@ -79,26 +83,10 @@ class TrainConfig:
     """Episodes per problem per step (RLOO group size; >= 2 for rloo)."""
     attempts: int = 2
     """Attempts per episode K (SCoRe: 2)."""
-    temperature: float = 1.0
-    """Sampling temperature of training rollouts (paper: 1.0); policy, reference and anchor log-probs are all scored at it."""
-    top_p: float = 1.0
-    """Nucleus sampling mass of training rollouts: must stay 1 (the trainer scores the untruncated distribution)."""
-    top_k: int = 0
-    """Top-k of training rollouts: must stay 0 (the trainer scores the untruncated distribution)."""
-    max_new_tokens: int = 64
-    """Token limit per attempt."""
     logprob_gap_warn: float = 0.05
     """Warn (once per run) when the mean |trainer − sampler| log-prob of an attempt's tokens exceeds this many
     nats: a wrong temperature, stale sampler weights or a masking bug makes the gradient off-policy.  Measured
     in docs/training.md (float32 and bf16 differ)."""
-    generation_batch_size: int = 64
-    """Sequences generated per batch (transformers backend)."""
-    rollout_backend: str = "transformers"
-    """Who samples rollouts: transformers (selfcorrect's batched decode loop) or vllm (experimental, `pip install 'selfcorrect[vllm]'`: a colocated engine with prefix caching; policy weights are pushed into it after every optimizer step)."""
-    vllm_gpu_memory_utilization: float = 0.3
-    """Share of the GPU's memory the colocated vLLM engine may take (its weights + KV cache); training gets the rest."""
-    vllm_max_model_len: int = 0
-    """Longest sequence (prompt + all attempts) the vLLM engine plans its KV cache for; 0 = the model's own limit."""
 
     # ---- optimisation
     optimizer: str = "adam"
@@ -179,13 +167,9 @@ class TrainConfig:
              f"sharding_engine must be one of {', '.join(ENGINES)}, got {self.sharding_engine!r}")
         conflict = self.sharding_conflict(self.sharding, self.sharding_engine)
         need(conflict is None, conflict or "")
-        need(self.rollout_backend in BACKENDS,
-             f"rollout_backend must be one of {', '.join(BACKENDS)}, got {self.rollout_backend!r}")
-        need(0.0 < self.vllm_gpu_memory_utilization <= 1.0,
-             f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization!r}")
-        need(self.vllm_max_model_len >= 0, f"vllm_max_model_len must be >= 0, got {self.vllm_max_model_len!r}")
+        self.check_sampling()
         for name in ("iterations", "problems_per_step", "samples", "attempts", "micro_batch_problems",
-                     "generation_batch_size", "logprob_chunk", "eval_limit", "eval_max_new_tokens", "star_rounds",
+                     "logprob_chunk", "eval_limit", "eval_max_new_tokens", "star_rounds",
                      "sft_batch_episodes"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("stage1_steps", "stage2_steps", "warmup_steps", "eval_every", "save_every", "keep_last",
@@ -204,15 +188,10 @@ class TrainConfig:
         need(self.attempts >= 2, f"attempts must be >= 2 (a self-correction episode), got {self.attempts}")
         unknown = set(self.report_to) - {"tensorboard", "wandb", "none"}
         need(not unknown, f"report_to: unknown logger(s) {sorted(unknown)}; choose tensorboard, wandb or none")
-        self.sampling_params()
 
     def sharding_conflict(self, sharding: str, engine: str) -> str | None:
         """Why ``sharding`` on ``engine`` (configured, or chosen by the launcher) cannot run with this config."""
         return layout_conflict(self, sharding, engine)
-
-    def sampling_params(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                              max_new_tokens=self.max_new_tokens)
 
     @property
     def episode_budget(self) -> int:
