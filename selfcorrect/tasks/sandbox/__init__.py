@@ -12,9 +12,10 @@ nothing the program prints, returns, raises or exits with can make a test
 pass, and the tests never enter the candidate.  The verdict is the judge's.
 
 Files: ``wire.py`` (the plain-data codec), ``candidate.py`` (the harness in
-the candidate), ``judge.py`` (zygote, judge, the candidate's isolation), this
-module (the parent side: limits, the filesystem view, cgroups, the zygote
-client and the public functions).  The threat model -- what is guaranteed at
+the candidate), ``judge.py`` (zygote, judge, the candidate's isolation),
+``view.py`` (the candidate's filesystem view), ``cgroups.py`` (per-run
+cgroups), this module (the parent side: limits, the zygote client and the
+public functions).  The threat model -- what is guaranteed at
 each isolation level and what no verifier can stop -- is in
 ``docs/sandbox.md``.
 """
@@ -25,19 +26,15 @@ import ast
 import atexit
 import builtins
 import functools
-import glob
 import json
 import math
 import os
 import shutil
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -45,6 +42,8 @@ from pathlib import Path
 
 from ...errors import ConfigError
 from . import wire
+from .cgroups import _cgroup_bases, _cgroup_limits, _cleaner, _make_cgroups
+from .view import _filesystem_view
 
 __all__ = ["SandboxLimits", "SandboxResult", "run_tests", "run_many", "sandbox_isolation", "sandbox_info",
            "WEAKER_LEVEL_WARNING", "ISOLATION_ENV"]
@@ -53,11 +52,6 @@ _HERE = Path(__file__).resolve().parent
 _ISOLATION_LEVELS = ("full", "net", "basic")
 _CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-# Extension modules that reach around the OS limits or the interpreter; masked in the view.
-_MASKED_EXTENSIONS = ("_ctypes", "_ctypes_test", "_posixsubprocess", "_xxsubinterpreters", "_xxinterpchannels",
-                      "_interpreters", "_interpchannels", "_interpqueues", "_testcapi", "_testinternalcapi",
-                      "_testmultiphase", "_testsinglephase", "_testbuffer", "_testclinic", "_testimportmultiple",
-                      "_xxtestfuzz", "xxlimited", "xxlimited_35")
 _BACKSTOP_S = 5.0
 ISOLATION_ENV = "SELFCORRECT_SANDBOX_ISOLATION"
 """Environment variable: the default isolation level (an explicit opt-in to a weaker one)."""
@@ -162,312 +156,9 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-# --------------------------------------------------------------------------- the candidate's filesystem view
-_PROBE = r"""
-import json, os, sys
-blocked = set(json.loads(sys.argv[1]))
-for d in [p for p in sys.path if os.path.isdir(p) and p.endswith("lib-dynload")]:
-    for f in sorted(os.listdir(d)):
-        name = f.split(".")[0]
-        if f.endswith(".so") and name not in blocked:
-            try:
-                __import__(name)
-            except BaseException:
-                pass
-maps = set()
-with open("/proc/self/maps") as f:
-    for line in f:
-        parts = line.split(None, 5)
-        if len(parts) == 6 and parts[5].startswith("/"):
-            maps.add(parts[5].strip())
-print(json.dumps({"path": sys.path, "maps": sorted(maps), "executable": sys.executable}))
-"""
-
-
 def _base_interpreter(limits: SandboxLimits) -> str:
     python = limits.python or getattr(sys, "_base_executable", None) or sys.executable
     return os.path.realpath(python)
-
-
-def _elf_interpreter(path: str) -> str | None:
-    """PT_INTERP of an ELF executable (the dynamic loader the kernel opens by that path)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-            if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit only
-                return None
-            end = "<" if head[5] == 1 else ">"
-            phoff, = struct.unpack(end + "Q", head[32:40])
-            phentsize, phnum = struct.unpack(end + "HH", head[54:58])
-            for i in range(phnum):
-                f.seek(phoff + i * phentsize)
-                p_type, _, p_offset, _, _, p_filesz = struct.unpack(end + "IIQQQQ", f.read(40))
-                if p_type == 3:
-                    f.seek(p_offset)
-                    return f.read(p_filesz).rstrip(b"\0").decode()
-    except (OSError, struct.error, UnicodeDecodeError):
-        return None
-    return None
-
-
-class _View:
-    """The paths of the host that the candidate sees, as judge.py's entries."""
-
-    def __init__(self) -> None:
-        self.dirs: set[str] = set()
-        self.files: set[str] = set()
-        self.links: dict[str, str] = {}
-
-    def add(self, path: str, as_dir: bool) -> None:
-        """Make ``path`` resolve in the view as on the host: its symlinks replicated, the end bound."""
-        parts = [p for p in os.path.normpath(path).split("/") if p]
-        current = ""
-        for i, part in enumerate(parts):
-            current += "/" + part
-            if os.path.islink(current):
-                target = os.readlink(current)
-                self.links[current] = target
-                resolved = os.path.normpath(os.path.join(os.path.dirname(current), target))
-                self.add(os.path.join(resolved, *parts[i + 1:]), as_dir)
-                return
-        if not current:
-            return
-        (self.dirs if as_dir else self.files).add(current)
-
-    def _covered(self, path: str, dirs: Iterable[str]) -> bool:
-        return any(path == d or path.startswith(d + "/") for d in dirs)
-
-    def entries(self) -> list[list[str]]:
-        dirs = sorted(d for d in self.dirs if not any(d != o and d.startswith(o + "/") for o in self.dirs))
-        files = sorted(f for f in self.files if not self._covered(f, dirs))
-        links = sorted((p, t) for p, t in self.links.items() if not self._covered(p, dirs))
-        masks: list[list[str]] = []
-        for d in dirs:
-            for pattern in ("site-packages", "dist-packages", "python3*/site-packages", "python3*/dist-packages",
-                            "python3/dist-packages"):
-                for hit in sorted(glob.glob(os.path.join(d, pattern))):
-                    hit = os.path.normpath(hit)
-                    if os.path.isdir(hit) and not os.path.islink(hit) and ["mask-dir", hit, ""] not in masks:
-                        masks.append(["mask-dir", hit, ""])
-            for dynload in glob.glob(os.path.join(d, "**", "lib-dynload"), recursive=True) + [d]:
-                for name in _MASKED_EXTENSIONS:
-                    for hit in sorted(glob.glob(os.path.join(dynload, name + ".*so"))):
-                        if ["mask-file", hit, ""] not in masks:
-                            masks.append(["mask-file", hit, ""])
-        return ([["dir", d, ""] for d in dirs] + [["file", f, ""] for f in files]
-                + [["symlink", p, t] for p, t in links] + masks)
-
-
-@functools.lru_cache(maxsize=8)
-def _filesystem_view(python: str) -> tuple[tuple[str, str, str], ...]:
-    """What the candidate interpreter needs: itself, its loader and libraries, its standard library."""
-    try:
-        out = subprocess.run([python, "-I", "-S", "-c", _PROBE, json.dumps(_MASKED_EXTENSIONS)],
-                             capture_output=True, text=True, timeout=60, env={"LC_ALL": "C.UTF-8"}, check=True)
-        probe = json.loads(out.stdout)
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        raise ConfigError(f"cannot start the sandbox interpreter {python!r}: {exc}") from exc
-    view = _View()
-    view.add(python, as_dir=False)
-    loader = _elf_interpreter(python)
-    if loader:
-        view.add(loader, as_dir=False)
-    for mapped in probe["maps"]:
-        if os.path.isfile(mapped) and not mapped.startswith(("/proc/", "/dev/", "/memfd:")):
-            view.add(os.path.dirname(mapped), as_dir=True)
-    for entry in probe["path"]:
-        if os.path.isdir(entry):
-            view.add(entry, as_dir=True)
-    if os.path.isfile("/etc/ld.so.cache"):
-        view.add("/etc/ld.so.cache", as_dir=False)
-    for top in ("/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin"):
-        if os.path.islink(top):  # merged /usr: the loader's default search paths go through these
-            view.links[top] = os.readlink(top)
-    return tuple(tuple(e) for e in view.entries())  # type: ignore[misc]
-
-
-# --------------------------------------------------------------------------- cgroups
-def _own_cgroups() -> dict[str, str]:
-    """controller (or "" for the v2 unified hierarchy) -> this process's cgroup path."""
-    found = {}
-    try:
-        with open("/proc/self/cgroup") as f:
-            for line in f:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
-                for controller in controllers.split(",") if controllers else [""]:
-                    found[controller] = path
-    except (OSError, ValueError):
-        pass
-    return found
-
-
-def _try_mkdir(base: str) -> bool:
-    probe = os.path.join(base, f"selfcorrect-probe-{os.getpid()}-{os.urandom(3).hex()}")
-    try:
-        os.mkdir(probe)
-        os.rmdir(probe)
-        return True
-    except OSError:
-        return False
-
-
-@functools.lru_cache(maxsize=1)
-def _cgroup_bases() -> tuple[tuple[tuple[str, str], ...], str]:
-    """((kind, base directory), ...) where per-run cgroups can be made, and why not when empty.
-
-    kind is ``v1-memory``, ``v1-pids`` or ``v2``.
-    """
-    own = _own_cgroups()
-    root = "/sys/fs/cgroup"
-    bases: list[tuple[str, str]] = []
-    if "memory" in own and os.path.isdir(os.path.join(root, "memory")):
-        for controller in ("memory", "pids"):
-            base = os.path.normpath(os.path.join(root, controller) + own.get(controller, "/"))
-            if controller in own and os.path.isdir(base) and _try_mkdir(base):
-                bases.append((f"v1-{controller}", base))
-        if bases and bases[0][0] == "v1-memory":
-            return tuple(bases), ""
-        return (), "cgroup v1: cannot create a memory cgroup under " + os.path.join(root, "memory")
-    if "" in own and os.path.isfile(os.path.join(root, "cgroup.controllers")):
-        base = os.path.normpath(root + own[""])
-        try:
-            enabled = Path(base, "cgroup.subtree_control").read_text().split()
-        except OSError:
-            enabled = []
-        if "memory" not in enabled:
-            try:  # refused (EBUSY) when our own cgroup holds processes: the v2 no-internal-process rule
-                Path(base, "cgroup.subtree_control").write_text("+memory +pids")
-                enabled = Path(base, "cgroup.subtree_control").read_text().split()
-            except OSError:
-                pass
-        if "memory" in enabled and _try_mkdir(base):
-            return (("v2", base),), ""
-        return (), (f"cgroup v2: the memory controller is not delegated to {base} (set up a delegated "
-                    "cgroup, e.g. systemd-run --user -p Delegate=yes)")
-    return (), "no cgroup hierarchy is mounted at /sys/fs/cgroup"
-
-
-def _make_cgroups(plan: Sequence[Sequence]) -> list[str]:
-    """This run's cgroup directories (one per hierarchy of ``plan``), limits written; the candidate
-    joins them.  Made and removed here, not in the judge: a judge that dies (its CPU limit) must not
-    leak them.
-    """
-    made: list[str] = []
-    tag = f"selfcorrect-{os.getpid()}-{os.urandom(6).hex()}"
-    try:
-        for base, values in plan:
-            directory = os.path.join(base, tag)
-            os.mkdir(directory)
-            made.append(directory)
-            for name, value in values:
-                Path(directory, name).write_text(str(value))
-    except OSError:
-        _cleaner.remove(made)
-        raise
-    return made
-
-
-class _CgroupCleaner:
-    """Removes finished runs' cgroups in one background thread (off the caller's critical path).
-
-    A run's processes are SIGKILLed first (a setsid() child included, at any isolation level);
-    removal is retried while a dying PID namespace drains.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.pending: list[str] = []
-        self.wake = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def remove(self, directories: Sequence[str]) -> None:
-        if not directories:
-            return
-        with self.lock:
-            self.pending.extend(directories)
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._run, name="sandbox-cgroup-cleaner", daemon=True)
-                self.thread.start()
-        self.wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self.wake.wait(timeout=1.0)
-            self.wake.clear()
-            self.drain(seconds=0.05)
-
-    def drain(self, seconds: float) -> None:
-        """One attempt at every pending directory; a directory stays pending until it is gone, so
-        the exit-time drain also sees the ones this thread is working on."""
-        with self.lock:
-            todo = list(dict.fromkeys(self.pending))
-        busy = False
-        for directory in todo:
-            if _remove_cgroup(directory, seconds):
-                with self.lock:
-                    self.pending = [d for d in self.pending if d != directory]
-            else:
-                busy = True
-        if busy:
-            self.wake.set()
-
-
-def _remove_cgroup(directory: str, seconds: float) -> bool:
-    """Kill what is still in ``directory`` and remove it; False if it is still busy after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            pids = [int(x) for x in Path(directory, "cgroup.procs").read_text().split()]
-        except OSError:
-            pids = []
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        try:
-            os.rmdir(directory)
-            return True
-        except FileNotFoundError:
-            return True
-        except OSError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-
-
-_cleaner = _CgroupCleaner()
-
-
-@atexit.register
-def _drain_cgroups() -> None:
-    _cleaner.drain(seconds=2.0)
-
-
-@functools.lru_cache(maxsize=8)
-def _v2_pids_enabled(base: str) -> bool:
-    return "pids" in Path(base, "cgroup.subtree_control").read_text().split()
-
-
-def _cgroup_limits(limits: SandboxLimits) -> list[list]:
-    """[[base directory, [[file, value], ...]], ...]: the cgroups a run gets and their limits."""
-    if not limits.memory_cgroup:
-        return []
-    memory = limits.memory_mb << 20
-    plan = []
-    for kind, base in _cgroup_bases()[0]:
-        if kind == "v1-memory":
-            values = [["memory.limit_in_bytes", memory]]
-            if os.path.exists(os.path.join(base, "memory.memsw.limit_in_bytes")):
-                values.append(["memory.memsw.limit_in_bytes", memory])
-        elif kind == "v1-pids":
-            values = [["pids.max", limits.max_processes]]
-        else:
-            values = [["memory.max", memory], ["memory.swap.max", 0]]
-            if _v2_pids_enabled(base):
-                values.append(["pids.max", limits.max_processes])
-        plan.append([base, values])
-    return plan
 
 
 # --------------------------------------------------------------------------- the zygote
