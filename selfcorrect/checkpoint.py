@@ -14,15 +14,20 @@
   master weights and partitioned Adam state).
 
 A checkpoint is written to ``RUN/.tmp-checkpoint-N`` and renamed into place,
-so a crash mid-write never leaves a directory that looks complete.
+so a crash mid-write never leaves a directory that looks complete.  Its last
+file is ``manifest.json`` (every other file's size and SHA-256): a resume
+verifies it and falls back to the newest intact checkpoint, naming the damaged
+file (:func:`intact_checkpoint`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +35,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_file, save_model
 
+from . import faults
 from .errors import ConfigError
 
+MANIFEST_FILE = "manifest.json"
 STATE_FILE = "trainer_state.pt"
 ANCHOR_FILE = "anchor.safetensors"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -78,6 +85,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str,
             save_model(anchor, str(tmp / ANCHOR_FILE))
         for name, directory in (extra or {}).items():
             shutil.move(str(directory), str(tmp / name))
+        faults.point("save")
+        write_manifest(tmp)                                   # last: its presence says the rest is complete
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -98,6 +107,63 @@ def _without_tied_copies(model, weights: dict[str, torch.Tensor]) -> dict[str, t
             tied.add(name)
         seen.add(id(param))
     return {k: v.contiguous() for k, v in weights.items() if k not in tied}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """``directory/manifest.json``: the size and SHA-256 of every other file in it (recursively)."""
+    files = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
+    tmp = directory / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(json.dumps({"files": files}, indent=1) + "\n")
+    tmp.replace(directory / MANIFEST_FILE)
+
+
+def damage(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be trusted (a missing, truncated or changed file), or None when intact.
+
+    Checkpoints written before manifests existed have none; they are taken as they are.
+    """
+    manifest = checkpoint / MANIFEST_FILE
+    if not manifest.is_file():
+        return None if (checkpoint / STATE_FILE).is_file() else f"{STATE_FILE} is missing"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST_FILE} is unreadable"
+    for name, entry in files.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry["size"]:
+            return f"{name} is {path.stat().st_size} bytes, the manifest says {entry['size']}"
+        if _sha256(path) != entry["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def intact_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint that passes :func:`damage`; one warning line per damaged newer one."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise ConfigError(f"--resume {run_dir}: no complete checkpoint-N directory in it")
+    reasons = []
+    for _, path in reversed(found):
+        reason = damage(path)
+        if reason is None:
+            for bad, why in reasons:
+                print(f"selfcorrect: warning: {bad} is damaged ({why}); resuming from {path.name}", file=sys.stderr)
+            return path
+        reasons.append((path.name, reason))
+    raise ConfigError(f"--resume {run_dir}: no intact checkpoint ("
+                      + "; ".join(f"{name}: {why}" for name, why in reasons) + ")")
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import add_arguments, build_config
+from .config import add_arguments, build_config, flag_values
+from .distributed import TrainingStopped
 from .errors import ConfigError, SelfCorrectError
 
 EXIT_USAGE = 2
@@ -148,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     console = _console()
     if args.resume:
-        trainer = Trainer.resume(args.resume)
+        trainer = Trainer.resume(args.resume, overrides=flag_values(TrainConfig, args))
         console.print(f"resuming {args.resume} at step {trainer.step}/{trainer.config.total_steps}")
         _live_train(trainer, console)
         return 0
@@ -271,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"selfcorrect: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingStopped as stopped:
+        run = stopped.checkpoint.parent
+        print(f"selfcorrect: {stopped}; continue with: selfcorrect train --resume {run}", file=sys.stderr)
+        return 128 + stopped.signum
     except KeyboardInterrupt:
         print("selfcorrect: interrupted", file=sys.stderr)
         return 130

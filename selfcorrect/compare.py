@@ -30,7 +30,9 @@ from . import metrics, plots, report
 from .checkpoint import list_checkpoints
 from .errors import ConfigError
 from .evaluation import atomic_write, write_json
+from .run_dir import check_output_dir
 from .trainer import METHODS, TrainConfig, Trainer
+from .training.config import OPERATIONAL, differing_fields
 
 
 def run_dir(out: Path, method: str, seed: int) -> Path:
@@ -46,10 +48,13 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if not methods or not seeds:
         raise ConfigError("compare needs at least one method and one seed")
+    check_output_dir(out)
     train = train or (lambda trainer: trainer.train())
     for method in methods:
         for seed in seeds:
             path = run_dir(out, method, seed)
+            config = dataclasses.replace(base, method=method, seed=seed, out=str(path), overwrite=True)
+            _same_settings(path, config)              # an earlier run in `out` is reused only if it is this one
             if (path / "eval" / "metrics.json").is_file():
                 if on_run:
                     on_run(method, seed, "finished earlier: skipped")
@@ -61,10 +66,22 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
             else:
                 if on_run:
                     on_run(method, seed, "training")
-                config = dataclasses.replace(base, method=method, seed=seed, out=str(path), overwrite=True)
                 trainer = Trainer.create(config)
             train(trainer)
     return write_comparison(out, methods, seeds)
+
+
+def _same_settings(path: Path, config: TrainConfig) -> None:
+    """Refuse to reuse (skip or resume) a run in ``path`` that was made with other settings."""
+    if not (path / "config.yaml").is_file():
+        return
+    from .config import from_dict, load_yaml
+
+    earlier = from_dict(TrainConfig, load_yaml(path / "config.yaml"), str(path / "config.yaml"))
+    differ = differing_fields(earlier, config, ignore=OPERATIONAL)
+    if differ:
+        raise ConfigError(f"compare: {path} holds a run made with other settings ({'; '.join(differ)}); "
+                          "use another --out, or delete that run to train it again")
 
 
 def _load_eval(path: Path) -> list[dict[str, Any]]:

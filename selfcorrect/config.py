@@ -233,6 +233,19 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         parser.add_argument(f"--{old.replace('_', '-')}", dest=old, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
+def flag_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of ``cls`` given as flags (not their defaults), KEY=VALUE lists as mappings."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for name, value in renamed_fields(cls, vars(args), "command line").items():
+        if name in fields:
+            try:
+                out[name] = dict(_split_pair(v) for v in value) if fields[name].metadata.get("append") else value
+            except ValueError as err:
+                raise ConfigError(f"--{name.replace('_', '-')}: {err}") from None
+    return out
+
+
 def build_config(cls: type, args: argparse.Namespace | Mapping[str, Any] | None = None,
                  config_file: str | Path | None = None):
     """Defaults < YAML file < flags, converted and checked (see module docstring)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -108,36 +109,62 @@ class DataParallel:
             torch.distributed.barrier()
 
 
-class StopRequest:
-    """Ctrl-C in a multi-process job: every process finishes its step, then all stop together.
+class TrainingStopped(Exception):
+    """A run stopped by SIGINT / SIGTERM at a step boundary, after writing ``checkpoint``."""
 
-    A ``KeyboardInterrupt`` raised wherever each process happens to be would
-    leave them in different collectives (a checkpoint written then hangs).
-    While :meth:`catching`, SIGINT only records the request (the launcher
-    forwards it to every process, often twice); :meth:`agreed`, called by every
-    process between steps, is true on all of them once any of them saw it.
-    (torchrun kills its workers 30 s after forwarding the signal: a longer
-    step ends without the checkpoint, but never in a hang.)
+    def __init__(self, signum: int, checkpoint):
+        self.signum, self.checkpoint = signum, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {checkpoint.name.split('-')[-1]}: "
+                         f"checkpoint {checkpoint}")
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) stop a run between steps, in every process.
+
+    While :meth:`catching`, either signal only records the request: the current step finishes (a step
+    cut in half could not be resumed exactly), then the trainer writes a checkpoint and stops
+    (:class:`TrainingStopped`).  :meth:`agreed`, called by every process between steps, is true on all of
+    them once any of them saw a signal -- a multi-process job must stop between the same two steps, or a
+    checkpoint being written hangs in its collectives.  In a single process a second Ctrl-C aborts at
+    once (no checkpoint: the last one written stands).  (torchrun kills its workers 30 s after forwarding
+    a signal: a longer step ends without the checkpoint, but never in a hang.)
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, dist: DataParallel):
         self.dist = dist
-        self.requested = False
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     @contextlib.contextmanager
     def catching(self) -> Iterator[None]:
-        if self.dist.world == 1 or threading.current_thread() is not threading.main_thread():
-            yield                       # one process: Ctrl-C interrupts at once (nothing to keep aligned)
+        if threading.current_thread() is not threading.main_thread():
+            yield                       # signal handlers live on the main thread only
             return
-        previous = signal.signal(signal.SIGINT, self._record)
+        previous = {sig: signal.signal(sig, self._record) for sig in self.SIGNALS}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _record(self, signum, frame) -> None:
-        self.requested = True
+        if self.signum == signal.SIGINT and signum == signal.SIGINT and self.dist.world == 1:
+            raise KeyboardInterrupt     # the second Ctrl-C: abort now
+        if self.signum is None:
+            self.signum = signum
+            if self.dist.main:
+                print(f"selfcorrect: {signal.Signals(signum).name}: stopping after this step with a checkpoint"
+                      + (" (Ctrl-C again to abort at once)" if self.dist.world == 1 else ""),
+                      file=sys.stderr, flush=True)
 
-    def agreed(self) -> bool:
-        """Whether any process was asked to stop (a collective: every process calls it)."""
-        return self.dist.world > 1 and self.dist.max(int(self.requested)) > 0
+    def agreed(self) -> int | None:
+        """The signal any process was asked to stop by, or None (a collective: every process calls it)."""
+        if self.dist.world == 1:
+            return self.signum
+        signum = self.dist.max(self.signum or 0)
+        return signum or None

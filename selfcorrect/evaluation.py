@@ -298,8 +298,11 @@ def run_eval(config: EvalConfig, progress_factory: Callable[[str, int], Any] | N
     ``progress_factory(description, total)`` returns a callable that advances
     a progress display by ``n`` (the CLI passes a rich progress bar).
     """
-    task, problems, model, tokenizer = prepare(config)
+    from .run_dir import check_output_dir
+
     out = Path(config.out)
+    check_output_dir(out)                         # before the model loads or anything is generated
+    task, problems, model, tokenizer = prepare(config)
     builder = ConversationBuilder(tokenizer, task.correction_instruction, config.system_prompt)
     backend = make_backend(config, model, tokenizer)
     progress = progress_factory or (lambda description, total: None)

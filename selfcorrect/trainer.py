@@ -27,7 +27,7 @@ accumulated gradients equal the full-batch gradient.
 from __future__ import annotations
 
 import contextlib
-import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -36,40 +36,46 @@ from typing import Any
 
 import torch
 
-from .checkpoint import has_anchor, latest_checkpoint, load_state, prune_checkpoints, save_checkpoint, \
+from . import faults
+from .checkpoint import has_anchor, intact_checkpoint, load_state, prune_checkpoints, save_checkpoint, \
     set_rng_state, write_best
-from .config import from_dict, load_yaml, to_dict
-from .distributed import DataParallel, StopRequest
+from .config import from_dict, load_yaml
+from .distributed import DataParallel, StopRequest, TrainingStopped
 from .engines import frozen, frozen_copy, make_engine
 from .errors import ConfigError
 from .logprobs import dropout_disabled
-from .lora import apply_lora, export_merged, load_adapter, load_trainable, merged_weights, save_trainable
+from .lora import apply_lora, export_merged, load_adapter, merged_weights
 from .rollout import ConversationBuilder, Episode, SamplingParams, make_backend, sample_episodes
 from .rollout.sampling import ProblemStream, draw_indices
-from .training.config import TrainConfig, task_spec
+from .run_dir import RunLock, check_output_dir, claim_run_dir, write_config
+from .training.config import TrainConfig, resumed_config, task_spec
 from .training.methods import METHODS, Phase
-from .training.run_log import RunLogger, log_samples, plot_curves, truncate_log
-from .training.sft_data import BUILDERS
-from .training.step import (autocast, batch_metrics, collected_stats, gap_metrics, gap_warning, logprob_gaps,
-                            micro_batches, rloo_group, sft_step_loss, step_loss)
+from .training.run_log import RunLogger, log_samples, plot_curves, truncate_logs
+from .training.sft_steps import SupervisedSteps
+from .training.step import (autocast, batch_metrics, gap_metrics, gap_warning, logprob_gaps, micro_batches,
+                            rloo_group, step_loss)
 
 __all__ = ["METHODS", "Phase", "ProblemStream", "TrainConfig", "Trainer", "micro_batches", "rloo_group"]
 
 
-class Trainer:
+class Trainer(SupervisedSteps):
     """Holds the models, optimizer, engine and data stream of one run; :meth:`train` runs the schedule.
+
+    RL steps are here; the SFT baselines' steps are :class:`~selfcorrect.training.sft_steps.SupervisedSteps`.
 
     Construct with :meth:`create` (new run) or :meth:`resume` (continue a run
     directory exactly where its last checkpoint left it).
     """
 
-    def __init__(self, config: TrainConfig, run_dir: Path, checkpoint: Path | None = None):
+    def __init__(self, config: TrainConfig, run_dir: Path, checkpoint: Path | None = None,
+                 lock: RunLock | None = None):
         from .evaluation import resolve_device
         from .models import load_model, load_tokenizer
         from .tasks import load_task
 
         self.config = config
         self.run_dir = run_dir
+        self.lock = lock                                  # the run directory's lock (main process), see run_dir.py
         device = resolve_device(config.device)
         self.dist = DataParallel(cpu=device == "cpu")    # a world of one unless launched by accelerate/torchrun
         self.device = self.dist.device if self.dist.world > 1 else torch.device(device)
@@ -154,29 +160,48 @@ class Trainer:
 
     @classmethod
     def create(cls, config: TrainConfig) -> Trainer:
+        """A new run in ``config.out`` (locked; an earlier run there is refused, or removed with ``overwrite``)."""
         run_dir = Path(config.out)
-        if run_dir.exists() and any(run_dir.iterdir()) and not config.overwrite:
-            raise ConfigError(f"run directory {run_dir} is not empty: use --resume {run_dir} to continue it, "
-                              "--overwrite true to reuse it, or another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        trainer = cls(config, run_dir)
+        check_output_dir(run_dir)
+        created = not run_dir.exists()
+        lock = claim_run_dir(run_dir, config, fresh=True)
+        try:
+            trainer = cls(config, run_dir, lock=lock)
+        except BaseException:
+            if lock is not None:                          # a failed start leaves nothing behind
+                lock.release()
+                if created:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         trainer.dist.barrier()                            # every process checked the directory before we write
         if trainer.dist.main:
-            import yaml
-
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+            write_config(run_dir, config)
         trainer.dist.barrier()
         return trainer
 
     @classmethod
-    def resume(cls, run_dir: str | Path) -> Trainer:
+    def resume(cls, run_dir: str | Path, overrides: dict[str, Any] | None = None) -> Trainer:
+        """Continue ``run_dir`` exactly from its newest intact checkpoint.
+
+        ``overrides``: settings given again on the command line; those outside
+        :data:`~selfcorrect.training.config.RESUMABLE` must equal the run's (else one error lists them).
+        """
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-        config = from_dict(TrainConfig, load_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
-        checkpoint = latest_checkpoint(run_dir)
-        trainer = cls(config, run_dir, checkpoint)
-        state = load_state(checkpoint)
+        saved = from_dict(TrainConfig, load_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+        lock = claim_run_dir(run_dir, saved, fresh=False)
+        try:
+            checkpoint = intact_checkpoint(run_dir)
+            state = load_state(checkpoint)
+            config = resumed_config(saved, overrides or {}, str(run_dir), state["step"])
+            trainer = cls(config, run_dir, checkpoint, lock=lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        if trainer.dist.main and config != saved:
+            write_config(run_dir, config)
         trainer.engine.load_checkpoint(run_dir, checkpoint, state)
         trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.stream = ProblemStream(len(trainer.task.problems), config.seed, **state["data"])
@@ -185,7 +210,7 @@ class Trainer:
             template = trainer.policy if trainer.reference is None else trainer.reference
             trainer.anchor = trainer.engine.anchor_from_checkpoint(checkpoint, template, trainer._base_model)
         if trainer.dist.main:
-            truncate_log(run_dir / "metrics.jsonl", trainer.step)
+            truncate_logs(run_dir, trainer.step)
         trainer.dist.barrier()
         set_rng_state(state["rng"])
         return trainer
@@ -239,6 +264,7 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]              # the rate this step applies (logged as `lr`)
         loss = self.dist.sum(float(sum(losses)) if losses else float("nan"))
         grad_norm, applied = self.engine.step(loss, ran=bool(losses))
+        faults.point("optimizer")
         if applied:
             self.backend.sync_weights(self._policy_weights)   # an inference engine holds its own copy
         self.skipped += not applied
@@ -251,11 +277,13 @@ class Trainer:
         """This process's share of the problems, rolled out with per-row seeds (batch- and process-invariant)."""
         draws = draw_indices(problems)      # over the whole step, so every process numbers repeats alike
         with self.engine.gathered(), self._generation_autocast():
-            return sample_episodes(self.backend, self.builder, self.task, self.dist.shard(problems),
-                                   samples=self.config.samples, attempts=attempts,
-                                   params=self.config.sampling_params(),
-                                   per_row_seed=self.config.seed * 1_000_003 + self.step,
-                                   draws=self.dist.shard(draws))
+            episodes = sample_episodes(self.backend, self.builder, self.task, self.dist.shard(problems),
+                                       samples=self.config.samples, attempts=attempts,
+                                       params=self.config.sampling_params(),
+                                       per_row_seed=self.config.seed * 1_000_003 + self.step,
+                                       draws=self.dist.shard(draws))
+        faults.point("rollout")
+        return episodes
 
     def _rl_step(self, phase: Phase) -> dict[str, Any]:
         config, engine, attempts = self.config, self.engine, phase.attempts
@@ -279,10 +307,12 @@ class Trainer:
                 batch = batches[-1] if padding else batches[i]
                 out = step_loss(config, phase, engine.token_logprobs, engine.trained, self.reference, self.anchor,
                                 batch, self.tokenizer.pad_token_id, norm, self.device)
+                faults.point("score")
                 if not torch.isfinite(out.loss) and not engine.lockstep:
                     losses.append(float("nan"))
                     break             # (lockstep: every process must run every backward; the step is skipped later)
                 engine.backward(out.loss * (0.0 if padding else engine.loss_scale), last=i == passes - 1)
+                faults.point("backward")
                 if not padding:
                     losses.append(float(out.loss.detach()))
                     kls.append(out.kl.cpu())
@@ -310,96 +340,6 @@ class Trainer:
                 **batch_metrics(ordered, kl), **checked, "generated_tokens": tokens,
                 "tokens_per_s": tokens / max(trained - started, 1e-9),
                 "time_generate_s": generated - started, "time_train_s": trained - generated}
-
-    # ---- supervised baselines
-
-    def _sft_path(self, index: int) -> Path:
-        return self.run_dir / "sft" / f"phase-{index}.pt"
-
-    def _collect(self, index: int, phase: Phase) -> dict[str, Any]:
-        """Build (or reload, on resume) the SFT dataset of a phase; returns the stored record."""
-        path = self._sft_path(index)
-        if path.is_file():      # resumed: reuse the dataset and the data position it was built at
-            record = torch.load(path, map_location="cpu", weights_only=False)
-            self.stream = ProblemStream(len(self.task.problems), self.config.seed, **record["stream"])
-            return record
-        config = self.config
-        count = max(1, math.ceil(phase.collect_episodes / config.samples))
-        problems = [self.task.problems[i] for i in self.stream.take(count)]
-        # Every process rolls out its shard; all traces are put back in the order one process would have
-        # produced them, and every process builds the same dataset from them (so the SFT batches do not
-        # depend on the number of processes, even when a problem was drawn twice).
-        traces = self.dist.gather_in_order(self._rollout(problems, phase.attempts), len(problems), config.samples)
-        dataset = BUILDERS[phase.name](traces, problems, self.task, self.builder, config.sft_keep)
-        record = {"episodes": dataset, "collected": len(traces), "stats": collected_stats(traces, phase.attempts),
-                  "stream": self.stream.state()}
-        if self.dist.main:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(record, tmp)
-            tmp.replace(path)
-        self.dist.barrier()
-        self.last_episodes = traces
-        return record
-
-    def _sft_dataset(self, index: int, phase: Phase) -> tuple[dict[str, Any], list[Episode]]:
-        """(this phase's record, the episodes it trains on): its own, or for a STaR round every round's so far."""
-        record = self._collect(index, phase)
-        if not phase.restart:
-            return record, record["episodes"]
-        earlier = [i for i, p in enumerate(self.config.schedule()[:index]) if p.restart]
-        dataset = [ep for i in earlier
-                   for ep in torch.load(self._sft_path(i), map_location="cpu", weights_only=False)["episodes"]]
-        return record, dataset + record["episodes"]
-
-    def _restart_from_initial(self) -> None:
-        """The policy := the initial model, with a fresh Adam (the warmup restarts through ``lr_factor``)."""
-        if self.reference is None:                        # LoRA: the adapter as it was created
-            load_trainable(self.policy, self._initial_adapter_path)
-        else:
-            self.engine.copy_weights(self.policy, self.reference)
-        self.optimizer.state.clear()
-        self.backend.sync_weights(self._policy_weights)
-
-    def _sft_step(self, index: int, phase: Phase, offset: int) -> dict[str, Any]:
-        config, engine = self.config, self.engine
-        started = time.perf_counter()
-        fresh = offset == 0 and not self._sft_path(index).is_file()
-        if phase.restart and self.step == 0 and self.reference is None and self.dist.main:
-            # LoRA has no frozen copy of the initial model to restart from: keep its initial adapter.
-            save_trainable(self.policy, self._initial_adapter_path)
-        self.dist.barrier()                               # nobody reads the file before everyone checked it
-        if self._sft is None or self._sft[0] != index:
-            self._sft = (index, *self._sft_dataset(index, phase))
-            if phase.restart and offset == 0 and self.step > 0:
-                self._restart_from_initial()              # after collecting: the round samples the last model
-        _, record, dataset = self._sft
-        generated = time.perf_counter()
-        losses: list[float] = []
-        if dataset:
-            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(
-                config.seed * 7919 + index * 104729 + (offset * config.sft_batch_episodes) // len(dataset)))
-            start = (offset * config.sft_batch_episodes) % len(dataset)
-            picks = [dataset[int(order[(start + i) % len(dataset)])] for i in range(config.sft_batch_episodes)]
-            norm = sum(len(ep.attempts[1].ids) for ep in picks)      # trained tokens of the whole step
-            picks, size = self.dist.shard(picks), config.micro_batch_problems * config.samples
-            starts = range(0, len(picks), size)
-            for lo in starts:
-                loss = sft_step_loss(config, engine.token_logprobs, engine.trained, picks[lo: lo + size],
-                                     self.tokenizer.pad_token_id, norm, self.device)
-                if not torch.isfinite(loss) and not engine.lockstep:
-                    losses.append(float("nan"))
-                    break
-                engine.backward(loss * engine.loss_scale, last=lo == starts[-1])
-                losses.append(float(loss.detach()))
-        trained = time.perf_counter()
-        loss, grad_norm, skipped = self._optimizer_step(losses)
-        row = {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self._step_lr,
-               "sft_dataset": len(dataset), "sft_collected": record["collected"],
-               "time_generate_s": generated - started, "time_train_s": trained - generated}
-        if fresh:
-            row.update(record["stats"])
-        return row
 
     # ---- evaluation
 
@@ -434,24 +374,30 @@ class Trainer:
     # ---- the loop
 
     def train(self, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Run the remaining steps; checkpoint periodically, on Ctrl-C and at the end. Returns the last row.
+        """Run the remaining steps; checkpoint periodically, when stopped and at the end. Returns the last row.
 
-        In a data-parallel job only the main process logs, evaluates and writes
-        files; the others return ``{"final_eval": None}``.  Ctrl-C stops a single
-        process at once; in a multi-process job every process first finishes its
-        current step (:class:`~selfcorrect.distributed.StopRequest`).
+        Only the main process logs, evaluates and writes files (the others return ``{"final_eval": None}``).
+        SIGINT / SIGTERM finish the step, checkpoint and raise :class:`~selfcorrect.distributed.TrainingStopped`;
+        a ``KeyboardInterrupt`` between steps checkpoints, one inside a step (a half step cannot be resumed
+        exactly) does not.  The run directory's lock is released when this returns.
         """
         stop = StopRequest(self.dist)
-        with stop.catching():
-            return self._train(stop, on_step)
+        try:
+            with stop.catching():
+                return self._train(stop, on_step)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def _train(self, stop: StopRequest, on_step: Callable[[int, dict[str, Any]], None] | None) -> dict[str, Any]:
         config = self.config
         main = self.dist.main
         logger = RunLogger(self.run_dir, config, resume=self.step > 0) if main else None
         row: dict[str, Any] = {}
+        saved_at, between_steps = time.monotonic(), True
         try:
             while self.step < config.total_steps:
+                between_steps = False
                 row = self.train_step()
                 if main and config.log_samples_every and self.step % config.log_samples_every == 0:
                     log_samples(self.run_dir, self.step, self.last_episodes)
@@ -463,16 +409,23 @@ class Trainer:
                                    eval_delta=evaluated["delta"])
                 if main:
                     logger.log(self.step, row)
-                    if on_step is not None:
-                        on_step(self.step, row)
-                if config.save_every and self.step % config.save_every == 0 and self.step < config.total_steps:
-                    path = self.save()
+                between_steps = True                      # the step is complete, logs included
+                if main and on_step is not None:
+                    on_step(self.step, row)
+                minutes = config.save_every_minutes
+                timed = self.dist.max(int(main and minutes > 0 and time.monotonic() - saved_at >= 60 * minutes))
+                if (timed or config.save_every and self.step % config.save_every == 0) \
+                        and self.step < config.total_steps:
+                    path, saved_at = self.save(), time.monotonic()
                     if evaluated is not None:
                         self._maybe_best(evaluated, path)
-                if stop.agreed():         # Ctrl-C in a multi-process job: all processes are between steps
-                    raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            self.save()
+                signum = stop.agreed()
+                if signum:                # every process is between the same two steps
+                    path = self.save()
+                    raise TrainingStopped(signum, path)
+        except (KeyboardInterrupt, TrainingStopped) as stopped:
+            if isinstance(stopped, KeyboardInterrupt) and between_steps:
+                self.save()
             if logger is not None:
                 logger.close()
             raise

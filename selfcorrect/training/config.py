@@ -18,6 +18,12 @@ from .methods import METHODS, Phase, schedule
 from .sft_data import KEEP
 
 OPTIMIZERS = ("adam", "adamw")
+OPERATIONAL = ("save_every", "save_every_minutes", "keep_last", "log_samples_every", "report_to", "device",
+               "logprob_gap_warn", "overwrite", "out")
+"""Fields that change how a run is kept and watched, never what it computes."""
+RESUMABLE = (*OPERATIONAL, "iterations", "eval_every")
+"""Fields ``--resume`` may change (docs/training.md): the operational ones, more iterations (the
+schedule so far must stay the same) and the evaluation interval."""
 
 
 @dataclass
@@ -134,7 +140,10 @@ class TrainConfig(SamplingSettings):
     eval_max_new_tokens: int = 64
     """Token limit per attempt during evaluation."""
     save_every: int = 0
-    """Checkpoint every N steps (0 = only at the end); Ctrl-C also checkpoints."""
+    """Checkpoint every N steps (0 = only at the end); Ctrl-C and SIGTERM also checkpoint (after the current step)."""
+    save_every_minutes: float = 30.0
+    """Also checkpoint when this many minutes passed since the last checkpoint (0 = off): bounds what a crash
+    or a kill -9 can lose, even with save_every 0."""
     keep_last: int = 2
     """Checkpoints kept besides the best one."""
     log_samples_every: int = 5
@@ -175,7 +184,7 @@ class TrainConfig(SamplingSettings):
         for name in ("stage1_steps", "stage2_steps", "warmup_steps", "eval_every", "save_every", "keep_last",
                      "log_samples_every", "sft_steps"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("alpha", "beta1", "beta2", "weight_decay", "max_grad_norm"):
+        for name in ("alpha", "beta1", "beta2", "weight_decay", "max_grad_norm", "save_every_minutes"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
                  f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
@@ -253,3 +262,30 @@ def task_spec(config: TrainConfig, evaluation: bool) -> tuple[str, dict[str, Any
     if "split" not in options and accepts_option(name, "split"):
         options["split"] = config.eval_split if evaluation else config.train_split
     return name, options
+
+
+def differing_fields(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``name: a → b`` for every field whose value differs (``ignore`` left out)."""
+    from dataclasses import fields
+
+    return [f"{f.name}: {getattr(a, f.name)!r} → {getattr(b, f.name)!r}" for f in fields(a)
+            if f.name not in ignore and getattr(a, f.name) != getattr(b, f.name)]
+
+
+def resumed_config(saved: TrainConfig, overrides: dict[str, Any], where: str, step: int) -> TrainConfig:
+    """``saved`` with the flags given to ``--resume``; refuses a change a resume cannot honour."""
+    from dataclasses import asdict
+
+    from ..config import from_dict
+
+    config = from_dict(TrainConfig, {**asdict(saved), **overrides}, "command line")
+    refused = differing_fields(saved, config, ignore=RESUMABLE)
+    if refused:
+        raise ConfigError(f"--resume {where}: these settings differ from the run's and cannot change on resume: "
+                          f"{'; '.join(refused)} (may change: {', '.join(RESUMABLE)}; or start a new run)")
+    old, new = saved.schedule(), config.schedule()
+    if new[:len(old)] != old or config.total_steps < step:
+        raise ConfigError(f"--resume {where}: iterations {saved.iterations} → {config.iterations} would change "
+                          f"the schedule the run has followed so far (step {step}); only more iterations of a "
+                          "schedule that extends it can be added")
+    return config

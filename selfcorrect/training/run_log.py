@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,29 @@ def log_samples(run_dir: Path, step: int, episodes: Sequence, count: int = 4) ->
             fh.write(json.dumps({"step": step, **episode_record(ep)}, ensure_ascii=False) + "\n")
 
 
-def truncate_log(path: Path, step: int) -> None:
-    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
-    if not path.is_file():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(r + "\n" for r in rows))
+def truncate_logs(run_dir: Path, step: int) -> None:
+    """Drop the rows of ``metrics.jsonl`` and ``samples.jsonl`` written after the checkpoint a run resumes
+    from (those steps are redone).  A torn last line -- the process died mid-write -- is dropped with a
+    warning; any other unreadable line is an error naming it."""
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise ConfigError(f"{path}:{number}: not a JSON row; repair or remove the line") from None
+                print(f"selfcorrect: warning: {path}:{number}: dropped a torn last line", file=sys.stderr)
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(line)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(r + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(path)
 
 
 def plot_curves(run_dir: Path) -> None:
