@@ -1,8 +1,8 @@
 """Fault injection for the resume tests: a named point in the trainer sends this process a signal.
 
-``SELFCORRECT_FAULT=POINT:N:SIGNAL`` (e.g. ``backward:3:TERM``) makes the N-th pass
-through :func:`point` named ``POINT`` send ``SIGNAL`` (KILL, TERM or INT) to this
-process, so a test can interrupt a run at an exact place *inside* a step --
+``SELFCORRECT_FAULT=POINT:N:SIGNAL[:RANK]`` (e.g. ``backward:3:TERM``) makes the N-th
+pass through :func:`point` named ``POINT`` send ``SIGNAL`` (KILL, TERM or INT) to this
+process (only to the process of that ``RANK`` in a multi-process launch, when given), so a test can interrupt a run at an exact place *inside* a step --
 ``rollout``, ``score``, ``backward``, ``optimizer``, ``save`` (mid-way through
 writing a checkpoint) -- instead of at a random time.  Unset (always, outside
 tests) a point costs one comparison.
@@ -25,8 +25,8 @@ def point(name: str) -> None:
     global _hits
     if not _spec:
         return
-    target, count, signame = _spec.split(":")
-    if name != target:
+    target, count, signame, *rank = _spec.split(":")
+    if name != target or (rank and rank[0] != os.environ.get("RANK", "0")):
         return
     _hits += 1
     if _hits == int(count):
