@@ -388,7 +388,8 @@ def test_ctrl_c_stops_a_sharded_run_between_steps_with_a_checkpoint(tiny_model_d
             os.killpg(proc.pid, signal.SIGKILL)
     from selfcorrect.checkpoint import latest_checkpoint, load_state
 
-    assert proc.returncode != 0 and "selfcorrect: interrupted" in stderr, stderr[-3000:]
+    assert proc.returncode != 0 and "stopped by SIGINT after step" in stderr, stderr[-3000:]
+    assert f"continue with: selfcorrect train --resume {out}" in stderr
     checkpoint = latest_checkpoint(out)
     step = load_state(checkpoint)["step"]
     assert 2 <= step < 200 and checkpoint.name == f"checkpoint-{step}"
