@@ -93,12 +93,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def step_line(row: dict[str, Any], step: int, total: int, seconds: float, warn_gap: float) -> str:
+    """One step as plain text: where, rewards / Δ / copy rate / KL per attempt, the log-prob gap, speed, ETA."""
+    attempts = sorted(int(k[len("reward_t"):]) for k in row if k.startswith("reward_t"))
+    parts = [f"step {step}/{total}", f"it{row['iteration']} {row['phase']}"]
+    parts += [" ".join(f"r{k}={row[f'reward_t{k}']:.2f}" for k in attempts)]
+    if "delta" in row:
+        parts.append(f"Δ={row['delta']:+.2f} copy={row['copy_rate']:.2f}")
+    kls = [f"kl{k}={row[f'kl_t{k}']:.3f}" for k in attempts if row.get(f"kl_t{k}") == row.get(f"kl_t{k}")]
+    if kls:
+        parts.append(" ".join(kls))
+    # The rollout/trainer log-prob gap (nats per token, worst attempt): ~0 when on-policy.
+    gaps = [v for k, v in row.items() if k.startswith("logp_gap_mean_t") and v == v]
+    if gaps:
+        parts.append(f"gap={max(gaps):.1e}" + (" (above logprob_gap_warn)" if max(gaps) > warn_gap else ""))
+    parts.append(f"loss={row['loss']:.3f}")
+    if row.get("skipped"):
+        parts.append("skipped (non-finite)")
+    parts.append(f"{seconds:.1f} s/step, ETA {_duration(seconds * max(total - step, 0))}")
+    return "  ".join(p for p in parts if p)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 def _live_train(trainer, console) -> dict[str, Any]:
-    """Run ``trainer.train()`` under a rich progress bar showing stage, iteration, step, ETA and key metrics."""
+    """Run ``trainer.train()`` under a rich progress bar on a terminal, or one flushed plain line per step
+    when the output goes to a file (a cluster job's log, ``make demo > log``)."""
+    import time
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
     config = trainer.config
+    if not console.is_terminal:
+        last = [time.monotonic()]
+
+        def plain(step: int, row: dict[str, Any]) -> None:
+            now = time.monotonic()
+            print(step_line(row, step, config.total_steps, now - last[0], config.logprob_gap_warn),
+                  file=console.file, flush=True)
+            last[0] = now
+
+        return trainer.train(plain)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console) as progress:
         bar = progress.add_task(f"{config.method}", total=config.total_steps, completed=trainer.step, stats="")
@@ -106,7 +146,6 @@ def _live_train(trainer, console) -> dict[str, Any]:
         def on_step(step: int, row: dict[str, Any]) -> None:
             rewards = " ".join(f"r{k[-1]}={row[k]:.2f}" for k in row if k.startswith("reward_t"))
             extra = f" Δ={row['delta']:+.2f} copy={row['copy_rate']:.2f}" if "delta" in row else ""
-            # The rollout/trainer log-prob gap (nats per token, worst attempt): ~0 when on-policy.
             gaps = [v for k, v in row.items() if k.startswith("logp_gap_mean_t") and v == v]
             gap = f" gap={max(gaps):.1e}" if gaps else ""
             if gaps and max(gaps) > config.logprob_gap_warn:

@@ -396,3 +396,25 @@ def test_adam_and_the_lr_schedule_carry_on_across_stage_and_iteration_boundaries
     assert [r["lr"] for r in rows] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
     applied = sum(not r["skipped"] for r in rows)
     assert applied >= 5 and {int(s["step"]) for s in trainer.optimizer.state.values()} == {applied}
+
+
+def test_a_run_whose_output_is_a_file_prints_a_plain_line_per_step(tiny_model_dir, tmp_path, parity_task):
+    """No TTY (a cluster job's log, `make demo > log`): one flushed plain line per step, no rich redraws."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "selfcorrect.cli", "train", "--model", str(tiny_model_dir), "--task",
+                           parity_task, "--out", str(run), "--stage1-steps", "2", "--stage2-steps", "1",
+                           "--problems-per-step", "2", "--samples", "2", "--max-new-tokens", "3", "--eval-limit", "1",
+                           "--eval-max-new-tokens", "2", "--report-to", "none", "--autocast", "none",
+                           "--temperature", "0.7"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    first, last = lines[0], lines[-1]
+    assert "it1 stage1" in first and "r1=" in first and "r2=" in first and "Δ=" in first and "kl2=" in first
+    assert "gap=" in first and "s/step, ETA" in first and "it1 stage2" in last and "ETA 0:00:00" in last
+    assert "\x1b[" not in done.stderr                            # no terminal control codes in a log file
