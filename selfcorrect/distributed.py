@@ -24,7 +24,7 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -103,6 +103,29 @@ class DataParallel:
             j = index // self.world
             ordered.extend(per_rank[index % self.world][j * per:(j + 1) * per])
         return ordered
+
+    def on_main(self, work: Callable[[], T]) -> T | None:
+        """``work()`` on the main process only (file checks, checksums: done once, reported once).
+
+        A :class:`~selfcorrect.errors.ConfigError` it raises is raised on every process; returns its
+        value on the main process and None on the others (see :meth:`share`).
+        """
+        from .errors import ConfigError
+
+        value, error = None, ""
+        if self.main:
+            try:
+                value = work()
+            except ConfigError as exc:
+                error = str(exc)
+        error = self.share(error)
+        if error:
+            raise ConfigError(error)
+        return value
+
+    def share(self, value: T) -> T:
+        """The main process's ``value``, on every process (a collective)."""
+        return value if self.world == 1 else self.gather_ranks([value])[0][0]
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -126,29 +126,25 @@ def write_config(run_dir: Path, config) -> None:
     tmp.replace(run_dir / "config.yaml")
 
 
-def claim_run_dir(run_dir: Path, config, fresh: bool) -> RunLock | None:
-    """Lock ``run_dir`` on the main process (a new run: create it; refuse an earlier run's files unless
-    ``overwrite``, which removes them).  Every process gets the main process's verdict."""
-    from .distributed import DataParallel
-    from .evaluation import resolve_device
+def claim_run_dir(run_dir: Path, dist, overwrite: bool, fresh: bool) -> RunLock | None:
+    """Lock ``run_dir`` on the main process of ``dist`` (a new run: create it; refuse an earlier run's files
+    unless ``overwrite``, which removes them).  Every process gets the main process's verdict."""
 
-    dist = DataParallel(cpu=resolve_device(config.device) == "cpu")
-    lock, error = None, ""
-    if dist.main:
+    def claim() -> RunLock:
+        lock = None
         try:
             if fresh:
                 run_dir.mkdir(parents=True, exist_ok=True)
             lock = RunLock(run_dir).acquire()
             if fresh and has_run_files(run_dir):
-                if not config.overwrite:
+                if not overwrite:
                     raise ConfigError(f"run directory {run_dir} is not empty: use --resume {run_dir} to continue it, "
                                       "--overwrite true to replace it, or another --out")
                 clear_run(run_dir)
+            return lock
         except (ConfigError, OSError) as exc:
-            error = str(exc) if isinstance(exc, ConfigError) else f"run directory {run_dir}: {exc}"
             if lock is not None:
                 lock.release()
-    error = dist.gather_ranks([error])[0][0] if dist.world > 1 else error
-    if error:
-        raise ConfigError(error)
-    return lock
+            raise exc if isinstance(exc, ConfigError) else ConfigError(f"run directory {run_dir}: {exc}") from None
+
+    return dist.on_main(claim)

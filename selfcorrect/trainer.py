@@ -164,7 +164,7 @@ class Trainer(SupervisedSteps):
         run_dir = Path(config.out)
         check_output_dir(run_dir)
         created = not run_dir.exists()
-        lock = claim_run_dir(run_dir, config, fresh=True)
+        lock = claim_run_dir(run_dir, _job(config), config.overwrite, fresh=True)
         try:
             trainer = cls(config, run_dir, lock=lock)
         except BaseException:
@@ -190,9 +190,11 @@ class Trainer(SupervisedSteps):
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
         saved = from_dict(TrainConfig, load_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
-        lock = claim_run_dir(run_dir, saved, fresh=False)
+        dist = _job(saved)
+        lock = claim_run_dir(run_dir, dist, saved.overwrite, fresh=False)
         try:
-            checkpoint = intact_checkpoint(run_dir)
+            # Checksums read once, on the main process (the others would re-read every file and re-warn).
+            checkpoint = dist.share(dist.on_main(lambda: intact_checkpoint(run_dir)))
             state = load_state(checkpoint)
             config = resumed_config(saved, overrides or {}, str(run_dir), state["step"])
             trainer = cls(config, run_dir, checkpoint, lock=lock)
@@ -414,15 +416,15 @@ class Trainer(SupervisedSteps):
                     on_step(self.step, row)
                 minutes = config.save_every_minutes
                 timed = self.dist.max(int(main and minutes > 0 and time.monotonic() - saved_at >= 60 * minutes))
+                saved = None
                 if (timed or config.save_every and self.step % config.save_every == 0) \
                         and self.step < config.total_steps:
-                    path, saved_at = self.save(), time.monotonic()
+                    saved, saved_at = self.save(), time.monotonic()
                     if evaluated is not None:
-                        self._maybe_best(evaluated, path)
+                        self._maybe_best(evaluated, saved)
                 signum = stop.agreed()
                 if signum:                # every process is between the same two steps
-                    path = self.save()
-                    raise TrainingStopped(signum, path)
+                    raise TrainingStopped(signum, saved or self.save())
         except (KeyboardInterrupt, TrainingStopped) as stopped:
             if isinstance(stopped, KeyboardInterrupt) and between_steps:
                 self.save()
@@ -450,3 +452,9 @@ class Trainer(SupervisedSteps):
         self.dist.barrier()
         return {**row, "final_eval": summary}
 
+
+def _job(config: TrainConfig) -> DataParallel:
+    """This job's processes (the same object the trainer builds: accelerate's state is process-wide)."""
+    from .evaluation import resolve_device
+
+    return DataParallel(cpu=resolve_device(config.device) == "cpu")
