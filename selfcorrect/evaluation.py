@@ -311,7 +311,8 @@ def run_eval(config: EvalConfig, progress_factory: Callable[[str, int], Any] | N
     episodes = new_episodes(builder, task, problems, config.samples)
     advance = progress("generating", len(episodes) * config.attempts)
     for k in range(config.attempts):   # per-row seeds: samples do not depend on --batch-size
-        extend_episodes(backend, builder, task, episodes, config.sampling_params(), advance, seed=config.seed)
+        extend_episodes(backend, builder, task, episodes, config.sampling_params(), advance, seed=config.seed,
+                        more=k + 1 < config.attempts)
     seconds = time.perf_counter() - started
 
     summary = summarize_episodes(episodes, seed=config.seed)
@@ -335,7 +336,10 @@ def run_scaling(config: EvalConfig, task, problems, builder, backend, progress) 
     params = config.sampling_params(temperature=config.scaling_temperature)
     episodes = new_episodes(builder, task, problems, top)
     advance = progress("scaling", len(episodes) + len(problems) * (top // 2))
-    extend_episodes(backend, builder, task, episodes, params, advance, seed=config.seed + 1)
+    extend_episodes(backend, builder, task, episodes, params, advance, seed=config.seed + 1, more=True)
+    for ep in episodes:
+        if ep.sample >= top // 2:          # no second attempt: free its cache now
+            ep.decode_state = None
     extend_episodes(backend, builder, task, [ep for ep in episodes if ep.sample < top // 2], params, advance,
                     seed=config.seed + 1)
     rows = scaling_table(episodes, config.budgets, task.answers_match, seed=config.seed)

@@ -215,3 +215,148 @@ def test_per_row_seeds_make_samples_independent_of_batching(tiny_model):
     other = sample_episodes(TransformersBackend(model, tok), builder, task, problems, samples=2, attempts=2,
                             params=hot, per_row_seed=8)
     assert [a.ids for e in together for a in e.attempts] != [a.ids for e in other for a in e.attempts]
+
+
+def _forward_spy(model):
+    """Record the ``input_ids`` shape of every forward call of ``model`` (undo with ``del model.forward``)."""
+    calls = []
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append(tuple(kwargs["input_ids"].shape))
+        return original(*args, **kwargs)
+
+    model.forward = spy
+    return calls
+
+
+def _stop_tokens(model, tok, prompts, steps):
+    """End-of-turn ids that make prompt ``i`` stop after ``steps[i]`` greedy tokens (mixed lengths)."""
+    eos = tok.eos_token_id
+    stops = set()
+    for prompt, n in zip(prompts, steps):
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=eos,
+                             eos_token_id=eos)[0, len(prompt):].tolist()
+        if len(ref) == n:
+            stops.add(ref[-1])
+    return {eos} | stops
+
+
+def _lively_model(tok):
+    """A tiny random Llama with larger weights: its greedy outputs vary instead of repeating one token,
+    so declared stop tokens end rows at different steps."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import TINY_CONFIG
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                        pad_token_id=tok.pad_token_id,
+                                        **{**TINY_CONFIG, "initializer_range": 0.3})).eval()
+
+
+def test_static_decode_matches_generate_across_bucket_changes(default_tokenizer):
+    """The preallocated cache: same greedy tokens as ``model.generate``, decode steps only at bucket sizes."""
+    tok = default_tokenizer
+    model = _lively_model(tok)
+    texts = ["hello", "a much longer prompt with many more tokens in it", "two words", "seven", "count to ten",
+             "the end"]
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    eos_ids = _stop_tokens(model, tok, prompts, [2, 5, 9, 3, 14, 7])
+    eos_list = sorted(eos_ids)
+    static = TransformersBackend(model, tok, batch_size=6, eos_token_ids=eos_ids, decode="static")
+    calls = _forward_spy(model)
+    try:
+        gens = static.generate(prompts, SamplingParams(max_new_tokens=14))
+    finally:
+        del model.forward
+    decode_batches = [b for b, t in calls if t == 1]
+    assert set(decode_batches) <= {1, 2, 4, 6} and len(set(decode_batches)) >= 2   # compacted, bucket sizes only
+    lengths = set()
+    for prompt, gen in zip(prompts, gens):
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=14, do_sample=False, pad_token_id=tok.eos_token_id,
+                             eos_token_id=eos_list)[0, len(prompt):].tolist()
+        cut = next((i + 1 for i, t in enumerate(ref) if t in eos_ids), len(ref))
+        assert gen.ids == ref[:cut]
+        lengths.add(len(gen.ids))
+    assert len(lengths) >= 3                                                         # rows really ended apart
+    dynamic = TransformersBackend(model, tok, batch_size=6, eos_token_ids=eos_ids)
+    for a, b in zip(gens, dynamic.generate(prompts, SamplingParams(max_new_tokens=14))):
+        assert a.ids == b.ids and a.truncated == b.truncated
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+def test_static_decode_seeded_sampling_is_batch_invariant(tiny_model):
+    """Per-row seeds: the static path samples what the dynamic path samples, at any batch size."""
+    model, tok = tiny_model
+    problems = [Problem(id=f"p{i}", question=f"Say {i} words", answer="x") for i in range(3)]
+    task = _task(problems)
+    builder = ConversationBuilder(tok, task.correction_instruction)
+    hot = SamplingParams(temperature=1.0, max_new_tokens=8)
+    runs = [sample_episodes(TransformersBackend(model, tok, batch_size=bs, decode=decode), builder, task, problems,
+                            samples=2, attempts=2, params=hot, per_row_seed=5)
+            for bs, decode in ((8, "dynamic"), (8, "static"), (3, "static"), (1, "static"))]
+    ids = [[a.ids for e in run for a in e.attempts] for run in runs]
+    assert ids[1] == ids[0] and ids[2] == ids[0] and ids[3] == ids[0]
+
+
+def test_next_attempt_starts_from_the_previous_attempts_cache(tiny_model):
+    """Attempt k+1 encodes only what follows attempt k; the sampled ids and their log-probs do not change."""
+    model, tok = tiny_model
+    problems = [Problem(id=f"p{i}", question=f"Say {i} words " * (i + 1), answer="x") for i in range(3)]
+    task = _task(problems)
+    builder = ConversationBuilder(tok, task.correction_instruction)
+    greedy = SamplingParams(max_new_tokens=6)
+    fresh = TransformersBackend(model, tok, batch_size=8)
+    fresh.state_budget_bytes = 0                                # keeps no state: re-encodes every prompt
+    reusing = TransformersBackend(model, tok, batch_size=8)
+    expected = sample_episodes(fresh, builder, task, problems, samples=2, attempts=3, params=greedy)
+    calls = _forward_spy(model)
+    try:
+        episodes = sample_episodes(reusing, builder, task, problems, samples=2, attempts=3, params=greedy)
+    finally:
+        del model.forward
+    for got, want in zip(episodes, expected):
+        assert got.tokens == want.tokens
+        for a, b in zip(got.attempts, want.attempts):
+            assert a.sample_logprobs == pytest.approx(b.sample_logprobs, abs=1e-5)
+        assert got.decode_state is None                         # dropped after the last attempt
+    prefills = [shape for shape in calls if shape[1] > 1]
+    # attempt 1: shared prefix + remainders; attempts 2 and 3: the last sampled id + the turn suffix only
+    later = prefills[-2:]
+    longest_suffix = max(len(builder.turn_suffix(a.ids)) + 1 for ep in episodes for a in ep.attempts[:2])
+    assert all(width <= longest_suffix for _, width in later)
+    assert all(width < min(len(ep.tokens) for ep in episodes) // 2 for _, width in later)
+
+
+def test_a_state_is_not_reused_after_the_weights_change(tiny_model_dir):
+    """An optimizer step between attempts makes the stored cache stale: it is recomputed, not reused."""
+    from selfcorrect.models import load_model, load_tokenizer
+
+    model, tok = load_model(str(tiny_model_dir), dtype="float32"), load_tokenizer(str(tiny_model_dir))
+    prompts = [tok("count with me", add_special_tokens=False)["input_ids"]]
+    backend = TransformersBackend(model, tok, batch_size=2)
+    first = backend.generate(prompts, SamplingParams(max_new_tokens=4), keep_state=True)[0]
+    assert first.state is not None
+    follow = [prompts[0] + first.ids + tok(" again", add_special_tokens=False)["input_ids"]]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)                                          # an in-place update, like optimizer.step()
+    assert backend._usable_states(follow, [first.state]) is None
+    stale = backend.generate(follow, SamplingParams(max_new_tokens=4), states=[first.state])[0]
+    assert stale.ids == backend.generate(follow, SamplingParams(max_new_tokens=4))[0].ids
+
+
+def test_decode_modes_refuse_what_they_cannot_do(tiny_model):
+    from transformers import Gemma3TextConfig, Gemma3ForCausalLM
+
+    model, tok = tiny_model
+    with pytest.raises(ConfigError, match="decode must be one of"):
+        TransformersBackend(model, tok, decode="fast")
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        TransformersBackend(model, tok, decode="graphs")
+    gemma = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                               num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                               sliding_window=4))
+    with pytest.raises(ConfigError, match="full-attention models only"):
+        TransformersBackend(gemma, tok, decode="static")

@@ -78,6 +78,9 @@ class Episode:
     tokens: list[int]
     """Prompt, attempts and turn suffixes, concatenated (see module docstring)."""
     attempts: list[Attempt] = field(default_factory=list)
+    decode_state: object | None = field(default=None, repr=False, compare=False)
+    """The backend's KV cache of the conversation so far, while a next attempt is to follow (see
+    :func:`~selfcorrect.rollout.extend_episodes`); dropped after the last one."""
 
     @property
     def prompt_length(self) -> int:

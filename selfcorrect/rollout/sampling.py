@@ -82,17 +82,23 @@ def row_seed(base: int, problem_id: str, sample: int, attempt: int) -> int:
 
 def extend_episodes(backend: GenerationBackend, builder: ConversationBuilder, task: Task,
                     episodes: Sequence[Episode], params: SamplingParams, progress: Progress | None = None,
-                    seed: int | None = None) -> None:
+                    seed: int | None = None, more: bool = False) -> None:
     """Generate and score one more attempt for every episode (in place).
 
     With ``seed``, every row samples from its own generator seeded by
     :func:`row_seed`, so an episode is the same whatever batch or process it
-    lands in; without it, sampling uses torch's global generator.
+    lands in; without it, sampling uses torch's global generator.  ``more``: another
+    attempt follows, so keep each conversation's KV cache (``Episode.decode_state``) for it;
+    the attempt after starts from that cache instead of re-encoding the conversation.
     """
     contexts = [builder.open_next_turn(ep) if ep.attempts else ep.tokens for ep in episodes]
     seeds = None if seed is None else [row_seed(seed, ep.problem.id, ep.sample, len(ep.attempts))
                                        for ep in episodes]
-    generations = backend.generate(contexts, params, progress, seeds=seeds)
+    states = [ep.decode_state for ep in episodes]
+    generations = backend.generate(contexts, params, progress, seeds=seeds,
+                                   states=states if any(s is not None for s in states) else None, keep_state=more)
+    for ep, g in zip(episodes, generations):
+        ep.decode_state = g.state if more else None
     attempts = [builder.append_attempt(ep, g.ids, g.truncated, g.logprobs) for ep, g in zip(episodes, generations)]
     verdicts = task.verdicts([a.text for a in attempts], [ep.problem for ep in episodes])
     for attempt, verdict in zip(attempts, verdicts):
@@ -126,5 +132,6 @@ def sample_episodes(backend: GenerationBackend, builder: ConversationBuilder, ta
         torch.manual_seed(seed)
     episodes = new_episodes(builder, task, problems, samples, draws)
     for k in range(attempts):
-        extend_episodes(backend, builder, task, episodes, per_attempt[k], progress, seed=per_row_seed)
+        extend_episodes(backend, builder, task, episodes, per_attempt[k], progress, seed=per_row_seed,
+                        more=k + 1 < attempts)
     return episodes

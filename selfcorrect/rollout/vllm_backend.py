@@ -87,7 +87,8 @@ class VLLMBackend:
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
                  progress: Callable[[int], None] | None = None,
-                 seeds: Sequence[int] | None = None) -> list[Generation]:
+                 seeds: Sequence[int] | None = None, states=None, keep_state: bool = False) -> list[Generation]:
+        # ``states``/``keep_state`` are not needed: the engine's prefix cache finds the shared conversation itself.
         if not prompts:
             return []
         requests = [{"prompt_token_ids": list(p)} for p in prompts]
