@@ -276,7 +276,8 @@ def make_backend(config: EvalConfig, model, tokenizer):
     from .models import engine_source, resolve_dtype
 
     if config.rollout_backend == "transformers":
-        return rollout_backend("transformers", model, tokenizer, batch_size=config.generation_batch_size)
+        return rollout_backend("transformers", model, tokenizer, batch_size=config.generation_batch_size,
+                               decode=config.decode)
     base = json.loads((Path(config.model) / "adapter_config.json").read_text())["base_model_name_or_path"] \
         if model is not None else config.model
     source = engine_source(base)

@@ -13,6 +13,13 @@ instead of being stored, so peak memory holds one chunk of logits at a time.
 must see the log-probabilities as their model's output (DeepSpeed).  This
 module knows no engine: one whose output layer is a collective passes
 ``align_calls``.
+
+Rows that start with the same tokens -- the ``n`` samples of one problem share
+their whole prompt -- can have that prefix computed once (``shared_prefix``):
+one pass over each group's prefix keeps its keys and values, and every row's
+remainder attends to them (:func:`shared_prefixes`, :func:`_hidden_after_prefixes`).
+Gradients flow back through the shared keys and values into the prefix pass,
+so the result equals scoring every row in full.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import DynamicLayer
 
 
 def _backbone_and_head(model):
@@ -73,34 +81,179 @@ def logit_transform(config) -> tuple[float | None, float]:
 def _chunk_logprobs(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
                     softcap: float | None, scale: float, temperature: float) -> torch.Tensor:
     # A module call (not F.linear on its weight): the hooks of PEFT and DeepSpeed ZeRO-3 see it.
-    logits = head(hidden).float() * scale                                     # [c, V], the model's own logits
+    logits = head(hidden)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) * scale   # [c, V], the model's own logits
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     logits = logits / temperature                                             # the distribution sampled from
     return logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)   # [c]
 
 
+def shared_prefixes(input_ids: torch.Tensor, label_mask: torch.Tensor,
+                    min_length: int = 8) -> tuple[list[int], list[int]]:
+    """(group of each row, prefix length of each group): the runs of consecutive rows whose shared
+    leading tokens are computed once, chosen to save the most token computations.
+
+    A run of ``n`` rows sharing ``P`` leading tokens saves ``(n - 1) · P`` of them: the ``n`` samples of
+    one problem share their whole prompt, all rows share the chat template's system turn, and an exact
+    split (dynamic programming over the ``B`` rows, ``O(B²)``) picks between the two.  A prefix stops one
+    token before its rows' earliest label, so the position predicting a first label is computed per
+    row.  Groups that share fewer than ``min_length`` tokens (or one row alone) get length 0.
+    """
+    b = input_ids.shape[0]
+    first_label = torch.where(label_mask.any(1), label_mask.int().argmax(1), label_mask.shape[1]).tolist()
+    limit = [n - 1 for n in first_label]                               # prefix lengths allowed per row
+    # lcp[i][k]: how many leading tokens rows i and k (k >= i) share
+    lcp = [(input_ids[i:] == input_ids[i]).int().cumprod(1).sum(1).tolist() for i in range(b)]
+    shared = [[0] * b for _ in range(b)]                                # shared[i][j]: prefix of run i..j
+    for i in range(b):
+        run = limit[i]
+        for j in range(i, b):
+            run = min(run, lcp[i][j - i], limit[j])
+            shared[i][j] = run
+    best = [0] + [-1] * b                                               # best[j]: most saved in rows < j
+    cut = [0] * (b + 1)                                                 # cut[j]: where the last run starts
+    for j in range(1, b + 1):
+        for i in range(j):
+            p = shared[i][j - 1]
+            gain = best[i] + ((j - 1 - i) * p if p >= min_length else 0)
+            if gain > best[j]:
+                best[j], cut[j] = gain, i
+    runs = []
+    j = b
+    while j > 0:
+        runs.append((cut[j], j))
+        j = cut[j]
+    groups: list[int] = []
+    lengths: list[int] = []
+    for g, (i, j) in enumerate(reversed(runs)):
+        p = shared[i][j - 1]
+        groups.extend([g] * (j - i))
+        lengths.append(p if j - i > 1 and p >= min_length else 0)
+    return groups, lengths
+
+
+class _SharedPrefixLayer(DynamicLayer):
+    """A cache layer holding a prefix's keys/values that is read, never written: each call returns
+    ``prefix ++ new`` without storing ``new``.  So a checkpointed layer's recomputation in the
+    backward reads exactly what the forward read (transformers keeps such a cache under gradient
+    checkpointing for layers that declare ``_can_checkpoint_with_cache``)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.keys, self.values, self.device, self.is_initialized = keys, values, keys.device, True
+        self.reads = 0
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.reads += 1
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+@contextlib.contextmanager
+def _layer_flags(model: torch.nn.Module, **flags: bool) -> Iterator[None]:
+    """Set the checkpointing attributes ``flags`` (``gradient_checkpointing``,
+    ``_can_checkpoint_with_cache``) on every module of ``model`` that has them, for the block."""
+    saved = [(m, name, m.__dict__.get(name, _UNSET)) for m in model.modules() for name in flags if hasattr(m, name)]
+    try:
+        for m, name, _ in saved:
+            setattr(m, name, flags[name])
+        yield
+    finally:
+        for m, name, value in saved:
+            if value is _UNSET:
+                m.__dict__.pop(name, None)
+            else:
+                setattr(m, name, value)
+
+
+_UNSET = object()
+
+
+def _hidden_after_prefixes(model, backbone, input_ids, attention_mask, label_mask, groups, lengths):
+    """The backbone's output for each row's tokens after its group's shared prefix.
+
+    Returns (hidden ``[B, S, H]``, ids ``[B, S]``, label mask ``[B, S]``): row ``b`` holds tokens
+    ``lengths[groups[b]]`` onwards, right-padded to ``S``.
+
+    1. One pass over the ``G`` prefixes (``[G, P]``; a shorter prefix is followed by its lead row's
+       next tokens) keeps their keys and values, with gradients (checkpointing off for this short
+       pass: its cache must be written once).
+    2. Every row's remainder runs at positions ``P_g, P_g + 1, ...`` over a read-only cache of its
+       group's prefix (``[B, h, P, d]`` per layer, each group's repeated for its rows).
+    """
+    from .rollout.backends import cache_argument
+
+    device = input_ids.device
+    cache_kwarg = cache_argument(model)
+    prefix_len = torch.tensor(lengths, device=device)                              # [G]
+    width = max(lengths)
+    leads = [groups.index(g) for g in range(len(lengths))]                         # each group's first row
+    prefix_ids = input_ids[leads, :width]                                          # [G, P]
+    prefix_mask = (torch.arange(width, device=device)[None] < prefix_len[:, None]).long()   # [G, P]
+    # No padding mask here: a group's columns past its prefix hold its lead row's next tokens, which the
+    # causal prefix never sees; computing them keeps every key finite (the remainders mask them out).
+    with _layer_flags(model, gradient_checkpointing=False):
+        out = model(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True,
+                    logits_to_keep=1)
+    prefix_cache = getattr(out, cache_kwarg)
+    rows = torch.tensor(groups, device=device)                                     # [B] group of each row
+    layers = [_SharedPrefixLayer(layer.keys[rows], layer.values[rows]) for layer in prefix_cache.layers]
+
+    start = prefix_len[rows]                                                       # [B] first token kept
+    lengths_b = attention_mask.sum(-1)                                             # [B] (right padded)
+    span = int((lengths_b - start).max())
+    cols = start[:, None] + torch.arange(span, device=device)[None]               # [B, S]
+    inside = cols < lengths_b[:, None]
+    cols = cols.clamp(max=input_ids.shape[1] - 1)
+    ids = input_ids.gather(1, cols).masked_fill(~inside, 0)
+    mask = label_mask.gather(1, cols) & inside
+    from transformers import Cache
+
+    cache = Cache(layers=layers)
+    full_mask = torch.cat([prefix_mask[rows], inside.long()], dim=-1)              # [B, P + S]
+    captured: list[torch.Tensor] = []
+    handle = backbone.register_forward_hook(
+        lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state))
+    try:
+        with _layer_flags(model, _can_checkpoint_with_cache=True):
+            model(input_ids=ids, attention_mask=full_mask, position_ids=cols, use_cache=False, logits_to_keep=1,
+                  **{cache_kwarg: cache})
+    finally:
+        handle.remove()
+    if any(layer.reads == 0 for layer in layers):
+        raise RuntimeError(f"{type(model).__name__} ignored the shared-prefix cache; score it with shared_prefix off")
+    return captured[-1], ids, mask
+
+
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_mask: torch.Tensor,
                    chunk_size: int = 1024, temperature: float = 1.0,
-                   align_calls: Callable[[int], int] | None = None) -> torch.Tensor:
+                   align_calls: Callable[[int], int] | None = None, shared_prefix: bool = False) -> torch.Tensor:
     """``out[b, t] = log π_T(input_ids[b, t] | input_ids[b, < t])`` where ``label_mask[b, t]``, else 0.
 
     ``π_T`` is the model's next-token distribution at ``temperature`` (softmax of logits / T),
     the distribution a sampler at that temperature draws from: RL scores a rollout with the
     distribution that produced it.
     ``input_ids``, ``attention_mask``, ``label_mask``: ``[B, T]`` (right padded).
-    Returns float32 ``[B, T]``; differentiable when grad is enabled.  ``align_calls(n)``: the
+    Returns float32 (float64 for a float64 model) ``[B, T]``; differentiable when grad is enabled.  ``align_calls(n)``: the
     number of output-layer calls to make when this process needs ``n`` (an engine whose every call
     is a collective, such as DeepSpeed ZeRO-3, returns the largest ``n`` of all processes; the
-    extra calls get empty chunks).
+    extra calls get empty chunks).  ``shared_prefix``: compute the prefix that consecutive rows share
+    once per group (see :func:`shared_prefixes`; the same values, less work).
     """
     if not temperature > 0:
         raise ValueError(f"log-probs need a temperature > 0, got {temperature!r}")
     inner, backbone, head = _backbone_and_head(model)
-    hidden = _last_hidden_state(model, backbone, input_ids, attention_mask)      # [B, T, H]
-    predicts = label_mask[:, 1:]                                   # [B, T-1]: position t-1 predicts token t
-    rows = hidden[:, :-1][predicts]                                # [N, H]
-    labels = input_ids[:, 1:][predicts]                            # [N]
+    groups, lengths = shared_prefixes(input_ids, label_mask) if shared_prefix else ([], [])
+    if any(lengths):
+        # hidden: [B, S, H] for each row's tokens from its group's prefix length on; ids/mask likewise
+        hidden, ids, mask = _hidden_after_prefixes(model, backbone, input_ids, attention_mask, label_mask,
+                                                   groups, lengths)
+    else:
+        hidden, ids, mask = _last_hidden_state(model, backbone, input_ids, attention_mask), input_ids, label_mask
+    # The labels in row-major order are the same whether or not a row's prefix was cut off.
+    rows = hidden[:, :-1][mask[:, 1:]]                             # [N, H]: position t-1 predicts token t
+    labels = ids[:, 1:][mask[:, 1:]]                               # [N]
+    predicts = label_mask[:, 1:]                                   # [B, T-1]
     softcap, scale = logit_transform(inner.config)
     calls = max(1, math.ceil(rows.shape[0] / chunk_size))
     if align_calls is not None:
@@ -112,8 +265,9 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
         else:
             pieces.append(_chunk_logprobs(*args))
-    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    out[:, 1:][predicts] = torch.cat(pieces)
+    scored = torch.cat(pieces)
+    out = torch.zeros(input_ids.shape, dtype=scored.dtype, device=input_ids.device)
+    out[:, 1:][predicts] = scored
     return out
 
 

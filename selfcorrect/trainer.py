@@ -48,6 +48,7 @@ from .lora import apply_lora, export_merged, load_adapter, merged_weights
 from .rollout import ConversationBuilder, Episode, SamplingParams, make_backend, sample_episodes
 from .rollout.sampling import ProblemStream, draw_indices
 from .run_dir import RunLock, check_output_dir, claim_run_dir, write_config
+from .training.clock import PhaseClock, untimed
 from .training.config import TrainConfig, resumed_config, task_spec
 from .training.methods import METHODS, Phase
 from .training.run_log import RunLogger, log_samples, plot_curves, truncate_logs
@@ -142,6 +143,7 @@ class Trainer(SupervisedSteps):
         dtype = "bfloat16" if config.autocast == "bf16" else config.dtype
         backend = make_backend(
             config.rollout_backend, self.policy, self.tokenizer, batch_size=config.generation_batch_size,
+            decode=config.decode,
             source=engine_source(config.model) if vllm else None,
             generation_config=getattr(self.policy, "generation_config", None), dtype=dtype,
             weight_dtype=resolve_dtype(dtype) if vllm and dtype != "auto" else None, seed=config.seed,
@@ -261,14 +263,16 @@ class Trainer(SupervisedSteps):
             row = self._sft_step(index, phase, offset)
         return {"iteration": phase.iteration, "stage": phase.stage, "phase": phase.name, **row}
 
-    def _optimizer_step(self, losses: list[float]) -> tuple[float, float, bool]:
+    def _optimizer_step(self, losses: list[float], clock=untimed) -> tuple[float, float, bool]:
         """Reduce, clip and apply (or skip) the step's gradients; returns (loss, grad norm, skipped)."""
         lr = self.scheduler.get_last_lr()[0]              # the rate this step applies (logged as `lr`)
-        loss = self.dist.sum(float(sum(losses)) if losses else float("nan"))
-        grad_norm, applied = self.engine.step(loss, ran=bool(losses))
+        with clock("optimizer"):
+            loss = self.dist.sum(float(sum(losses)) if losses else float("nan"))
+            grad_norm, applied = self.engine.step(loss, ran=bool(losses))
         faults.point("optimizer")
         if applied:
-            self.backend.sync_weights(self._policy_weights)   # an inference engine holds its own copy
+            with clock("weight_sync"):
+                self.backend.sync_weights(self._policy_weights)   # an inference engine holds its own copy
         self.skipped += not applied
         self.scheduler.step()
         self.step += 1
@@ -290,8 +294,10 @@ class Trainer(SupervisedSteps):
     def _rl_step(self, phase: Phase) -> dict[str, Any]:
         config, engine, attempts = self.config, self.engine, phase.attempts
         problems = [self.task.problems[i] for i in self.stream.take(config.problems_per_step)]
+        clock = PhaseClock(self.device)
         started = time.perf_counter()
-        episodes = self._rollout(problems, attempts)
+        with clock("generate"):
+            episodes = self._rollout(problems, attempts)
         generated = time.perf_counter()
 
         losses, kls, ordered = [], [], []
@@ -308,12 +314,13 @@ class Trainer(SupervisedSteps):
                 padding = i >= len(batches)               # a pass that keeps collectives aligned, adding nothing
                 batch = batches[-1] if padding else batches[i]
                 out = step_loss(config, phase, engine.token_logprobs, engine.trained, self.reference, self.anchor,
-                                batch, self.tokenizer.pad_token_id, norm, self.device)
+                                batch, self.tokenizer.pad_token_id, norm, self.device, clock=clock)
                 faults.point("score")
                 if not torch.isfinite(out.loss) and not engine.lockstep:
                     losses.append(float("nan"))
                     break             # (lockstep: every process must run every backward; the step is skipped later)
-                engine.backward(out.loss * (0.0 if padding else engine.loss_scale), last=i == passes - 1)
+                with clock("backward"):
+                    engine.backward(out.loss * (0.0 if padding else engine.loss_scale), last=i == passes - 1)
                 faults.point("backward")
                 if not padding:
                     losses.append(float(out.loss.detach()))
@@ -323,7 +330,7 @@ class Trainer(SupervisedSteps):
                         total[0].extend(part[0])
                         total[1].extend(part[1])
         trained = time.perf_counter()
-        loss, grad_norm, skipped = self._optimizer_step(losses)
+        loss, grad_norm, skipped = self._optimizer_step(losses, clock)
 
         kl = torch.cat(kls) if kls else torch.full((len(episodes), attempts), float("nan"))
         if len(ordered) != len(episodes):                 # a micro-batch failed: keep rows aligned with kl
@@ -341,7 +348,7 @@ class Trainer(SupervisedSteps):
         return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self._step_lr,
                 **batch_metrics(ordered, kl), **checked, "generated_tokens": tokens,
                 "tokens_per_s": tokens / max(trained - started, 1e-9),
-                "time_generate_s": generated - started, "time_train_s": trained - generated}
+                **clock.row(), "time_train_s": trained - generated}
 
     # ---- evaluation
 

@@ -57,6 +57,7 @@ def make_engine(config, dist, device: torch.device) -> Engine:
         engine = DeepSpeedEngine(dist, device, config.max_grad_norm, sharding, bf16=config.dtype == "bfloat16",
                                  autocast=config.autocast == "bf16")
     engine.check(config)
+    engine.shared_prefix = bool(getattr(config, "score_shared_prefix", False)) and engine.can_share_prefixes
     return engine
 
 

@@ -90,10 +90,15 @@ class Engine:
     """Every forward and backward pass is a collective: all processes run as many, even past a non-finite loss."""
     whole_weights = True
     """Every process's policy object holds all of its weights."""
+    can_share_prefixes = False
+    """Scoring may compute a shared prefix in a pass of its own (:func:`~selfcorrect.logprobs.token_logprobs`'s
+    ``shared_prefix``): the number of forward passes may differ between processes, as nothing in them communicates."""
 
     def __init__(self, dist, device: torch.device, max_grad_norm: float, configured_engine: str = "fsdp"):
         self.dist, self.device, self.max_grad_norm = dist, device, max_grad_norm
         self.configured_engine = configured_engine
+        self.shared_prefix = False
+        """Score shared prefixes once (set by :func:`~selfcorrect.engines.make_engine` where the layout can)."""
         self.policy = None
         self.optimizer: torch.optim.Optimizer | None = None
 
@@ -125,7 +130,8 @@ class Engine:
     def token_logprobs(self, model, input_ids, attention_mask, label_mask, chunk_size: int = 1024,
                        temperature: float = 1.0) -> torch.Tensor:
         """:func:`selfcorrect.logprobs.token_logprobs` of a model this engine prepared."""
-        return token_logprobs(model, input_ids, attention_mask, label_mask, chunk_size, temperature)
+        return token_logprobs(model, input_ids, attention_mask, label_mask, chunk_size, temperature,
+                              shared_prefix=self.shared_prefix)
 
     @property
     def loss_scale(self) -> float:

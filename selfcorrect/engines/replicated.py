@@ -21,6 +21,8 @@ from .base import CheckpointParts, Engine
 class ReplicatedEngine(Engine):
     """Whole models on every process; a torch optimizer; gradients summed over processes."""
 
+    can_share_prefixes = True
+
     def prepare_models(self, policy, reference):
         self.policy = policy
         return reference

@@ -168,7 +168,7 @@ class TransformersBackend:
                               f"({type(model.config).__name__} has sliding-window or linear-attention layers); "
                               "use decode dynamic")
         self.model = model
-        self._cache_kwarg = _cache_argument(model)
+        self._cache_kwarg = cache_argument(model)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.decode = decode
@@ -484,7 +484,7 @@ def _full_attention_only(config) -> bool:
     return not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True))
 
 
-def _cache_argument(model) -> str:
+def cache_argument(model) -> str:
     """The forward() keyword of the KV cache: ``cache`` (transformers >= 5.20) or ``past_key_values``."""
     import inspect
 
@@ -502,19 +502,20 @@ def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def make_backend(name: str, model, tokenizer, *, batch_size: int = 64, source: str | None = None,
+def make_backend(name: str, model, tokenizer, *, batch_size: int = 64, decode: str = "dynamic",
+                 source: str | None = None,
                  generation_config=None, dtype: str = "auto", weight_dtype: torch.dtype | None = None,
                  seed: int = 0, gpu_memory_utilization: float = 0.3,
                  max_model_len: int | None = None) -> GenerationBackend:
     """The rollout backend ``name`` -- training and evaluation both build theirs here.
 
-    ``transformers`` decodes with ``model`` itself (``batch_size`` sequences at a time).  ``vllm`` starts a
+    ``transformers`` decodes with ``model`` itself (``batch_size`` sequences at a time, ``decode`` cache).  ``vllm`` starts a
     colocated engine from the Hugging Face directory (or hub id) ``source`` in ``dtype`` (its parameters
     as ``weight_dtype``, which synced weights are cast to); ``generation_config`` names its end-of-turn
     tokens.  Give it the policy's weights with :meth:`GenerationBackend.sync_weights`.
     """
     if name == "transformers":
-        return TransformersBackend(model, tokenizer, batch_size=batch_size)
+        return TransformersBackend(model, tokenizer, batch_size=batch_size, decode=decode)
     if name != "vllm":
         raise ConfigError(f"unknown rollout backend {name!r}; choose transformers or vllm")
     from .episodes import end_of_turn_ids

@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+
 from ..errors import ConfigError
-from .backends import SamplingParams
+from .backends import DECODE_MODES, SamplingParams
 
 BACKENDS = ("transformers", "vllm")
 
@@ -26,6 +28,8 @@ class SamplingSettings:
     """Token limit per attempt; attempts that hit it count as truncated."""
     generation_batch_size: int = 64
     """Sequences generated per batch (transformers backend)."""
+    decode: str = "dynamic"
+    """KV cache of the transformers backend's decode steps: dynamic (grows; finished rows leave at once), static (preallocated, fixed bucketed batch sizes; exact, not faster on a CPU) or graphs (static + CUDA graphs via torch.compile; CUDA only, opt-in until verified on a GPU run)."""
     rollout_backend: str = "transformers"
     """Who samples: transformers (selfcorrect's batched decode loop) or vllm (experimental, `pip install 'selfcorrect[vllm]'`: an engine with prefix caching; training pushes the policy's weights into it after every optimizer step)."""
     vllm_gpu_memory_utilization: float = 0.3
@@ -40,6 +44,10 @@ class SamplingSettings:
         """One clear error for a bad sampling value (each config calls it from ``__post_init__``)."""
         if self.generation_batch_size < 1:
             raise ConfigError(f"generation_batch_size must be >= 1, got {self.generation_batch_size!r}")
+        if self.decode not in DECODE_MODES:
+            raise ConfigError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
+        if self.decode == "graphs" and not torch.cuda.is_available():
+            raise ConfigError("decode graphs needs a CUDA GPU (none is visible); use decode static or dynamic")
         if self.rollout_backend not in BACKENDS:
             raise ConfigError(f"rollout_backend must be one of {', '.join(BACKENDS)}, got {self.rollout_backend!r}")
         if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:

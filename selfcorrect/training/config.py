@@ -109,6 +109,8 @@ class TrainConfig(SamplingSettings):
     """Problems (all their samples) per forward/backward micro-batch; gradients accumulate over the step."""
     logprob_chunk: int = 1024
     """Rows of the output layer computed at once when scoring tokens (memory knob)."""
+    score_shared_prefix: bool = True
+    """Score the prompt that a problem's samples share once per problem (its keys and values reused by every sample, gradients included) instead of once per sample; the same log-probs up to rounding.  Replicated engine only (sharding none); the sharded engines score every row in full."""
     dtype: str = "float32"
     """Parameter dtype of the trained model (float32 keeps Adam exact; bfloat16 halves memory)."""
     autocast: str = "bf16"

@@ -23,6 +23,7 @@ from ..algorithms.policy_gradient import LossOutput
 from ..algorithms.sft import sft_loss
 from ..lora import base_model_context
 from ..rollout import Episode, collate
+from .clock import untimed
 from .methods import Phase
 
 Scorer = Callable[..., torch.Tensor]
@@ -52,11 +53,12 @@ def micro_batches(episodes: Sequence[Episode], per_batch: int, samples: int) -> 
 
 
 def step_loss(config, phase: Phase, score: Scorer, policy, reference, anchor, batch: list[Episode], pad_id: int,
-              norm: int, device: torch.device) -> LossOutput:
+              norm: int, device: torch.device, clock=untimed) -> LossOutput:
     """Collate → log-probs (policy with grad; π_ref and the anchor without) → the phase's objective.
 
     ``score`` is the engine's :meth:`~selfcorrect.engines.Engine.token_logprobs`; ``reference`` is None
-    under LoRA (π_ref = the policy with its adapter switched off).
+    under LoRA (π_ref = the policy with its adapter switched off); ``clock`` a
+    :class:`~selfcorrect.training.clock.PhaseClock` that times the reference and policy passes.
     """
     k = phase.attempts
     tensors = collate(batch, pad_token_id=pad_id, num_attempts=k)
@@ -69,7 +71,7 @@ def step_loss(config, phase: Phase, score: Scorer, policy, reference, anchor, ba
     ids = {key: i for i, key in enumerate(dict.fromkeys(keys))}
     groups = torch.tensor([ids[key] for key in keys], device=device)                                # [B]
 
-    with torch.no_grad(), autocast(config, device):
+    with clock("reference_score"), torch.no_grad(), autocast(config, device):
         # Everything at the sampling temperature: the policy term must be the distribution that sampled
         # the rollout (on-policy), and the KL then compares π_θ and π_ref as that sampler sees them.
         scored = dict(chunk_size=config.logprob_chunk, temperature=config.temperature)
@@ -80,9 +82,10 @@ def step_loss(config, phase: Phase, score: Scorer, policy, reference, anchor, ba
             ref_logp = score(reference, input_ids, attention_mask, label_mask, **scored)
         anchor_logp = ref_logp if anchor is reference or not phase.objective.anchored else \
             score(anchor, input_ids, attention_mask, label_mask, **scored)
-    with autocast(config, device):
-        logp = score(policy, input_ids, attention_mask, label_mask, **scored)
-    return phase.objective(logp, ref_logp, anchor_logp, attempt_mask, rewards, groups, norm=norm)
+    with clock("policy_score"):
+        with autocast(config, device):
+            logp = score(policy, input_ids, attention_mask, label_mask, **scored)
+        return phase.objective(logp, ref_logp, anchor_logp, attempt_mask, rewards, groups, norm=norm)
 
 
 def sft_step_loss(config, score: Scorer, policy, batch: list[Episode], pad_id: int, norm: int,
