@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--sharding", choices=["none", "zero2", "zero3"], default="none",
                         help="ZeRO layout (launch with torchrun, e.g. --nproc_per_node 1)")
     parser.add_argument("--sharding-engine", choices=["fsdp", "deepspeed"], default="fsdp")
+    parser.add_argument("--decode", choices=["dynamic", "static", "graphs"], default="dynamic",
+                        help="the transformers backend's decode cache (graphs: CUDA graphs, opt-in)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json", help="also write the per-step rows here")
     args = parser.parse_args()
@@ -74,6 +76,7 @@ def main() -> None:
                              problems_per_step=args.problems, samples=args.samples, temperature=1.0,
                              max_new_tokens=args.max_new_tokens, micro_batch_problems=args.micro_batch_problems,
                              generation_batch_size=args.problems * args.samples, lora_r=args.lora_r,
+                             decode=args.decode,
                              sharding=args.sharding, sharding_engine=args.sharding_engine,
                              eval_every=0, eval_limit=1, save_every=0, report_to=["none"], log_samples_every=0)
         loaded = time.perf_counter()
@@ -106,9 +109,13 @@ def main() -> None:
         timed = rows[1:] or rows
         mean = lambda key: statistics.fmean(r[key] for r in timed)          # noqa: E731
         gen_rate = sum(r["generated_tokens"] for r in timed) / sum(r["time_generate_s"] for r in timed)
-        say(f"summary (steps 2..{len(rows)}): step {mean('step_s'):.2f} s, generate {mean('time_generate_s'):.2f} s,"
-              f" train {mean('time_train_s'):.2f} s, {gen_rate:.0f} generated tok/s, "
-              f"{mean('tokens_per_s'):.0f} tok/s over the step, peak {max(r['peak_gb'] for r in rows):.2f} GB")
+        say(f"summary (steps 2..{len(rows)}, decode {args.decode}): step {mean('step_s'):.2f} s, generate "
+            f"{mean('time_generate_s'):.2f} s ({mean('time_generate_s') / mean('step_s'):.0%} of the step; "
+            f"target < 50%), train {mean('time_train_s'):.2f} s, {gen_rate:.0f} generated tok/s, "
+            f"{mean('tokens_per_s'):.0f} tok/s over the step, peak {max(r['peak_gb'] for r in rows):.2f} GB")
+        from selfcorrect.training.clock import PHASES
+
+        say("by phase (s/step): " + ", ".join(f"{p} {mean(f'time_{p}_s'):.3f}" for p in PHASES))
         if args.json and trainer.dist.main:
             Path(args.json).write_text(json.dumps(rows, indent=1, default=float))
 

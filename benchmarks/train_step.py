@@ -44,10 +44,18 @@ import time
 import torch
 
 
-def _trainer(max_new_tokens: int, out: str, gradient_checkpointing: bool = True):
+def _autocast(precision: str):
+    """bf16 autocast (the benchmark's default, as in training) or none (fp32: CPUs without native bf16)."""
+    import contextlib
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def _trainer(max_new_tokens: int, out: str, precision: str, gradient_checkpointing: bool = True):
     from selfcorrect.trainer import TrainConfig, Trainer
 
     config = TrainConfig(model="default", task="arithmetic", out=out, overwrite=True, report_to=["none"],
+                         autocast="bf16" if precision == "bf16" else "none",
                          iterations=1, stage1_steps=0, stage2_steps=2, problems_per_step=8, samples=4,
                          temperature=0.7, max_new_tokens=max_new_tokens, micro_batch_problems=8,
                          gradient_checkpointing=gradient_checkpointing)
@@ -78,17 +86,17 @@ def _rss_mb() -> float:
     return _status_mb("VmHWM")
 
 
-def _memory_worker(mode: str, checkpointing: bool, max_new_tokens: int, out: str, queue) -> None:
+def _memory_worker(mode: str, checkpointing: bool, max_new_tokens: int, out: str, precision: str, queue) -> None:
     """Peak RSS of scoring + loss + backward for one batch, in a fresh process."""
     from selfcorrect.algorithms.score import stage_two_loss
     from selfcorrect.logprobs import full_logits_logprobs, token_logprobs
     from selfcorrect.rollout import collate, sample_episodes
 
     torch.manual_seed(0)
-    trainer = _trainer(max_new_tokens, out, checkpointing)
+    trainer = _trainer(max_new_tokens, out, precision, checkpointing)
     c = trainer.config
     problems = trainer.task.problems[: c.problems_per_step]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with _autocast(precision):
         episodes = sample_episodes(trainer.backend, trainer.builder, trainer.task, problems, samples=c.samples,
                                    attempts=2, params=c.sampling_params())
     batch = collate(episodes, trainer.tokenizer.pad_token_id)
@@ -97,7 +105,7 @@ def _memory_worker(mode: str, checkpointing: bool, max_new_tokens: int, out: str
     groups = torch.tensor([i // c.samples for i in range(len(episodes))])
     score = token_logprobs if mode == "selfcorrect" else full_logits_logprobs
     base = _reset_peak()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with _autocast(precision):
         with torch.no_grad():
             ref = score(trainer.reference, batch["input_ids"], batch["attention_mask"], label_mask)
         logp = score(trainer.policy, batch["input_ids"], batch["attention_mask"], label_mask)
@@ -106,11 +114,11 @@ def _memory_worker(mode: str, checkpointing: bool, max_new_tokens: int, out: str
     queue.put({"mode": mode, "peak_mb": _rss_mb() - base, "tokens": int(batch["attention_mask"].sum())})
 
 
-def _measure_memory(mode: str, checkpointing: bool, max_new_tokens: int, out: str) -> dict:
-    return _in_process(_memory_worker, mode, checkpointing, max_new_tokens, out)
+def _measure_memory(mode: str, checkpointing: bool, max_new_tokens: int, out: str, precision: str) -> dict:
+    return _in_process(_memory_worker, mode, checkpointing, max_new_tokens, out, precision)
 
 
-def _floor(trainer, episodes, max_new_tokens: int) -> dict[str, float]:
+def _floor(trainer, episodes, max_new_tokens: int, precision: str) -> dict[str, float]:
     """Bare generate (both attempts, same prompts) + bare no-grad forward + bare fwd/bwd/step."""
     from selfcorrect.rollout import collate
 
@@ -125,13 +133,13 @@ def _floor(trainer, episodes, max_new_tokens: int) -> dict[str, float]:
         for i, c in enumerate(contexts):
             ids[i, width - len(c):] = torch.tensor(c)
             mask[i, width - len(c):] = 1
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), _autocast(precision):
             model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7,
                            max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
     times["generate"] = time.perf_counter() - start
     batch = collate(episodes, tok.pad_token_id)
     start = time.perf_counter()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), _autocast(precision):
         trainer.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     times["forward"] = time.perf_counter() - start
     labels = batch["input_ids"].masked_fill(~batch["attempt_mask"].any(1), -100)
@@ -139,7 +147,7 @@ def _floor(trainer, episodes, max_new_tokens: int) -> dict[str, float]:
     if checkpointed:                          # the floor is *bare*: no activation recomputation
         (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
     start = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with _autocast(precision):
         loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
     times["train_forward"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -152,14 +160,14 @@ def _floor(trainer, episodes, max_new_tokens: int) -> dict[str, float]:
     return times
 
 
-def _ours_single_turn_worker(steps: int, out: str, queue) -> None:
+def _ours_single_turn_worker(steps: int, out: str, precision: str, queue) -> None:
     from selfcorrect.trainer import TrainConfig, Trainer
 
     torch.manual_seed(0)
     config = TrainConfig(model="default", task="arithmetic", out=out, overwrite=True, report_to=["none"],
                          method="single-turn", iterations=1, stage1_steps=0, stage2_steps=steps + 1,
                          problems_per_step=8, samples=4, temperature=1.0, max_new_tokens=64,
-                         micro_batch_problems=8, beta1=0.01)
+                         micro_batch_problems=8, beta1=0.01, autocast="bf16" if precision == "bf16" else "none")
     trainer = Trainer.create(config)
     _reset_peak()
     trainer.train_step()                                    # warm-up
@@ -187,7 +195,7 @@ def _phase_line(phases: dict[str, float]) -> str:
     return ", ".join(f"{name} {seconds:.2f}" for name, seconds in phases.items())
 
 
-def _trl_worker(steps: int, out: str, queue) -> None:
+def _trl_worker(steps: int, out: str, precision: str, queue) -> None:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import RLOOConfig, RLOOTrainer
@@ -221,7 +229,7 @@ def _trl_worker(steps: int, out: str, queue) -> None:
             marks.append((time.perf_counter(), counted["tokens"], dict(spent)))
 
     args = RLOOConfig(output_dir=out, per_device_train_batch_size=32, num_generations=4, max_completion_length=64,
-                      beta=0.01, bf16=True, use_cpu=True, max_steps=steps + 1, logging_steps=1, report_to=[],
+                      beta=0.01, bf16=precision == "bf16", use_cpu=True, max_steps=steps + 1, logging_steps=1, report_to=[],
                       save_strategy="no", temperature=1.0, learning_rate=1e-5, shuffle_dataset=False,
                       dataloader_num_workers=0)
     trainer = RLOOTrainer(model=load_model("default", dtype="float32"), reward_funcs=reward, args=args,
@@ -301,17 +309,17 @@ def _in_process(target, *args) -> dict:
     return result
 
 
-def _time_worker(max_new_tokens: int, out: str, queue) -> None:
+def _time_worker(max_new_tokens: int, out: str, precision: str, queue) -> None:
     """One SCoRe step (after a warm-up step) and the bare floor on the same episodes, in a fresh process."""
     torch.manual_seed(0)
-    trainer = _trainer(max_new_tokens, out)
+    trainer = _trainer(max_new_tokens, out, precision)
     trainer.train_step()                      # warm-up (allocator, kernels); not timed
     _reset_peak()
     start = time.perf_counter()
     row = trainer.train_step()
     ours = time.perf_counter() - start
     peak = _rss_mb()
-    floor = _floor(trainer, trainer.last_episodes, max_new_tokens)
+    floor = _floor(trainer, trainer.last_episodes, max_new_tokens, precision)
     queue.put({"ours": ours, "row": {k: row[k] for k in ("time_generate_s", "time_train_s", "generated_tokens")},
                "phases": _phases(row), "floor": floor, "peak_rss_mb": peak})
 
@@ -322,12 +330,15 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-train-step")
     parser.add_argument("--steps", type=int, default=2, help="timed steps for the TRL comparison (after 1 warm-up)")
     parser.add_argument("--parts", default="time,memory,trl", help="which of time, memory, trl to run")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                        help="bf16 autocast for every side (default), or fp32 (a CPU without native bf16)")
     args = parser.parse_args()
+    print(f"precision {args.precision}, {torch.get_num_threads()} threads")
     parts = {p.strip() for p in args.parts.split(",")}
     ratios = []
 
     if "time" in parts:          # each part in its own process: the parent stays small (memory children)
-        timed = _in_process(_time_worker, args.max_new_tokens, args.out)
+        timed = _in_process(_time_worker, args.max_new_tokens, args.out, args.precision)
         ours, row, floor = timed["ours"], timed["row"], timed["floor"]
         floor_total = sum(floor.values())
         print(f"selfcorrect step : {ours:6.1f} s ({row['generated_tokens']} tokens; peak RSS during the step "
@@ -346,7 +357,7 @@ def main() -> None:
         for mode, checkpointing, label in (("selfcorrect", True, "selfcorrect (default: checkpointed layers)"),
                                            ("full_logits", False, "naive full logits"),
                                            ("full_logits", True, "full logits + checkpointed layers")):
-            mem[label] = _measure_memory(mode, checkpointing, args.max_new_tokens, args.out + "-mem")
+            mem[label] = _measure_memory(mode, checkpointing, args.max_new_tokens, args.out + "-mem", args.precision)
             print(f"peak memory {label:<42}: {mem[label]['peak_mb']:7.0f} MB above the loaded model "
                   f"({mem[label]['tokens']} tokens)")
         mem_ours, mem_naive, mem_same = (mem[k]["peak_mb"] for k in mem)
@@ -359,8 +370,8 @@ def main() -> None:
         except ImportError:
             print("TRL comparison skipped: pip install -e '.[bench]'")
         else:
-            single = _in_process(_ours_single_turn_worker, args.steps, args.out + "-single")
-            trl = _in_process(_trl_worker, args.steps, args.out + "-trl")
+            single = _in_process(_ours_single_turn_worker, args.steps, args.out + "-single", args.precision)
+            trl = _in_process(_trl_worker, args.steps, args.out + "-trl", args.precision)
             for name, r in (("selfcorrect single-turn", single), ("TRL RLOOTrainer", trl)):
                 print(f"{name:<24}: {r['seconds_per_step']:6.1f} s/step  {r['tokens_per_s']:6.1f} tokens/s  "
                       f"peak RSS while training {r['peak_rss_mb']:.0f} MB")

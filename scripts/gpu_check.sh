@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check: the CUDA tests and short SCoRe runs on one GPU, in under 8 minutes.
+# GPU check: the CUDA tests, a decode benchmark and short SCoRe runs on one GPU, in under 10 minutes.
 #
 # Needs no network and downloads no model: the tests use a tiny random model and
 # the runs use the default model's architecture with random weights (both with
@@ -36,7 +36,11 @@ if not torch.cuda.is_available():
 print(f"cuda device: {torch.cuda.get_device_name()} (bf16: {torch.cuda.is_bf16_supported()})")
 PY
 stage tests 200 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider tests
+# ms per decode step at batch 64, each decode mode vs model.generate (target: <= 3 ms)
+stage decode 150 "$PYTHON" benchmarks/decode.py --device cuda --batch 64 --steps 64 --prompt-tokens 150
 stage run_full 120 "$PYTHON" "${RUN[@]}" --steps 4 --json "$LOG_DIR/run_full.json"
+# the CUDA-graph decode path (opt-in until this stage has passed on a GPU): generation's share of a step
+stage run_graphs 150 "$PYTHON" "${RUN[@]}" --steps 4 --decode graphs --json "$LOG_DIR/run_graphs.json"
 stage run_lora 120 "$PYTHON" "${RUN[@]}" --steps 3 --lora-r 16 --json "$LOG_DIR/run_lora.json"
 stage run_zero3 120 "$PYTHON" -m torch.distributed.run --nproc_per_node 1 --master_port 29531 \
     "${RUN[@]}" --steps 3 --sharding zero3 --json "$LOG_DIR/run_zero3.json"

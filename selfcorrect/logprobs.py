@@ -179,7 +179,8 @@ def _hidden_after_prefixes(model, backbone, input_ids, attention_mask, label_mas
        next tokens) keeps their keys and values, with gradients (checkpointing off for this short
        pass: its cache must be written once).
     2. Every row's remainder runs at positions ``P_g, P_g + 1, ...`` over a read-only cache of its
-       group's prefix (``[B, h, P, d]`` per layer, each group's repeated for its rows).
+       group's prefix (``[b, h, P, d]`` per layer, each group's repeated for its rows), in up to three
+       passes of rows of similar remainder length (:func:`length_buckets`).
     """
     from .rollout.backends import cache_argument
 
@@ -197,32 +198,76 @@ def _hidden_after_prefixes(model, backbone, input_ids, attention_mask, label_mas
                     logits_to_keep=1)
     prefix_cache = getattr(out, cache_kwarg)
     rows = torch.tensor(groups, device=device)                                     # [B] group of each row
-    layers = [_SharedPrefixLayer(layer.keys[rows], layer.values[rows]) for layer in prefix_cache.layers]
 
     start = prefix_len[rows]                                                       # [B] first token kept
     lengths_b = attention_mask.sum(-1)                                             # [B] (right padded)
-    span = int((lengths_b - start).max())
+    spans = lengths_b - start                                                      # [B] tokens after the prefix
+    span = int(spans.max())
     cols = start[:, None] + torch.arange(span, device=device)[None]               # [B, S]
     inside = cols < lengths_b[:, None]
     cols = cols.clamp(max=input_ids.shape[1] - 1)
     ids = input_ids.gather(1, cols).masked_fill(~inside, 0)
     mask = label_mask.gather(1, cols) & inside
+    full_mask = torch.cat([prefix_mask[rows], inside.long()], dim=-1)              # [B, P + S]
+
+    # The remainders differ in length (attempt lengths vary): rows of similar length run together,
+    # each bucket padded only to its own longest row.
+    pieces, order = [], []
+    for bucket in length_buckets(spans.tolist()):
+        picked = torch.tensor(bucket, device=device)
+        width_b = int(spans[picked].max())
+        layers = [_SharedPrefixLayer(layer.keys[rows[picked]], layer.values[rows[picked]])
+                  for layer in prefix_cache.layers]
+        hidden = _run_over_cache(model, backbone, cache_kwarg, layers, ids[picked, :width_b],
+                                 full_mask[picked, :width + width_b], cols[picked, :width_b])   # [b, S_b, H]
+        pieces.append(torch.nn.functional.pad(hidden, (0, 0, 0, span - width_b)))
+        order.extend(bucket)
+    hidden = torch.cat(pieces)[torch.tensor(order, device=device).argsort()]      # [B, S, H], rows in order
+    return hidden, ids, mask
+
+
+def _run_over_cache(model, backbone, cache_kwarg: str, layers: list[_SharedPrefixLayer], ids, mask, positions):
+    """The backbone's output for ``ids`` at ``positions``, attending to the read-only prefix ``layers``."""
     from transformers import Cache
 
-    cache = Cache(layers=layers)
-    full_mask = torch.cat([prefix_mask[rows], inside.long()], dim=-1)              # [B, P + S]
     captured: list[torch.Tensor] = []
     handle = backbone.register_forward_hook(
         lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state))
     try:
         with _layer_flags(model, _can_checkpoint_with_cache=True):
-            model(input_ids=ids, attention_mask=full_mask, position_ids=cols, use_cache=False, logits_to_keep=1,
-                  **{cache_kwarg: cache})
+            model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1,
+                  **{cache_kwarg: Cache(layers=layers)})
     finally:
         handle.remove()
     if any(layer.reads == 0 for layer in layers):
         raise RuntimeError(f"{type(model).__name__} ignored the shared-prefix cache; score it with shared_prefix off")
-    return captured[-1], ids, mask
+    return captured[-1]
+
+
+def length_buckets(lengths: list[int], max_buckets: int = 3) -> list[list[int]]:
+    """Row indices in at most ``max_buckets`` runs of similar length that minimise the padded total
+    (``Σ rows × longest row`` per bucket; exact, by dynamic programming over the sorted lengths)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [lengths[i] for i in order]
+    n = len(sizes)
+    inf = float("inf")
+    # cost[k][j]: least padded total of the j shortest rows in k buckets; cut[k][j]: where the last starts
+    cost = [[0.0] + [inf] * n] + [[inf] * (n + 1) for _ in range(max_buckets)]
+    cut = [[0] * (n + 1) for _ in range(max_buckets + 1)]
+    for k in range(1, max_buckets + 1):
+        cost[k][0] = 0.0
+        for j in range(1, n + 1):
+            for i in range(j):
+                c = cost[k - 1][i] + (j - i) * sizes[j - 1]
+                if c < cost[k][j]:
+                    cost[k][j], cut[k][j] = c, i
+    k = min(range(1, max_buckets + 1), key=lambda k: cost[k][n])
+    buckets, j = [], n
+    while j > 0:
+        i = cut[k][j]
+        buckets.append(order[i:j])
+        j, k = i, k - 1
+    return buckets[::-1]
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_mask: torch.Tensor,

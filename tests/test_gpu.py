@@ -62,6 +62,92 @@ def test_per_row_seeds_on_cuda_do_not_depend_on_batching(cuda_model):
     assert [g.ids for g in together] == [g.ids for g in again]
 
 
+DECODES = ["static", "graphs"] if DEVICE == "cuda" else ["static"]   # graphs: CUDA only
+
+
+def _lively(tok):
+    """A tiny random Llama whose greedy outputs vary (larger weights), on DEVICE, in float32."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import TINY_CONFIG
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                        **{**TINY_CONFIG, "initializer_range": 0.3})).to(DEVICE).eval()
+
+
+@pytest.mark.parametrize("decode", DECODES)
+def test_static_and_graph_decode_on_cuda_match_hf_generate(tiny_model, decode):
+    """The preallocated-cache and CUDA-graph decode paths: same greedy tokens as ``model.generate``,
+    rows ending at different steps (bucket changes), on the GPU."""
+    _, tok = tiny_model
+    model = _lively(tok)
+    prompts = _ids(tok, ["hello", "a much longer prompt with many more tokens in it", "two words", "seven",
+                         "count to ten", "the end"])
+    refs = [model.generate(torch.tensor([p], device=DEVICE), max_new_tokens=12, do_sample=False,
+                           pad_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)[0, len(p):].tolist()
+            for p in prompts]
+    stops = {tok.eos_token_id} | {ref[n - 1] for ref, n in zip(refs, [2, 5, 9, 3, 12, 7]) if len(ref) >= n}
+    backend = TransformersBackend(model, tok, batch_size=6, eos_token_ids=stops, decode=decode)
+    for _ in range(2):                                      # the second call replays captured graphs
+        gens = backend.generate(prompts, SamplingParams(max_new_tokens=12))
+        for prompt, gen in zip(prompts, gens):
+            ref = model.generate(torch.tensor([prompt], device=DEVICE), max_new_tokens=12, do_sample=False,
+                                 pad_token_id=tok.eos_token_id, eos_token_id=sorted(stops))[0, len(prompt):].tolist()
+            cut = next((i + 1 for i, t in enumerate(ref) if t in stops), len(ref))
+            assert gen.ids == ref[:cut]
+    seeds = [3, 4, 5, 6, 7, 8]
+    hot = SamplingParams(temperature=1.0, max_new_tokens=10)
+    dynamic = TransformersBackend(model, tok, batch_size=6, eos_token_ids=stops).generate(prompts, hot, seeds=seeds)
+    alone = [TransformersBackend(model, tok, batch_size=1, eos_token_ids=stops, decode=decode)
+             .generate([p], hot, seeds=[s])[0] for p, s in zip(prompts, seeds)]
+    assert [g.ids for g in backend.generate(prompts, hot, seeds=seeds)] == [g.ids for g in dynamic] == \
+        [g.ids for g in alone]
+
+
+def test_shared_prefix_scoring_and_attempt_cache_on_cuda(tiny_model):
+    """Shared-prefix scoring equals full scoring (values, gradients) and attempt 2 from attempt 1's
+    cache samples what a fresh encoding samples, on the GPU (float32)."""
+    from selfcorrect.logprobs import shared_prefixes
+    from selfcorrect.rollout import ConversationBuilder, sample_episodes
+    from selfcorrect.tasks.base import Problem, Task
+
+    _, tok = tiny_model
+    model = _lively(tok).train()
+    g = torch.Generator().manual_seed(1)
+    system = torch.randint(0, 500, (12,), generator=g).tolist()
+    rows = [system + [p] * 9 + torch.randint(0, 500, (3 + s,), generator=g).tolist() for p in range(3) for s in range(3)]
+    width = max(map(len, rows))
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask, labels = torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
+        labels[i, 21:len(row)] = True
+    ids, mask, labels = ids.to(DEVICE), mask.to(DEVICE), labels.to(DEVICE)
+    assert any(shared_prefixes(ids, labels)[1])
+    out = []
+    for shared in (False, True):
+        model.zero_grad(set_to_none=True)
+        lp = token_logprobs(model, ids, mask, labels, shared_prefix=shared)
+        lp.sum().backward()
+        out.append((lp.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.allclose(out[0][0], out[1][0], atol=1e-5)
+    for a, b in zip(out[0][1], out[1][1]):
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max() + 1e-7
+    model.eval()
+    problems = [Problem(id=f"p{i}", question=f"Say {i} words " * (i + 1), answer="x") for i in range(3)]
+    task = Task(name="toy", problems=problems, format_prompt=lambda p: p.question, correction_instruction="Again.",
+                verify=lambda text, p: 0.0, extract_answer=lambda text: text or None)
+    builder = ConversationBuilder(tok, task.correction_instruction)
+    fresh = TransformersBackend(model, tok, batch_size=8)
+    fresh.state_budget_bytes = 0
+    greedy = SamplingParams(max_new_tokens=6)
+    a = sample_episodes(fresh, builder, task, problems, samples=2, attempts=3, params=greedy)
+    b = sample_episodes(TransformersBackend(model, tok, batch_size=8), builder, task, problems, samples=2,
+                        attempts=3, params=greedy)
+    assert [e.tokens for e in a] == [e.tokens for e in b]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunked_logprobs_on_cuda_equal_full_logits(cuda_model, dtype):
     model, tok = cuda_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfcorrect.logprobs import shared_prefixes, token_logprobs
+from selfcorrect.logprobs import length_buckets, shared_prefixes, token_logprobs
 
 
 def _batch(rows: list[list[int]], labels_from: list[int]):
@@ -113,8 +113,19 @@ def test_each_groups_prefix_is_computed_once(tiny_model):
     finally:
         del model.forward
     assert shapes[0] == (len(lengths), max(lengths))                # one pass over the groups' prefixes
-    starts = [lengths[g] for g in groups]
-    assert shapes[1] == (ids.shape[0], int(max(int(m.sum()) - s for m, s in zip(mask, starts))))
+    spans = [int(m.sum()) - lengths[g] for m, g in zip(mask, groups)]
+    buckets = length_buckets(spans)
+    # then the remainders, bucketed by length: each pass as wide as its longest remainder
+    assert shapes[1:] == [(len(b), max(spans[i] for i in b)) for b in buckets]
+    assert sum(len(b) * max(spans[i] for i in b) for b in buckets) < len(spans) * max(spans)
+
+
+def test_length_buckets_minimise_the_padded_total():
+    assert length_buckets([5, 100, 6, 7, 98, 50, 51]) == [[0, 2, 3], [5, 6], [4, 1]]
+    assert length_buckets([5, 100, 6, 7, 98, 50, 51], max_buckets=1) == [[0, 2, 3, 5, 6, 4, 1]]
+    assert length_buckets([5, 5, 5]) == [[0, 1, 2]]                  # no split that saves nothing
+    # two buckets: {1, 2} | {9, 10} pads to 2·2 + 2·10 = 24, better than any other split
+    assert length_buckets([9, 1, 10, 2], max_buckets=2) == [[1, 3], [0, 2]]
 
 
 def test_a_training_step_is_the_same_with_and_without_shared_prefixes(tiny_model_dir, tmp_path):

@@ -175,9 +175,11 @@ class TransformersBackend:
         self.eos_token_ids = eos_token_ids or end_of_turn_ids(tokenizer, getattr(model, "generation_config", None))
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids)
         self._step_forward = None
+        self._static_caches: dict[tuple[int, int], object] = {}
         if decode == "graphs":
-            # One CUDA graph per (bucket, cache length): the shapes of a decode step never vary within one.
-            self._step_forward = torch.compile(model, mode="reduce-overhead", dynamic=False)
+            # CUDA graphs of the decode step, one per (bucket, cache length): its shapes never vary within
+            # one.  torch.compile's automatic dynamic shapes recompile once when a second size appears.
+            self._step_forward = torch.compile(model, mode="reduce-overhead")
 
     def sync_weights(self, weights: Callable[[], Iterable[tuple[str, torch.Tensor]]]) -> None:
         """Nothing to do: this backend generates with the policy object itself."""
@@ -426,16 +428,18 @@ class _StaticDecode:
     topped up with copies of a live slot whose results are dropped.
     """
 
-    def __init__(self, backend: TransformersBackend, cache, mask: torch.Tensor, max_new_tokens: int):
-        from transformers import StaticCache
+    capacity_step = 256
+    """Graph mode rounds the cache length up to a multiple of this, so that batches of similar prompt
+    length reuse one cache (a captured graph replays on the same addresses) instead of allocating."""
 
+    def __init__(self, backend: TransformersBackend, cache, mask: torch.Tensor, max_new_tokens: int):
         self.backend = backend
-        self.config = backend.model.config
         self.column = mask.shape[1]                               # next column to write
         self.capacity = self.column + max_new_tokens
+        if backend.decode == "graphs":
+            self.capacity = -(-self.capacity // self.capacity_step) * self.capacity_step
         self.buckets = sorted({2 ** i for i in range(backend.batch_size.bit_length()) if 2 ** i < backend.batch_size}
                               | {backend.batch_size})
-        self._static_cache = StaticCache
         slots = mask.shape[0]
         self.cache = self._new_cache(slots)
         for layer, source in zip(self.cache.layers, cache.layers):
@@ -444,8 +448,19 @@ class _StaticDecode:
         self.mask[:, :self.column] = mask
 
     def _new_cache(self, slots: int):
-        # Allocated at the first write, for that write's batch size (``slots``).
-        return self._static_cache(config=self.config, max_cache_len=self.capacity)
+        """An empty cache of ``capacity`` columns (its tensors are allocated at the first write, for that
+        write's batch size ``slots``).  Graph mode keeps one per (slots, capacity) and resets it for reuse."""
+        from transformers import StaticCache
+
+        if self.backend.decode != "graphs":
+            return StaticCache(config=self.backend.model.config, max_cache_len=self.capacity)
+        pool = self.backend._static_caches
+        key = (slots, self.capacity)
+        if key in pool:
+            pool[key].reset()
+        else:
+            pool[key] = StaticCache(config=self.backend.model.config, max_cache_len=self.capacity)
+        return pool[key]
 
     def compaction(self, rows: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Like :meth:`_DynamicDecode.compaction`, but only when the live slots fit a smaller bucket;
