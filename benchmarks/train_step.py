@@ -143,7 +143,9 @@ def _floor(trainer, episodes, max_new_tokens: int, precision: str) -> dict[str, 
         trainer.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     times["forward"] = time.perf_counter() - start
     labels = batch["input_ids"].masked_fill(~batch["attempt_mask"].any(1), -100)
-    checkpointed = getattr(model, "is_gradient_checkpointing", False)
+    checkpointed = getattr(model, "is_activation_checkpointing", None)
+    if checkpointed is None:                                # transformers < 5.20
+        checkpointed = getattr(model, "is_gradient_checkpointing", False)
     if checkpointed:                          # the floor is *bare*: no activation recomputation
         (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
     start = time.perf_counter()

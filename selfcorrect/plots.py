@@ -34,7 +34,9 @@ def _figure(width: float, height: float):
 def _save(fig, path: str | os.PathLike[str]) -> str:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, format="png")
+    # "tight": the saved image grows to hold every title and label rather than clipping one that is
+    # wider than the axes (a long model name in a title, a Δ label above the top bar).
+    fig.savefig(p, format="png", bbox_inches="tight", pad_inches=0.1)
     return str(p)
 
 
@@ -104,7 +106,7 @@ def plot_edit_histogram(
     ax = fig.add_subplot()
     _draw_hist(ax, counts, edges, extras, "C0")
     ax.set_ylabel("fraction of episodes")
-    ax.set_title(title)
+    ax.set_title(title, wrap=True)
     return _save(fig, path)
 
 
@@ -129,14 +131,14 @@ def plot_edit_histograms(
     for idx, (name, (counts, edges, extras)) in enumerate(items):
         ax = axes[idx // ncols][idx % ncols]
         _draw_hist(ax, counts, edges, extras, f"C{idx % 10}")
-        ax.set_title(name)
+        ax.set_title(name, wrap=True)
         if idx % ncols == 0:
             ax.set_ylabel("fraction of episodes")
         if idx // ncols != nrows - 1:
             ax.set_xlabel("")
     for idx in range(m, nrows * ncols):
         axes[idx // ncols][idx % ncols].set_visible(False)
-    fig.suptitle(title)
+    fig.suptitle(title, wrap=True)
     return _save(fig, path)
 
 
@@ -166,7 +168,7 @@ def plot_accuracy_per_attempt(
     subtitle = ""
     if summary.get("delta") is not None:
         subtitle = f"  (Δ(t1,t2) = {100.0 * summary['delta']:+.1f})"
-    ax.set_title(title + subtitle)
+    ax.set_title(title + subtitle, wrap=True)
     return _save(fig, path)
 
 
@@ -239,7 +241,7 @@ def plot_scaling(
     ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
     ax.set_xlabel("budget (samples / attempts)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(title, wrap=True)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right")
@@ -270,13 +272,13 @@ def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathL
         for prev, cur in zip(rows, rows[1:]):
             if prev.get("stage") != cur.get("stage") or prev.get("iteration") != cur.get("iteration"):
                 ax.axvline(cur["step"] - 0.5, color="grey", linestyle=":", linewidth=1)
-        ax.set_title(name)
+        ax.set_title(name, wrap=True)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     if steps:
-        fig.suptitle(f"{title} ({len(steps)} steps; dotted lines: stage changes)")
+        fig.suptitle(f"{title} ({len(steps)} steps; dotted lines: stage changes)", wrap=True)
     return _save(fig, path)
 
 
@@ -298,7 +300,7 @@ def plot_method_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path
             ax.plot([], [], color=color, label=f"{name} (t1 only)")
     ax.set_xlabel("step")
     ax.set_ylabel("training reward")
-    ax.set_title(f"{title} (dashed: attempt 1, solid: attempt 2)")
+    ax.set_title(f"{title} (dashed: attempt 1, solid: attempt 2)", wrap=True)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -318,6 +320,6 @@ def plot_delta_bars(summaries: Mapping[str, Mapping[str, Any]], path: str | os.P
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(xs, names, rotation=20, ha="right")
     ax.set_ylabel("Δ(t1, t2) (points)")
-    ax.set_title(title)
+    ax.set_title(title, wrap=True)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["format_table", "rich_table"]
+__all__ = ["COLUMNS", "format_table", "rich_table", "row_cells"]
 
 
-_COLUMNS = ["Acc@t1", "Acc@t2", "Δ(t1,t2)", "Δ^{i→c}(t1,t2)", "Δ^{c→i}(t1,t2)", "Edit ratio", "Copy rate"]
+COLUMNS = ["Acc@t1", "Acc@t2", "Δ(t1,t2)", "Δ^{i→c}(t1,t2)", "Δ^{c→i}(t1,t2)", "Edit ratio", "Copy rate"]
 
 
 def _pct(x: float | None) -> str | None:
@@ -30,7 +30,7 @@ def _cell(value: float | None, ci: Sequence[float | None] | None, with_ci: bool 
     return v
 
 
-def _row_cells(summary: Mapping[str, Any], with_ci: bool = True) -> list[str]:
+def row_cells(summary: Mapping[str, Any], with_ci: bool = True) -> list[str]:
     acc = summary.get("accuracy") or []
     cis = summary.get("ci95") or {}
     acc_ci = cis.get("accuracy") or []
@@ -69,13 +69,13 @@ def format_table(summary: Mapping[str, Any], with_ci: bool = True) -> str:
     column).
     """
     named, rows = _rows(summary)
-    header = (["Method"] if named else []) + _COLUMNS
+    header = (["Method"] if named else []) + COLUMNS
     lines = [
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * (1 if named else 0) + ["---:"] * len(_COLUMNS)) + "|",
+        "|" + "|".join(["---"] * (1 if named else 0) + ["---:"] * len(COLUMNS)) + "|",
     ]
     for name, s in rows:
-        cells = ([name] if named else []) + _row_cells(s, with_ci)
+        cells = ([name] if named else []) + row_cells(s, with_ci)
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -91,8 +91,8 @@ def rich_table(summary: Mapping[str, Any], title: str | None = "Self-correction 
     table = Table(title=title)
     if named:
         table.add_column("Method", justify="left")
-    for col in _COLUMNS:
+    for col in COLUMNS:
         table.add_column(col, justify="right")
     for name, s in rows:
-        table.add_row(*(([name] if named else []) + _row_cells(s, with_ci)))
+        table.add_row(*(([name] if named else []) + row_cells(s, with_ci)))
     return table

@@ -82,9 +82,10 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def release(self) -> None:
+    def release(self, _close=os.close) -> None:
+        # ``_close`` is bound at definition: at interpreter exit ``__del__`` may run after ``os`` is gone.
         if self._fd is not None:
-            os.close(self._fd)              # closing the descriptor drops the flock
+            _close(self._fd)                # closing the descriptor drops the flock
             self._fd = None
 
     def __del__(self):

@@ -91,7 +91,7 @@ class Trainer(SupervisedSteps):
             # The task factory warned already; training is where a gameable reward does damage.
             print(f"WARNING: TRAINING against code rewards under sandbox isolation {level!r}: "
                   "a policy can learn to game them (docs/sandbox.md).", file=sys.stderr, flush=True)
-        self.tokenizer = load_tokenizer(config.model)
+        self.tokenizer = load_tokenizer(config.model, chat_template=config.chat_template)
         self.policy = load_model(config.model, dtype=config.dtype, device=self.engine.load_device)
         if config.lora_r:
             # π_ref is the policy with its adapter disabled (lora.base_model_context): no second copy.
@@ -126,6 +126,8 @@ class Trainer(SupervisedSteps):
         self.skipped = 0
         self.last_episodes: list[Episode] = []            # the latest step's (samples.jsonl)
         self._gap_warned = False
+        self.eval_progress: Callable[[str, int], Callable[[int], None]] | None = None
+        """``(description, total) -> advance(n)`` for the held-out evaluations (the CLI shows their progress)."""
         self._sft: tuple[int, dict[str, Any], list[Episode]] | None = None   # (phase index, record, dataset)
         self._initial_adapter_path = run_dir / "sft" / "initial-adapter.pt"  # LoRA STaR: restarts from it
 
@@ -368,10 +370,14 @@ class Trainer(SupervisedSteps):
 
         problems = self.eval_task.problems[: limit or self.config.eval_limit]
         builder = ConversationBuilder(self.tokenizer, self.eval_task.correction_instruction)
+        progress = None
+        if self.eval_progress is not None:
+            progress = self.eval_progress(f"evaluating at step {self.step}", len(problems) * self.config.attempts)
         with self._generation_autocast():
             episodes = sample_episodes(self.backend, builder, self.eval_task, problems, samples=1,
                                        attempts=self.config.attempts,
-                                       params=SamplingParams(max_new_tokens=self.config.eval_max_new_tokens))
+                                       params=SamplingParams(max_new_tokens=self.config.eval_max_new_tokens),
+                                       progress=progress)
         return summarize_episodes(episodes, seed=self.config.seed), episodes
 
     def _maybe_best(self, summary: dict[str, Any], checkpoint: Path | None) -> None:

@@ -65,7 +65,7 @@ def test_eval_exits_zero_and_writes_every_file(k2_run):
     code, out = k2_run
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "accuracy.png", "edit_ratio.png", "metrics.json", "report.md", "samples.jsonl"]
+        "accuracy.png", "edit_ratio.png", "metrics.json", "report.html", "report.md", "samples.jsonl"]
 
 
 def test_eval_metrics_json(k2_run):
@@ -362,3 +362,43 @@ def test_eval_help_mentions_every_field(capsys):
         assert f"--{f.name.replace('_', '-')}" in out, f.name
     assert "--config" in out and "-o KEY=VALUE" in out
     assert "Attempts per episode" in " ".join(out.split())
+
+
+# --------------------------------------------------------------------------- configs and examples from anywhere
+def test_shipped_configs_and_the_example_task_are_found_from_any_directory(tmp_path, monkeypatch):
+    """`--config demo`, `--config selfcorrect/configs/math.yaml` and `--task examples/custom_task.py:...`
+    work outside the repository (the README's commands); a missing one names the shipped configs."""
+    from selfcorrect.config import SHIPPED_CONFIGS, build_config, find_config
+    from selfcorrect.errors import ConfigError
+    from selfcorrect.tasks import load_task
+    from selfcorrect.trainer import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    assert find_config("demo") == SHIPPED_CONFIGS / "demo.yaml"
+    assert find_config("math.yaml") == SHIPPED_CONFIGS / "math.yaml"
+    assert find_config("selfcorrect/configs/mbpp.yaml") == SHIPPED_CONFIGS / "mbpp.yaml"
+    (tmp_path / "demo.yaml").write_text("stage1_steps: 3\n")     # a local file wins over a shipped one
+    assert find_config("demo.yaml").resolve() == (tmp_path / "demo.yaml").resolve()
+    with pytest.raises(ConfigError, match=r"config file not found: nope \(shipped configs, by name: .*demo"):
+        find_config("nope")
+    assert build_config(TrainConfig, {}, "demo").stage1_steps == build_config(
+        TrainConfig, {}, SHIPPED_CONFIGS / "demo.yaml").stage1_steps
+    assert load_task("examples/custom_task.py:make_task", n=5).name == "unit-conversion"
+
+
+def test_train_without_config_uses_the_defaults_that_help_shows(capsys):
+    """No hidden demo config: `selfcorrect train` with no --config means TrainConfig's defaults."""
+    from selfcorrect.cli import build_parser
+    from selfcorrect.config import build_config
+    from selfcorrect.trainer import TrainConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["train"])
+    assert args.config is None
+    config = build_config(TrainConfig, args, args.config)
+    assert config == TrainConfig()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    shown = capsys.readouterr().out
+    assert f"default: {TrainConfig().out}" in shown or str(TrainConfig().out) in shown
+    assert "demo config" not in shown

@@ -10,7 +10,7 @@ from selfcorrect.errors import ConfigError
 from selfcorrect.evaluation import EvalConfig, episode_record, scaling_markdown, scaling_table, summarize_episodes
 from selfcorrect.metrics import wilson_interval
 from selfcorrect.rollout.episodes import Attempt, Episode
-from selfcorrect.tasks.base import Problem
+from selfcorrect.tasks.base import Problem, Task
 
 
 def _attempt(answer: str | None, reward: float, text: str | None = None, n_tokens: int = 3,
@@ -183,6 +183,8 @@ def test_episode_record():
     assert episode_record(ep) == {
         "id": "p2",
         "sample": 0,
+        "question": "q p2",
+        "gold": None,
         "attempts": [
             {"text": "ab", "answer": "2", "reward": 1.0, "reason": "", "tokens": 4, "truncated": False},
             {"text": "ab ", "answer": None, "reward": 0.0, "reason": "", "tokens": 4, "truncated": True},
@@ -208,3 +210,21 @@ def test_eval_config_defaults_are_valid_and_documented_protocol():
 def test_eval_config_rejects(kwargs):
     with pytest.raises(ConfigError):
         EvalConfig(**kwargs)
+
+
+def test_verdicts_say_why_an_attempt_scored_zero():
+    """A verifier that gives only a reward still gets a reason per failed attempt: no parsable answer,
+    or the wrong answer next to the gold one; a verifier's own reason is kept."""
+    from selfcorrect.tasks import load_task
+    from selfcorrect.tasks.base import Verdict
+
+    task = load_task("arithmetic", split="test", n=3)
+    p = task.problems[0]
+    verdicts = task.verdicts(["I do not know.", "The final answer is 100000.", f"The final answer is {p.answer}."],
+                             [p, p, p])
+    assert [v.reason for v in verdicts] == ["no parsable answer", f"wrong answer '100000' (expected '{p.answer}')", ""]
+    own = Task(name="own", problems=[p], format_prompt=lambda q: q.question, correction_instruction="again",
+               verify=lambda t, q: 0.0, extract_answer=lambda t: t,
+               batch_verdicts=lambda ts, qs: [Verdict(0.0, "failed: the tests say no") for _ in ts])
+    assert own.verdicts(["x"], [p])[0].reason == "failed: the tests say no"
+

@@ -13,7 +13,7 @@ from selfcorrect.errors import ConfigError, DataError
 from selfcorrect.tasks import BUILTIN_TASKS, Problem, Task, load_task, parse_task_options
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "examples" / "custom_task.py"
+EXAMPLE = REPO / "selfcorrect" / "examples" / "custom_task.py"
 
 USER_TASK = '''
 from __future__ import annotations

@@ -145,3 +145,14 @@ def test_a_training_step_is_the_same_with_and_without_shared_prefixes(tiny_model
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     for name, w in weights[0].items():
         assert torch.allclose(w, weights[1][name], atol=1e-6), name
+
+
+def test_only_the_replicated_layout_shares_prefixes():
+    """Sharded layouts run collectives in every forward pass: processes whose rows group differently
+    would run different numbers of passes and hang, so they score every row in full."""
+    from selfcorrect.engines.deepspeed import DeepSpeedEngine
+    from selfcorrect.engines.fsdp import FSDP2Engine
+    from selfcorrect.engines.replicated import ReplicatedEngine
+
+    assert ReplicatedEngine.can_share_prefixes
+    assert not FSDP2Engine.can_share_prefixes and not DeepSpeedEngine.can_share_prefixes

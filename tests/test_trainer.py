@@ -409,12 +409,50 @@ def test_a_run_whose_output_is_a_file_prints_a_plain_line_per_step(tiny_model_di
                            parity_task, "--out", str(run), "--stage1-steps", "2", "--stage2-steps", "1",
                            "--problems-per-step", "2", "--samples", "2", "--max-new-tokens", "3", "--eval-limit", "1",
                            "--eval-max-new-tokens", "2", "--report-to", "none", "--autocast", "none",
-                           "--temperature", "0.7"],
+                           "--temperature", "0.7", "--compare-base"],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    # the evaluations inside the run report progress too: the base model's, then the final one
+    evaluations = [line for line in done.stderr.splitlines() if line.startswith("evaluating at step")]
+    assert evaluations[0].startswith("evaluating at step 0: 2/2 (100%)") and "ETA" in evaluations[0]
+    assert evaluations[-1].startswith("evaluating at step 3: 2/2 (100%)")
+    assert "Setting accelerator" not in done.stderr and "Warning" not in done.stderr    # no library floods
+    assert (run / "report.html").is_file() and (run / "eval" / "report.html").is_file()
     lines = [line for line in done.stderr.splitlines() if line.startswith("step ")]
     assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
     first, last = lines[0], lines[-1]
     assert "it1 stage1" in first and "r1=" in first and "r2=" in first and "Δ=" in first and "kl2=" in first
     assert "gap=" in first and "s/step, ETA" in first and "it1 stage2" in last and "ETA 0:00:00" in last
     assert "\x1b[" not in done.stderr                            # no terminal control codes in a log file
+
+
+# --------------------------------------------------------------------------- TensorBoard and W&B names
+def test_tensorboard_scalars_are_named_like_the_metrics_jsonl_keys(tiny_model_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    Trainer.create(_config(tiny_model_dir, run, iterations=1, stage1_steps=1, stage2_steps=1, eval_limit=1,
+                           report_to=["tensorboard"])).train()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    numeric = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numeric.discard("step")
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert tags == numeric
+    assert {"reward_t1", "reward_t2", "kl_t1", "delta", "loss", "time_generate_s", "time_backward_s"} <= tags
+    assert [e.step for e in events.Scalars("loss")] == [r["step"] for r in rows]
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
+
+
+def test_wandb_logs_offline_and_a_resume_continues_the_same_run(tiny_model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install 'selfcorrect[wandb]')")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    Trainer.create(_config(tiny_model_dir, run, iterations=1, stage1_steps=1, stage2_steps=1, eval_limit=1,
+                           report_to=["wandb"], save_every=1)).train()
+    run_id = (run / "wandb-id.txt").read_text().strip()
+    assert any(p.name.endswith(run_id) for p in (run / "wandb").glob("offline-run-*"))
+    Trainer.resume(run, overrides={"iterations": 2}).train()
+    assert (run / "wandb-id.txt").read_text().strip() == run_id

@@ -133,6 +133,8 @@ def copy_weights(target, source) -> None:
 class FSDP2Engine(ReplicatedEngine):
     """Policy and reference wrapped in FSDP2 units; the torch optimizer steps on local shards."""
 
+    can_share_prefixes = False        # every forward is an all-gather: all processes must run the same passes
+
     layout = "fsdp"
     lockstep = True
     whole_weights = False

@@ -104,6 +104,8 @@ def extend_episodes(backend: GenerationBackend, builder: ConversationBuilder, ta
     for attempt, verdict in zip(attempts, verdicts):
         attempt.reward = float(verdict.reward)
         attempt.reason = verdict.reason
+        if attempt.truncated and verdict.reward <= 0:
+            attempt.reason += " (cut off at the token limit)"
         attempt.answer = task.extract_answer(attempt.text)
 
 

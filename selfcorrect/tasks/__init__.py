@@ -42,14 +42,28 @@ BUILTIN_TASKS: dict[str, str] = {
 ENTRY_POINT_GROUP = "selfcorrect.tasks"
 
 
+def _find_task_file(spec: str) -> Path | None:
+    """``spec`` from the working directory, else inside the package (the shipped example:
+    ``examples/custom_task.py``), so the documented commands work from any directory."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    package = Path(__file__).resolve().parents[1]                  # .../selfcorrect
+    if not path.is_absolute():
+        for candidate in (package / path, package.parent / path):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
 def _import_target(target: str, name: str) -> Callable[..., Task]:
     module_name, _, attr = target.rpartition(":")
     if not module_name or not attr:
         raise ConfigError(f"task {name!r}: expected 'module:function' or 'path/to/file.py:function'")
     try:
         if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
+            path = _find_task_file(module_name)
+            if path is None:
                 raise ConfigError(f"task {name!r}: file not found: {module_name}")
             spec = importlib.util.spec_from_file_location(f"selfcorrect_user_task_{path.stem}", path)
             module = importlib.util.module_from_spec(spec)

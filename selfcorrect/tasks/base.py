@@ -110,10 +110,26 @@ class Task:
         if len(completions) != len(problems):
             raise ValueError("completions and problems must have the same length")
         if self.batch_verdicts is not None:
-            return [Verdict(float(v.reward), v.reason) for v in self.batch_verdicts(completions, problems)]
-        if self.batch_verify is not None:
-            return [Verdict(float(r)) for r in self.batch_verify(completions, problems)]
-        return [Verdict(self.reward(c, p)) for c, p in zip(completions, problems)]
+            verdicts = [Verdict(float(v.reward), v.reason) for v in self.batch_verdicts(completions, problems)]
+        elif self.batch_verify is not None:
+            verdicts = [Verdict(float(r)) for r in self.batch_verify(completions, problems)]
+        else:
+            verdicts = [Verdict(self.reward(c, p)) for c, p in zip(completions, problems)]
+        return [v if v.reason or v.reward > 0 else Verdict(v.reward, self.explain(c, p))
+                for v, c, p in zip(verdicts, completions, problems)]
+
+    def explain(self, completion: str, problem: Problem) -> str:
+        """Why a completion scored 0, for a verifier that does not say: it has no answer the task can
+        read, or the answer it has is not the oracle's."""
+        try:
+            answer = self.extract_answer(completion)
+        except Exception as err:            # a user's extractor that fails is a reason too, not a crash
+            return f"answer extraction failed: {type(err).__name__}"
+        if answer is None:
+            return "no parsable answer"
+        if problem.answer is None:
+            return f"answer {answer!r} rejected"
+        return f"wrong answer {answer!r} (expected {problem.answer!r})"
 
     def answers_match(self, a: str, b: str) -> bool:
         """Whether two extracted answers are the same (for majority voting)."""

@@ -38,6 +38,8 @@ class TrainConfig(SamplingSettings):
     # ---- what to train on
     model: str = "default"
     """Model spec to start from: default, a local HF directory, a .gguf file, or a hub id."""
+    chat_template: str = ""
+    """Chat template for every attempt's turns and the correction instruction: empty = the model's own; a built-in name (plain: Question/Answer turns for base models), a Jinja file, or an inline template.  Saved with the tokenizer in checkpoints."""
     task: str = "arithmetic"
     """Task name or ``module:function`` (see ``selfcorrect tasks``)."""
     task_options: dict[str, Any] = field(default_factory=dict, metadata={"append": True, "aliases": ("-o",)})
@@ -161,6 +163,10 @@ class TrainConfig(SamplingSettings):
                 raise ConfigError(msg)
 
         need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.chat_template:
+            from ..models import chat_template_text
+
+            chat_template_text(self.chat_template)          # a missing file or unknown name: one line, now
         need(self.sft_keep in KEEP, f"sft_keep must be one of {', '.join(KEEP)}, got {self.sft_keep!r}")
         need(self.baseline in BASELINES, f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         if self.kl_in == "loss":      # the earlier name of loss-k3 (configs and runs written before it changed)

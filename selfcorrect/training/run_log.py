@@ -13,7 +13,12 @@ from ..errors import ConfigError
 
 
 class RunLogger:
-    """metrics.jsonl always; TensorBoard and W&B when asked for."""
+    """metrics.jsonl always; TensorBoard and W&B when asked for, under the same names.
+
+    Every number of a step's row is a TensorBoard scalar and a W&B metric named exactly as its
+    ``metrics.jsonl`` key (``reward_t1``, ``kl_t2``, ``delta``, ``time_generate_s``, ...; the list is in
+    docs/training.md, "Run directory"), at the optimizer step as its step.
+    """
 
     def __init__(self, run_dir: Path, config, resume: bool):
         self.path = run_dir / "metrics.jsonl"
@@ -28,8 +33,13 @@ class RunLogger:
                 import wandb
             except ImportError:
                 raise ConfigError("report_to includes wandb but wandb is not installed: pip install wandb") from None
-            self.wandb = wandb.init(project="selfcorrect", dir=str(run_dir), config=to_dict(config),
-                                    resume="allow" if resume else None)
+            # One W&B run per run directory: its id is kept there, so --resume continues the same W&B run
+            # (WANDB_MODE=offline writes it under RUN/wandb/ for a later `wandb sync`).
+            id_file = run_dir / "wandb-id.txt"
+            run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+            id_file.write_text(run_id + "\n")
+            self.wandb = wandb.init(project="selfcorrect", name=run_dir.name, id=run_id, dir=str(run_dir),
+                                    config=to_dict(config), resume="allow")
 
     def log(self, step: int, row: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
