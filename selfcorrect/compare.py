@@ -160,7 +160,7 @@ def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) ->
         summary = pooled_summary(rows)
         summaries[method] = summary
         keys = ("n", "n_groups", "attempts", "accuracy", "delta", "delta_i2c", "delta_c2i",
-                "edit_distance_ratio", "copy_rate", "parse_rate", "ci95", "ci_method")
+                "edit_distance_ratio", "copy_rate", "parse_rate", "self_verification", "ci95", "ci_method")
         table["methods"][method] = {**{k: summary.get(k) for k in keys}, "per_seed": per_seed,
                                     "budget": run_budget(out, method, seeds)}
         steps: dict[int, list[dict[str, float]]] = {}
@@ -175,6 +175,7 @@ def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) ->
     with atomic_write(out / "table.md") as fh:
         fh.write(f"# Comparison ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: "
                  f"{', '.join(map(str, seeds))}; held-out problems, greedy)\n\n{report.format_table(summaries)}\n"
+                 f"\n## Self-verification (attempt 1 → 2)\n\n{report.format_self_verification(summaries)}\n"
                  f"\n{format_budget(table['methods'])}\n")
     if all(s.get("edit_histogram") for s in summaries.values()):
         plots.plot_edit_histograms(summaries, out / "edit_ratio.png")

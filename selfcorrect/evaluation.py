@@ -189,6 +189,9 @@ def write_eval_outputs(out: Path, summary: dict[str, Any], episodes: Sequence[Ep
     write_jsonl(paths["samples.jsonl"], records)
     with atomic_write(paths["report.md"]) as fh:
         fh.write(f"# {title}\n\n{report.format_table(summary)}\n")
+        verification = report.format_self_verification(summary)
+        if verification:
+            fh.write(f"\n## Self-verification: does attempt t+1 know when attempt t was wrong?\n\n{verification}\n")
     plots.plot_accuracy_per_attempt(summary, paths["accuracy.png"], title=title)
     if summary.get("edit_histogram"):
         plots.plot_edit_histogram(summary, paths["edit_ratio.png"], title=f"{title}: edit distance ratio t1→t2")

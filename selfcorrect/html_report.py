@@ -74,7 +74,9 @@ def table(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The paper's table (``report.md``'s cells): ``{"columns": [...], "rows": [[name, cell, ...], ...]}``."""
     return {"columns": ["Method", *report.COLUMNS],
             "rows": [[name, *report.row_cells(s)] for name, s in summaries.items()],
-            "n": {name: s.get("n") for name, s in summaries.items()}}
+            "n": {name: s.get("n") for name, s in summaries.items()},
+            "verification_columns": ["Method", *report.SELF_VERIFICATION_COLUMNS],
+            "verification": report.self_verification_rows(dict(summaries))}
 
 
 def _image(path: Path) -> dict[str, str]:

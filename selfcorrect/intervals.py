@@ -124,3 +124,31 @@ def bootstrap_interval(
         done += b
     low, high = np.quantile(boots, [alpha / 2.0, 1.0 - alpha / 2.0])
     return (float(low), float(high))
+
+
+def ratio_interval(numerator: Any, denominator: Any, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05, *,
+                   groups: Sequence[Hashable] | None = None) -> tuple[float, float] | None:
+    """Percentile (cluster) bootstrap interval of ``Σ numerator / Σ denominator``: a rate conditional on
+    the episodes that ``denominator`` marks (e.g. "answer changed" among episodes whose attempt 1 was
+    wrong), resampling problems (``groups``) or episodes.  Resamples with an empty denominator are left
+    out; ``None`` when the denominator is empty to begin with."""
+    num = np.asarray(numerator, dtype=np.float64).reshape(-1)      # (N,)
+    den = np.asarray(denominator, dtype=np.float64).reshape(-1)    # (N,)
+    if num.shape != den.shape or num.shape[0] == 0:
+        raise SelfCorrectError("ratio_interval needs numerator and denominator of the same non-zero length")
+    if den.sum() == 0:
+        return None
+    n = num.shape[0]
+    codes = np.arange(n, dtype=np.int64) if groups is None else _group_codes(groups, n)
+    n_groups = int(codes.max()) + 1
+    group_num = np.bincount(codes, weights=num, minlength=n_groups)    # (G,)
+    group_den = np.bincount(codes, weights=den, minlength=n_groups)    # (G,)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_boot, 4_000_000 // max(n_groups, 1)))
+    boots = []
+    for done in range(0, n_boot, chunk):
+        idx = rng.integers(0, n_groups, size=(min(chunk, n_boot - done), n_groups))    # (b, G)
+        d = group_den[idx].sum(axis=1)
+        boots.append(np.divide(group_num[idx].sum(axis=1), d, out=np.full_like(d, np.nan), where=d > 0))
+    low, high = np.nanquantile(np.concatenate(boots), [alpha / 2.0, 1.0 - alpha / 2.0])
+    return (float(low), float(high))

@@ -182,7 +182,7 @@ def _hidden_after_prefixes(model, backbone, input_ids, attention_mask, label_mas
        group's prefix (``[b, h, P, d]`` per layer, each group's repeated for its rows), in up to three
        passes of rows of similar remainder length (:func:`length_buckets`).
     """
-    from .rollout.backends import cache_argument
+    from .hf_compat import cache_argument
 
     device = input_ids.device
     cache_kwarg = cache_argument(model)

@@ -45,7 +45,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from selfcorrect.errors import SelfCorrectError
-from selfcorrect.intervals import _group_codes, _z_for_alpha, bootstrap_interval, wilson_interval
+from selfcorrect.intervals import _group_codes, _z_for_alpha, bootstrap_interval, ratio_interval, wilson_interval
 
 __all__ = [
     "wilson_interval",
@@ -290,6 +290,15 @@ class _CI:
             return _pair(wilson_interval(int(indicator.sum()), indicator.shape[0], z=self.z))
         return self.mean(indicator)
 
+    def ratio(self, numerator: np.ndarray, denominator: np.ndarray) -> list[float | None] | None:
+        """CI of Σ numerator / Σ denominator (a conditional rate): Wilson on the denominator's episodes,
+        or the cluster bootstrap with groups."""
+        if self.groups is None:
+            return _pair(wilson_interval(int(numerator.sum()), int(denominator.sum()), z=self.z))
+        found = ratio_interval(numerator, denominator, n_boot=self.n_boot, seed=self.seed, alpha=self.alpha,
+                               groups=self.groups)
+        return _pair(found) if found is not None else None
+
     def mean(self, values: np.ndarray) -> list[float | None]:
         """Bootstrap CI of the mean of per-episode values (N,)."""
         return _pair(
@@ -317,6 +326,51 @@ def _pair_summary(r: np.ndarray, i: int, j: int, ci: _CI) -> dict[str, Any]:
             "delta_c2i": ci.proportion(((ri == 1) & (rj == 0)).astype(np.int64)),
         },
     }
+
+
+def _changed_answers(parsed: Sequence[Sequence[Any]], i: int, j: int) -> np.ndarray:
+    """``(N,)`` 1 where attempt j's answer differs from attempt i's (an answer appearing or vanishing counts)."""
+    return np.array([row[i] != row[j] for row in parsed], dtype=np.int64)
+
+
+def self_verification(r: np.ndarray, texts: list[list[str]] | None, parsed: Sequence[Sequence[Any]] | None,
+                      i: int, j: int, ci: _CI) -> dict[str, Any]:
+    """Does attempt j know when attempt i was wrong?  Rates conditional on attempt i's correctness.
+
+    * ``edit_rate_wrong`` / ``edit_rate_right`` -- attempt j's text differs from attempt i's, among
+      episodes whose attempt i was wrong / right (needs ``texts``);
+    * ``answer_change_rate_wrong`` / ``answer_change_rate_right`` -- likewise for the extracted answer
+      (needs ``parsed``);
+    * ``change_precision`` -- among episodes whose answer changed, the share where attempt i was wrong;
+      ``change_recall`` -- among episodes whose attempt i was wrong, the share whose answer changed
+      ("changed the answer" as a detector of a wrong attempt i; recall = answer_change_rate_wrong).
+
+    A model that copies everything has recall 0; one that changes everything has recall 1 and
+    precision = the error rate of attempt i.  Every rate has a 95% interval in ``ci95``.
+    """
+    wrong = (r[:, i] == 0).astype(np.int64)                                     # (N,)
+    right = 1 - wrong
+    out: dict[str, Any] = {"from": i + 1, "to": j + 1, "n_wrong": int(wrong.sum()), "n_right": int(right.sum())}
+    cis: dict[str, Any] = {}
+
+    def rate(name: str, hits: np.ndarray, among: np.ndarray) -> None:
+        total = int(among.sum())
+        out[name] = float((hits * among).sum() / total) if total else None
+        cis[name] = ci.ratio(hits * among, among) if total else None
+
+    if texts is not None:
+        edited = (1 - _copies(texts, i, j)).astype(np.int64)
+        rate("edit_rate_wrong", edited, wrong)
+        rate("edit_rate_right", edited, right)
+    if parsed is not None:
+        changed = _changed_answers(parsed, i, j)
+        out["n_changed"] = int(changed.sum())
+        rate("answer_change_rate_wrong", changed, wrong)
+        rate("answer_change_rate_right", changed, right)
+        rate("change_precision", wrong, changed)
+        rate("change_recall", changed, wrong)
+    out["ci95"] = cis
+    return out
 
 
 def summarize(
@@ -363,6 +417,9 @@ def summarize(
       attempts 1 and 2; ``copy_rate`` — fraction of episodes whose attempt 2
       equals attempt 1 after ``.strip()``; ``edit_histogram`` —
       ``{"counts", "bin_edges"}`` over ``[0, 1]`` with ``edit_bins`` bins;
+    * ``self_verification`` — per pair of ``pairs``, :func:`self_verification`'s rates (edit and
+      answer-change rates when attempt t was wrong vs right, precision / recall of "changed the
+      answer" as a detector of a wrong attempt t), each with its own ``ci95``;
     * ``parse_rate`` — per attempt, fraction with a non-``None`` parsed answer;
     * ``mean_length`` — per attempt, mean token count;
     * ``truncation_rate`` — per attempt, fraction truncated;
@@ -423,6 +480,15 @@ def summarize(
             out["edit_histogram"] = st["histogram"]
             cis["edit_distance_ratio"] = ci.mean(_edit_ratios(tx, 0, 1))
             cis["copy_rate"] = ci.proportion(_copies(tx, 0, 1))
+
+    # Self-verification: does attempt t+1 know when attempt t was wrong? -------
+    parsed_rows = None
+    if parsed is not None:
+        _check_nk(parsed, n, k, "parsed")
+        parsed_rows = [list(row) for row in parsed]
+    tx_rows = _as_texts(texts) if texts is not None else None
+    out["self_verification"] = [self_verification(r, tx_rows, parsed_rows, a, b, ci) for a, b in pair_idx] \
+        if (tx_rows is not None or parsed_rows is not None) else []
 
     # Parse rate ------------------------------------------------------------
     out["parse_rate"] = cis["parse_rate"] = None

@@ -25,6 +25,12 @@ __all__ = [
 ]
 
 
+def _whole_numbers():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
@@ -244,7 +250,7 @@ def plot_scaling(
     ax.set_title(title, wrap=True)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")                   # wherever it hides the fewest points
     return _save(fig, path)
 
 
@@ -274,6 +280,7 @@ def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathL
                 ax.axvline(cur["step"] - 0.5, color="grey", linestyle=":", linewidth=1)
         ax.set_title(name, wrap=True)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(_whole_numbers())               # steps are whole numbers
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)

@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["COLUMNS", "format_table", "rich_table", "row_cells"]
+__all__ = ["COLUMNS", "SELF_VERIFICATION_COLUMNS", "format_self_verification", "format_table", "rich_table",
+           "row_cells", "self_verification_rows"]
 
 
 COLUMNS = ["Acc@t1", "Acc@t2", "Δ(t1,t2)", "Δ^{i→c}(t1,t2)", "Δ^{c→i}(t1,t2)", "Edit ratio", "Copy rate"]
@@ -96,3 +97,38 @@ def rich_table(summary: Mapping[str, Any], title: str | None = "Self-correction 
     for name, s in rows:
         table.add_row(*(([name] if named else []) + row_cells(s, with_ci)))
     return table
+
+
+SELF_VERIFICATION_COLUMNS = ["Edit (t wrong)", "Edit (t right)", "Answer change (t wrong)",
+                             "Answer change (t right)", "Change precision", "Change recall"]
+_SV_KEYS = ["edit_rate_wrong", "edit_rate_right", "answer_change_rate_wrong", "answer_change_rate_right",
+            "change_precision", "change_recall"]
+
+
+def self_verification_rows(summary: Mapping[str, Any], with_ci: bool = True) -> list[list[str]]:
+    """Rows of :func:`format_self_verification`: ``[label, cell, ...]`` (one summary: a row per attempt
+    pair; a mapping ``name -> summary``: a row per name, attempts 1 → 2)."""
+    named, rows = _rows(summary)
+    out = []
+    for name, s in rows:
+        pairs = s.get("self_verification") or []
+        for sv in (pairs[:1] if named else pairs):
+            cis = sv.get("ci95") or {}
+            label = name if named else f"t{sv['from']} → t{sv['to']}"
+            out.append([label] + [_cell(sv.get(k), cis.get(k), with_ci) for k in _SV_KEYS])
+    return out
+
+
+def format_self_verification(summary: Mapping[str, Any], with_ci: bool = True) -> str:
+    """Does attempt t+1 know when attempt t was wrong?  A markdown table of
+    :func:`selfcorrect.metrics.self_verification`'s rates (percentages with 95% intervals); empty
+    when there are none (one attempt)."""
+    rows = self_verification_rows(summary, with_ci)
+    if not rows:
+        return ""
+    named = _rows(summary)[0]
+    header = ["Method" if named else "Attempts"] + SELF_VERIFICATION_COLUMNS
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "|".join(["---:"] * len(SELF_VERIFICATION_COLUMNS)) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+

@@ -384,3 +384,58 @@ def test_plots_write_pngs(tmp_path):
 
     with pytest.raises(ValueError, match="histogram"):
         plot_edit_histogram(summarize(r), tmp_path / "none.png", title="x")
+
+
+# --------------------------------------------------------------------------- self-verification
+def test_self_verification_rates_on_a_hand_counted_example():
+    """Does attempt 2 know when attempt 1 was wrong?  Every rate counted by hand below."""
+    from selfcorrect.metrics import summarize
+
+    r = [[0, 1], [0, 0], [1, 1], [1, 0], [0, 0], [1, 1]]        # attempt 1 wrong in rows 0, 1, 4
+    texts = [["a", "b"], ["c", "c"], ["d", "d"], ["e", "f"], ["g", "h"], ["i", "i"]]   # edited: 0, 3, 4
+    parsed = [["1", "2"], ["3", "3"], ["4", "4"], ["5", "6"], [None, "7"], ["8", "8"]]  # changed: 0, 3, 4
+    sv = summarize(r, texts, parsed)["self_verification"][0]
+    assert (sv["from"], sv["to"], sv["n_wrong"], sv["n_right"], sv["n_changed"]) == (1, 2, 3, 3, 3)
+    assert sv["edit_rate_wrong"] == pytest.approx(2 / 3) and sv["edit_rate_right"] == pytest.approx(1 / 3)
+    assert sv["answer_change_rate_wrong"] == pytest.approx(2 / 3)         # rows 0, 4 of 0, 1, 4
+    assert sv["answer_change_rate_right"] == pytest.approx(1 / 3)         # row 3 of 2, 3, 5
+    assert sv["change_precision"] == pytest.approx(2 / 3)                 # of changed 0, 3, 4: wrong 0, 4
+    assert sv["change_recall"] == sv["answer_change_rate_wrong"]
+    low, high = sv["ci95"]["change_precision"]
+    assert low < 2 / 3 < high                                             # Wilson on 2 of 3
+    copier = summarize(r, [[t[0], t[0]] for t in texts], [[p[0], p[0]] for p in parsed])["self_verification"][0]
+    assert copier["change_recall"] == 0.0 and copier["change_precision"] is None and copier["edit_rate_wrong"] == 0.0
+
+
+def test_ratio_interval_is_a_cluster_bootstrap_of_the_conditional_rate():
+    import numpy as np
+
+    from selfcorrect.intervals import ratio_interval
+
+    rng = np.random.default_rng(0)
+    den = (rng.random(400) < 0.5).astype(float)
+    num = den * (rng.random(400) < 0.3)
+    low, high = ratio_interval(num, den, seed=1)
+    assert low < num.sum() / den.sum() < high and high - low < 0.2
+    assert ratio_interval(num, den, seed=1) == (low, high)                 # deterministic
+    assert ratio_interval(num, np.zeros(400)) is None
+    # correlated samples of one problem: the cluster interval is wider than the episode-level one
+    groups = np.repeat(np.arange(40), 10)
+    same = np.repeat(rng.random(40) < 0.3, 10).astype(float)
+    ones = np.ones(400)
+    a, b = ratio_interval(same, ones, seed=2, groups=groups)
+    c, d = ratio_interval(same, ones, seed=2)
+    assert b - a > 2 * (d - c)
+
+
+def test_the_self_verification_table_is_well_formed_markdown():
+    from selfcorrect.metrics import summarize
+    from selfcorrect.report import format_self_verification
+
+    s = summarize([[0, 1], [1, 1], [0, 0]], [["a", "b"], ["c", "c"], ["d", "d"]], [["1", "2"], ["3", "3"], ["4", "4"]])
+    lines = format_self_verification(s).splitlines()
+    assert len({line.count("|") for line in lines}) == 1 and len(lines) == 3     # header, rule, one pair
+    assert lines[2].startswith("| t1 → t2 | 50.0 [")                            # edited 1 of the 2 wrong
+    methods = format_self_verification({"score": s, "star": s}).splitlines()
+    assert [m.split(" | ")[0] for m in methods[2:]] == ["| score", "| star"]
+    assert format_self_verification(summarize([[1], [0]])) == ""

@@ -414,8 +414,10 @@ def test_a_run_whose_output_is_a_file_prints_a_plain_line_per_step(tiny_model_di
     assert done.returncode == 0, done.stderr[-3000:]
     # the evaluations inside the run report progress too: the base model's, then the final one
     evaluations = [line for line in done.stderr.splitlines() if line.startswith("evaluating at step")]
-    assert evaluations[0].startswith("evaluating at step 0: 2/2 (100%)") and "ETA" in evaluations[0]
-    assert evaluations[-1].startswith("evaluating at step 3: 2/2 (100%)")
+    assert [e.split("  ")[0] for e in evaluations] == [       # one line per batch of generations (per attempt)
+        "evaluating at step 0: 1/2 (50%)", "evaluating at step 0: 2/2 (100%)",
+        "evaluating at step 3: 1/2 (50%)", "evaluating at step 3: 2/2 (100%)"]
+    assert all("elapsed, ETA" in e for e in evaluations)
     assert "Setting accelerator" not in done.stderr and "Warning" not in done.stderr    # no library floods
     assert (run / "report.html").is_file() and (run / "eval" / "report.html").is_file()
     lines = [line for line in done.stderr.splitlines() if line.startswith("step ")]

@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from ..errors import ConfigError
+from ..hf_compat import cache_argument
 
 
 @dataclass(frozen=True)
@@ -497,14 +498,6 @@ def _full_attention_only(config) -> bool:
     if layer_types:
         return all(t == "full_attention" for t in layer_types)
     return not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True))
-
-
-def cache_argument(model) -> str:
-    """The forward() keyword of the KV cache: ``cache`` (transformers >= 5.20) or ``past_key_values``."""
-    import inspect
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model   # PEFT wraps forward(**kwargs)
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ class RunLogger:
             # One W&B run per run directory: its id is kept there, so --resume continues the same W&B run
             # (WANDB_MODE=offline writes it under RUN/wandb/ for a later `wandb sync`).
             id_file = run_dir / "wandb-id.txt"
-            run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+            run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
             id_file.write_text(run_id + "\n")
             self.wandb = wandb.init(project="selfcorrect", name=run_dir.name, id=run_id, dir=str(run_dir),
                                     config=to_dict(config), resume="allow")

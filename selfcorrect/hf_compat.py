@@ -1,0 +1,11 @@
+"""Differences between transformers versions, in one place (a leaf module: it imports nothing of ours)."""
+
+from __future__ import annotations
+
+
+def cache_argument(model) -> str:
+    """The forward() keyword of the KV cache: ``cache`` (transformers >= 5.20) or ``past_key_values``."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model   # PEFT wraps forward(**kwargs)
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
