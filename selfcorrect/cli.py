@@ -34,6 +34,14 @@ def _quiet_libraries() -> None:
     """Keep library chatter (weight-loading bars, generation-config notices) out of the CLI output."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Where DeepSpeed is installed, accelerate imports it whenever transformers saves a model -- in runs
+    # that never use it -- and it then warns on stdout that it found no GPU.  Without CUDA, say "cpu"
+    # (what it would pick anyway) before it asks.
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     with contextlib.suppress(Exception):
