@@ -150,5 +150,8 @@ def ratio_interval(numerator: Any, denominator: Any, n_boot: int = 2000, seed: i
         idx = rng.integers(0, n_groups, size=(min(chunk, n_boot - done), n_groups))    # (b, G)
         d = group_den[idx].sum(axis=1)
         boots.append(np.divide(group_num[idx].sum(axis=1), d, out=np.full_like(d, np.nan), where=d > 0))
-    low, high = np.nanquantile(np.concatenate(boots), [alpha / 2.0, 1.0 - alpha / 2.0])
+    boots = np.concatenate(boots)
+    if np.isnan(boots).all():                 # no resample had a denominator (a handful of episodes)
+        return None
+    low, high = np.nanquantile(boots, [alpha / 2.0, 1.0 - alpha / 2.0])
     return (float(low), float(high))

@@ -19,7 +19,8 @@ their whole prompt -- can have that prefix computed once (``shared_prefix``):
 one pass over each group's prefix keeps its keys and values, and every row's
 remainder attends to them (:func:`shared_prefixes`, :func:`_hidden_after_prefixes`).
 Gradients flow back through the shared keys and values into the prefix pass,
-so the result equals scoring every row in full.
+so the result equals scoring every row in full.  Models with sliding-window (or
+linear-attention) layers are always scored in full: their caches keep only a window.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import DynamicLayer
+
+from .hf_compat import full_attention_only
 
 
 def _backbone_and_head(model):
@@ -89,7 +92,7 @@ def _chunk_logprobs(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.M
     return logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)   # [c]
 
 
-def shared_prefixes(input_ids: torch.Tensor, label_mask: torch.Tensor,
+def shared_prefixes(input_ids: torch.Tensor, label_mask: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     min_length: int = 8) -> tuple[list[int], list[int]]:
     """(group of each row, prefix length of each group): the runs of consecutive rows whose shared
     leading tokens are computed once, chosen to save the most token computations.
@@ -102,7 +105,9 @@ def shared_prefixes(input_ids: torch.Tensor, label_mask: torch.Tensor,
     """
     b = input_ids.shape[0]
     first_label = torch.where(label_mask.any(1), label_mask.int().argmax(1), label_mask.shape[1]).tolist()
-    limit = [n - 1 for n in first_label]                               # prefix lengths allowed per row
+    # prefix lengths allowed per row: before its first label, and (a row without labels) short of its end
+    widths = attention_mask.sum(1).tolist() if attention_mask is not None else [input_ids.shape[1]] * b
+    limit = [min(n - 1, int(w) - 2) for n, w in zip(first_label, widths)]
     # lcp[i][k]: how many leading tokens rows i and k (k >= i) share
     lcp = [(input_ids[i:] == input_ids[i]).int().cumprod(1).sum(1).tolist() for i in range(b)]
     shared = [[0] * b for _ in range(b)]                                # shared[i][j]: prefix of run i..j
@@ -288,7 +293,9 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if not temperature > 0:
         raise ValueError(f"log-probs need a temperature > 0, got {temperature!r}")
     inner, backbone, head = _backbone_and_head(model)
-    groups, lengths = shared_prefixes(input_ids, label_mask) if shared_prefix else ([], [])
+    # A sliding-window layer's cache keeps only the window: a shared prefix longer than it would be cut.
+    shared_prefix = shared_prefix and full_attention_only(inner.config)
+    groups, lengths = shared_prefixes(input_ids, label_mask, attention_mask) if shared_prefix else ([], [])
     if any(lengths):
         # hidden: [B, S, H] for each row's tokens from its group's prefix length on; ids/mask likewise
         hidden, ids, mask = _hidden_after_prefixes(model, backbone, input_ids, attention_mask, label_mask,

@@ -156,3 +156,25 @@ def test_only_the_replicated_layout_shares_prefixes():
 
     assert ReplicatedEngine.can_share_prefixes
     assert not FSDP2Engine.can_share_prefixes and not DeepSpeedEngine.can_share_prefixes
+
+
+def test_sliding_window_models_are_scored_in_full():
+    """A sliding-window layer's cache keeps only its window, so a longer shared prefix is never cut:
+    such models are scored row by row, with the same result as without sharing."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=500, hidden_size=16, intermediate_size=32,
+                                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                               head_dim=8, sliding_window=4)).double().eval()
+    ids, mask, labels = _episodes_like()
+    with torch.no_grad():
+        full = token_logprobs(model, ids, mask, labels)
+        shared = token_logprobs(model, ids, mask, labels, shared_prefix=True)
+    assert torch.equal(full, shared)
+
+
+def test_a_row_without_labels_never_shares_past_its_end():
+    ids, mask, labels = _batch([[1] * 12 + [2, 3], [1] * 12 + [2, 3, 4, 5]], [99, 13])   # row 0: no labels
+    groups, lengths = shared_prefixes(ids, labels, mask)
+    assert all(n <= int(m.sum()) - 2 for n, m, g in zip([lengths[g] for g in groups], mask, groups))

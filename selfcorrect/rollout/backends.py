@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 
 from ..errors import ConfigError
-from ..hf_compat import cache_argument
+from ..hf_compat import cache_argument, full_attention_only
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class TransformersBackend:
         if decode == "graphs" and device.type != "cuda":
             raise ConfigError(f"decode graphs needs a CUDA device (the model is on {device.type}); "
                               "use decode static or dynamic")
-        if decode != "dynamic" and not _full_attention_only(model.config):
+        if decode != "dynamic" and not full_attention_only(model.config):
             raise ConfigError(f"decode {decode} supports full-attention models only "
                               f"({type(model.config).__name__} has sliding-window or linear-attention layers); "
                               "use decode dynamic")
@@ -176,6 +176,7 @@ class TransformersBackend:
         self.eos_token_ids = eos_token_ids or end_of_turn_ids(tokenizer, getattr(model, "generation_config", None))
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids)
         self._step_forward = None
+        self._state_bytes = 0                  # DecodeState bytes kept so far in this generate() call
         self._static_caches: dict[tuple[int, int], object] = {}
         if decode == "graphs":
             # CUDA graphs of the decode step, one per (bucket, cache length): its shapes never vary within
@@ -187,7 +188,9 @@ class TransformersBackend:
 
     def _weights_version(self) -> int:
         """Changes whenever a trainable weight is updated in place (an optimizer step): a stale
-        :class:`DecodeState` is then recomputed rather than reused."""
+        :class:`DecodeState` is then recomputed rather than reused.  (Writes through ``p.data`` do
+        not bump it; today a state never outlives one :func:`~selfcorrect.rollout.sample_episodes`
+        call, inside which the weights do not change, so this is a second line of defence.)"""
         return sum(p._version for p in self.model.parameters() if p.requires_grad)
 
     @staticmethod
@@ -226,6 +229,8 @@ class TransformersBackend:
                 idx = order[lo: lo + self.batch_size]
                 row_seeds = [seeds[i] for i in idx] if seeds is not None else None
                 row_states = [usable[i] for i in idx] if usable is not None else None
+                if row_states is not None and all(st is None for st in row_states):
+                    row_states = None          # this batch has none (e.g. past the state budget): plain prefill
                 batch = self._generate_batch([prompts[i] for i in idx], params, row_seeds, row_states, keep_state)
                 for i, gen in zip(idx, batch):
                     results[i] = gen
@@ -489,15 +494,6 @@ class _StaticDecode:
         out = forward(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=positions,
                       use_cache=True, logits_to_keep=1, **{self.backend._cache_kwarg: self.cache})
         return out.logits[:, -1, :].float()
-
-
-def _full_attention_only(config) -> bool:
-    """Every layer attends to all earlier tokens (no sliding window, no linear attention)."""
-    config = getattr(config, "text_config", None) or config
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types:
-        return all(t == "full_attention" for t in layer_types)
-    return not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True))
 
 
 def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
