@@ -59,14 +59,11 @@ def batched_generate_episodes(model, tokenizer, builder, task, problems, max_new
     contexts = [builder.first_prompt(task.first_prompt(p)) for p in problems]
     tokens = 0
     for attempt in range(2):
-        width = max(len(c) for c in contexts)
-        ids = torch.full((len(contexts), width), tokenizer.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for i, c in enumerate(contexts):
-            ids[i, width - len(c):] = torch.tensor(c)
-            mask[i, width - len(c):] = 1
+        batch = tokenizer.pad({"input_ids": contexts}, padding_side="left", return_tensors="pt")
+        width = batch["input_ids"].shape[1]
         device = next(model.parameters()).device
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+        out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                             max_new_tokens=max_new_tokens,
                              do_sample=False, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
                              **generate_kwargs)[:, width:].tolist()
         answers = [row[: row.index(eos) + 1] if eos in row else row for row in out]

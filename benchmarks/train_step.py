@@ -127,15 +127,10 @@ def _floor(trainer, episodes, max_new_tokens: int, precision: str) -> dict[str, 
     start = time.perf_counter()
     for k in range(2):
         contexts = [ep.tokens[: ep.attempts[k].start] for ep in episodes]
-        width = max(len(c) for c in contexts)
-        ids = torch.full((len(contexts), width), tok.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for i, c in enumerate(contexts):
-            ids[i, width - len(c):] = torch.tensor(c)
-            mask[i, width - len(c):] = 1
+        batch = tok.pad({"input_ids": contexts}, padding_side="left", return_tensors="pt")
         with torch.no_grad(), _autocast(precision):
-            model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7,
-                           max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+            model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=True,
+                           temperature=0.7, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
     times["generate"] = time.perf_counter() - start
     batch = collate(episodes, tok.pad_token_id)
     start = time.perf_counter()

@@ -69,19 +69,25 @@ def plain_progress(stream) -> Callable[[str, int], Callable[[int], None]]:
     return factory
 
 
+def _progress_bar(console, *extra, elapsed: bool = True, transient: bool = False):
+    """A rich progress display: description, bar, n/total, [elapsed,] time left, then ``extra`` columns."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               *([TimeElapsedColumn()] if elapsed else []), TimeRemainingColumn(), *extra]
+    return Progress(*columns, console=console, transient=transient)
+
+
 @contextlib.contextmanager
 def rich_progress(console) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
     """A factory ``(description, total) -> advance(n)`` backed by one rich progress display (or plain
     lines, :func:`plain_progress`, when the console is not a terminal)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
     if not console.is_terminal:
         yield plain_progress(console.file)
         return
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=console, transient=False)
+    progress = _progress_bar(console)
 
     def factory(description: str, total: int) -> Callable[[int], None]:
         if not progress.live.is_started:  # start on first use: an early error prints nothing but its line
@@ -156,8 +162,7 @@ def _live_train(trainer, console) -> dict[str, Any]:
     when the output goes to a file (a cluster job's log, ``make demo > log``)."""
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import TextColumn
 
     config = trainer.config
     if not console.is_terminal:
@@ -170,8 +175,7 @@ def _live_train(trainer, console) -> dict[str, Any]:
             last[0] = now
 
         return trainer.train(plain)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console) as progress:
+    with _progress_bar(console, TextColumn("{task.fields[stats]}")) as progress:
         bar = progress.add_task(f"{config.method}", total=config.total_steps, completed=trainer.step, stats="")
 
         def on_step(step: int, row: dict[str, Any]) -> None:
@@ -228,10 +232,7 @@ def _eval_progress(console, live=None) -> Callable[[str, int], Callable[[int], N
         return plain_progress(console.file)
 
     def factory(description: str, total: int) -> Callable[[int], None]:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = live or Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                    TimeRemainingColumn(), console=console, transient=True)
+        progress = live or _progress_bar(console, elapsed=False, transient=True)
         task = progress.add_task(description, total=total, stats="")
         done = [0]
 
@@ -251,11 +252,13 @@ def _eval_progress(console, live=None) -> Callable[[str, int], Callable[[int], N
 def _run_report(trainer, summaries) -> None:
     """``RUN/report.html``: the held-out table (base and trained), the training curves and the final
     evaluation's plots and episodes."""
-    from .html_report import read_samples, write_report
+    from .evaluation import read_jsonl
+    from .html_report import write_report
 
     run, config = trainer.run_dir, trainer.config
+    samples = run / "eval" / "samples.jsonl"
     write_report(run / "report.html", f"{config.method} · {config.model} · {config.task}", summaries,
-                 read_samples(run / "eval" / "samples.jsonl"),
+                 read_jsonl(samples) if samples.is_file() else [],
                  [run / "training_curves.png", run / "eval" / "accuracy.png", run / "eval" / "edit_ratio.png",
                   run / "eval-base" / "accuracy.png"],
                  notes=[f"{trainer.step} optimizer steps; held-out evaluation on {config.eval_limit} problems, "

@@ -29,7 +29,7 @@ import numpy as np
 from . import metrics, plots, report
 from .checkpoint import list_checkpoints
 from .errors import ConfigError
-from .evaluation import atomic_write, write_json
+from .evaluation import atomic_write, read_jsonl, write_json
 from .run_dir import check_output_dir
 from .trainer import METHODS, TrainConfig, Trainer
 from .training.config import OPERATIONAL, differing_fields
@@ -82,15 +82,6 @@ def _same_settings(path: Path, config: TrainConfig) -> None:
     if differ:
         raise ConfigError(f"compare: {path} holds a run made with other settings ({'; '.join(differ)}); "
                           "use another --out, or delete that run to train it again")
-
-
-def _load_eval(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path / "eval" / "samples.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rows.append(json.loads(line))
-    return rows
 
 
 def pooled_summary(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
@@ -150,11 +141,13 @@ def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) ->
     summaries: dict[str, dict[str, Any]] = {}
     table: dict[str, Any] = {"methods": {}, "seeds": list(seeds)}
     curves: dict[str, dict[str, list[float]]] = {}
+    browsed: list[dict[str, Any]] = []                # every run's episodes for report.html, tagged by run
     for method in methods:
         rows, per_seed = [], []
         for seed in seeds:
-            seed_rows = _load_eval(run_dir(out, method, seed))
+            seed_rows = read_jsonl(run_dir(out, method, seed) / "eval" / "samples.jsonl")
             rows.extend(seed_rows)
+            browsed.extend({**r, "group": f"{method} seed {seed}"} for r in seed_rows)
             r = np.array([[a["reward"] for a in x["attempts"]] for x in seed_rows], dtype=float)
             per_seed.append({"seed": seed, "accuracy": r.mean(0).tolist()})
         summary = pooled_summary(rows)
@@ -182,11 +175,9 @@ def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) ->
     if curves:
         plots.plot_method_curves(curves, out / "training_curves.png")
     plots.plot_delta_bars(summaries, out / "delta.png")
-    from .html_report import read_samples, write_report
+    from .html_report import write_report
 
-    samples = [r for method in methods for seed in seeds
-               for r in read_samples(run_dir(out, method, seed) / "eval" / "samples.jsonl", f"{method} seed {seed}")]
-    write_report(out / "report.html", f"Comparison: {', '.join(methods)}", summaries, samples,
+    write_report(out / "report.html", f"Comparison: {', '.join(methods)}", summaries, browsed,
                  [out / name for name in ("delta.png", "edit_ratio.png", "training_curves.png")],
                  notes=[f"seeds {', '.join(map(str, seeds))}; each method's held-out episodes pooled over seeds",
                         format_budget(table["methods"]).splitlines()[0]])

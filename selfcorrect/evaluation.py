@@ -170,6 +170,12 @@ def write_json(path: Path, obj: Any) -> None:
         fh.write("\n")
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file such as ``samples.jsonl`` (blank lines skipped)."""
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     with atomic_write(path) as fh:
         for row in rows:

@@ -107,13 +107,3 @@ def write_report(path: Path, title: str, summaries: Mapping[str, Mapping[str, An
     with atomic_write(Path(path)) as fh:
         fh.write(page)
     return Path(path)
-
-
-def read_samples(path: Path, group: str = "") -> list[dict[str, Any]]:
-    """The records of a ``samples.jsonl`` (each tagged with ``group``, e.g. the method that made it)."""
-    import json
-
-    if not Path(path).is_file():
-        return []
-    with open(path, encoding="utf-8") as fh:
-        return [{**json.loads(line), **({"group": group} if group else {})} for line in fh if line.strip()]

@@ -34,7 +34,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import DynamicLayer
 
-from .hf_compat import full_attention_only
+from .hf_compat import cache_argument, full_attention_only
 
 
 def _backbone_and_head(model):
@@ -49,8 +49,10 @@ def _backbone_and_head(model):
     return inner, backbone, head
 
 
-def _last_hidden_state(model, backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The backbone's output, through the *whole* model's forward.
+def _last_hidden_state(model, backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       **forward) -> torch.Tensor:
+    """The backbone's output, through the *whole* model's forward (``forward``: more of its arguments,
+    e.g. positions and a cache).
 
     Calling the backbone directly would skip the outer module's hooks — those
     of PEFT, and FSDP's, which gather the embedding/output weights and reduce
@@ -60,7 +62,7 @@ def _last_hidden_state(model, backbone, input_ids: torch.Tensor, attention_mask:
     handle = backbone.register_forward_hook(
         lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state))
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1, **forward)
     finally:
         handle.remove()
     return captured[-1]
@@ -187,8 +189,6 @@ def _hidden_after_prefixes(model, backbone, input_ids, attention_mask, label_mas
        group's prefix (``[b, h, P, d]`` per layer, each group's repeated for its rows), in up to three
        passes of rows of similar remainder length (:func:`length_buckets`).
     """
-    from .hf_compat import cache_argument
-
     device = input_ids.device
     cache_kwarg = cache_argument(model)
     prefix_len = torch.tensor(lengths, device=device)                              # [G]
@@ -235,18 +235,12 @@ def _run_over_cache(model, backbone, cache_kwarg: str, layers: list[_SharedPrefi
     """The backbone's output for ``ids`` at ``positions``, attending to the read-only prefix ``layers``."""
     from transformers import Cache
 
-    captured: list[torch.Tensor] = []
-    handle = backbone.register_forward_hook(
-        lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state))
-    try:
-        with _layer_flags(model, _can_checkpoint_with_cache=True):
-            model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1,
-                  **{cache_kwarg: Cache(layers=layers)})
-    finally:
-        handle.remove()
+    with _layer_flags(model, _can_checkpoint_with_cache=True):
+        hidden = _last_hidden_state(model, backbone, ids, mask, position_ids=positions,
+                                    **{cache_kwarg: Cache(layers=layers)})
     if any(layer.reads == 0 for layer in layers):
         raise RuntimeError(f"{type(model).__name__} ignored the shared-prefix cache; score it with shared_prefix off")
-    return captured[-1]
+    return hidden
 
 
 def length_buckets(lengths: list[int], max_buckets: int = 3) -> list[list[int]]:

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -55,6 +56,35 @@ TINY_CONFIG = dict(
     tie_word_embeddings=True,
 )
 """Shape of the tiny test model (vocabulary size and special ids come from the tokenizer)."""
+
+
+def lively_llama(tok):
+    """A tiny random Llama with larger weights, in eval mode: its greedy outputs vary instead of
+    repeating one token, so declared stop tokens end rows at different steps."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                        pad_token_id=tok.pad_token_id,
+                                        **{**TINY_CONFIG, "initializer_range": 0.3})).eval()
+
+
+@contextlib.contextmanager
+def forward_shapes(model):
+    """The ``input_ids`` shape of every forward call of ``model`` inside the block, in order."""
+    shapes: list[tuple[int, ...]] = []
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return original(*args, **kwargs)
+
+    model.forward = spy
+    try:
+        yield shapes
+    finally:
+        del model.forward
 
 
 @pytest.fixture(scope="session")

@@ -66,14 +66,10 @@ DECODES = ["static", "graphs"] if DEVICE == "cuda" else ["static"]   # graphs: C
 
 
 def _lively(tok):
-    """A tiny random Llama whose greedy outputs vary (larger weights), on DEVICE, in float32."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """:func:`conftest.lively_llama` on DEVICE (float32)."""
+    from conftest import lively_llama
 
-    from conftest import TINY_CONFIG
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                        **{**TINY_CONFIG, "initializer_range": 0.3})).to(DEVICE).eval()
+    return lively_llama(tok).to(DEVICE)
 
 
 @pytest.mark.parametrize("decode", DECODES)

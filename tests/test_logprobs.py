@@ -7,6 +7,8 @@ import torch
 
 from selfcorrect.logprobs import length_buckets, shared_prefixes, token_logprobs
 
+from conftest import forward_shapes
+
 
 def _batch(rows: list[list[int]], labels_from: list[int]):
     """Right-padded ``input_ids``, ``attention_mask`` and a label mask that is True from ``labels_from[i]`` on."""
@@ -99,19 +101,8 @@ def test_each_groups_prefix_is_computed_once(tiny_model):
     ids, mask, labels = _episodes_like()
     ids = ids % model.config.vocab_size
     groups, lengths = shared_prefixes(ids, labels)
-    shapes = []
-    original = model.forward
-
-    def spy(*args, **kwargs):
-        shapes.append(tuple(kwargs["input_ids"].shape))
-        return original(*args, **kwargs)
-
-    model.forward = spy
-    try:
-        with torch.no_grad():
-            token_logprobs(model, ids, mask, labels, shared_prefix=True)
-    finally:
-        del model.forward
+    with forward_shapes(model) as shapes, torch.no_grad():
+        token_logprobs(model, ids, mask, labels, shared_prefix=True)
     assert shapes[0] == (len(lengths), max(lengths))                # one pass over the groups' prefixes
     spans = [int(m.sum()) - lengths[g] for m, g in zip(mask, groups)]
     buckets = length_buckets(spans)

@@ -10,6 +10,8 @@ from selfcorrect.rollout import (ConversationBuilder, SamplingParams, Transforme
                                  sample_episodes)
 from selfcorrect.tasks.base import Problem, Task
 
+from conftest import forward_shapes, lively_llama
+
 INSTRUCTION = "There might be an error. Please fix it."
 
 
@@ -118,18 +120,8 @@ def test_shared_prefix_cache_gives_the_same_tokens(tiny_model):
     prompts.append(list(prefix))                       # a prompt that *is* the shared prefix
     eos = tok.eos_token_id
     backend = TransformersBackend(model, tok, batch_size=8)
-    calls = []
-    original = model.forward
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape)
-        return original(*args, **kwargs)
-
-    model.forward = spy
-    try:
+    with forward_shapes(model) as calls:
         gens = backend.generate(prompts, SamplingParams(max_new_tokens=6))
-    finally:
-        del model.forward
     assert calls[0] == (1, len(prefix) - 1)            # the shared prefix ran once, at batch size 1
     for prompt, gen in zip(prompts, gens):
         ref = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=eos,
@@ -220,19 +212,6 @@ def test_per_row_seeds_make_samples_independent_of_batching(tiny_model):
     assert [a.ids for e in together for a in e.attempts] != [a.ids for e in other for a in e.attempts]
 
 
-def _forward_spy(model):
-    """Record the ``input_ids`` shape of every forward call of ``model`` (undo with ``del model.forward``)."""
-    calls = []
-    original = model.forward
-
-    def spy(*args, **kwargs):
-        calls.append(tuple(kwargs["input_ids"].shape))
-        return original(*args, **kwargs)
-
-    model.forward = spy
-    return calls
-
-
 def _stop_tokens(model, tok, prompts, steps):
     """End-of-turn ids that make prompt ``i`` stop after ``steps[i]`` greedy tokens (mixed lengths)."""
     eos = tok.eos_token_id
@@ -245,34 +224,18 @@ def _stop_tokens(model, tok, prompts, steps):
     return {eos} | stops
 
 
-def _lively_model(tok):
-    """A tiny random Llama with larger weights: its greedy outputs vary instead of repeating one token,
-    so declared stop tokens end rows at different steps."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from conftest import TINY_CONFIG
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                        pad_token_id=tok.pad_token_id,
-                                        **{**TINY_CONFIG, "initializer_range": 0.3})).eval()
-
-
 def test_static_decode_matches_generate_across_bucket_changes(default_tokenizer):
     """The preallocated cache: same greedy tokens as ``model.generate``, decode steps only at bucket sizes."""
     tok = default_tokenizer
-    model = _lively_model(tok)
+    model = lively_llama(tok)
     texts = ["hello", "a much longer prompt with many more tokens in it", "two words", "seven", "count to ten",
              "the end"]
     prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     eos_ids = _stop_tokens(model, tok, prompts, [2, 5, 9, 3, 14, 7])
     eos_list = sorted(eos_ids)
     static = TransformersBackend(model, tok, batch_size=6, eos_token_ids=eos_ids, decode="static")
-    calls = _forward_spy(model)
-    try:
+    with forward_shapes(model) as calls:
         gens = static.generate(prompts, SamplingParams(max_new_tokens=14))
-    finally:
-        del model.forward
     decode_batches = [b for b, t in calls if t == 1]
     assert set(decode_batches) <= {1, 2, 4, 6} and len(set(decode_batches)) >= 2   # compacted, bucket sizes only
     lengths = set()
@@ -314,11 +277,8 @@ def test_next_attempt_starts_from_the_previous_attempts_cache(tiny_model):
     fresh.state_budget_bytes = 0                                # keeps no state: re-encodes every prompt
     reusing = TransformersBackend(model, tok, batch_size=8)
     expected = sample_episodes(fresh, builder, task, problems, samples=2, attempts=3, params=greedy)
-    calls = _forward_spy(model)
-    try:
+    with forward_shapes(model) as calls:
         episodes = sample_episodes(reusing, builder, task, problems, samples=2, attempts=3, params=greedy)
-    finally:
-        del model.forward
     for got, want in zip(episodes, expected):
         assert got.tokens == want.tokens
         for a, b in zip(got.attempts, want.attempts):

@@ -57,9 +57,9 @@ def make_engine(config, dist, device: torch.device) -> Engine:
         engine = DeepSpeedEngine(dist, device, config.max_grad_norm, sharding, bf16=config.dtype == "bfloat16",
                                  autocast=config.autocast == "bf16")
     engine.check(config)
-    # Only where forward passes are not collectives: a sharded layout's processes must run the same passes.
-    engine.shared_prefix = bool(getattr(config, "score_shared_prefix", False)) and engine.can_share_prefixes \
-        and sharding == "none"
+    # Only where forward passes are not collectives (Engine.can_share_prefixes): a sharded layout's
+    # processes must run the same passes.
+    engine.shared_prefix = config.score_shared_prefix and engine.can_share_prefixes
     return engine
 
 

@@ -164,7 +164,8 @@ class TransformersBackend:
         if decode == "graphs" and device.type != "cuda":
             raise ConfigError(f"decode graphs needs a CUDA device (the model is on {device.type}); "
                               "use decode static or dynamic")
-        if decode != "dynamic" and not full_attention_only(model.config):
+        self._full_attention = full_attention_only(model.config)
+        if decode != "dynamic" and not self._full_attention:
             raise ConfigError(f"decode {decode} supports full-attention models only "
                               f"({type(model.config).__name__} has sliding-window or linear-attention layers); "
                               "use decode dynamic")
@@ -241,7 +242,7 @@ class TransformersBackend:
         return results  # type: ignore[return-value]
 
     def _usable_states(self, prompts, states) -> list[DecodeState | None] | None:
-        if states is None:
+        if states is None or all(s is None for s in states):
             return None
         version = self._weights_version()
         usable = [s if isinstance(s, DecodeState) and s.owner == id(self) and s.weights_version == version
@@ -320,11 +321,11 @@ class TransformersBackend:
         return cache, mask
 
     def _row_state(self, cache, slot: int, mask_row: torch.Tensor, tokens: list[int], version: int):
-        """Slot ``slot``'s stored keys/values (the columns ``mask_row`` marks), or None for caches that
-        keep only a window of them (sliding-window and linear-attention layers)."""
-        layers = getattr(cache, "layers", None)
-        if not layers or any(getattr(layer, "is_sliding", False) or not hasattr(layer, "keys") for layer in layers):
+        """Slot ``slot``'s stored keys/values (the columns ``mask_row`` marks), or None for models whose
+        caches keep only a window of them (sliding-window and linear-attention layers)."""
+        if not self._full_attention:
             return None
+        layers = cache.layers
         first = layers[0].keys
         size = 2 * len(layers) * first.shape[1] * len(tokens) * first.shape[-1] * first.element_size()
         if self._state_bytes + size > self.state_budget_bytes:

@@ -94,9 +94,8 @@ def extend_episodes(backend: GenerationBackend, builder: ConversationBuilder, ta
     contexts = [builder.open_next_turn(ep) if ep.attempts else ep.tokens for ep in episodes]
     seeds = None if seed is None else [row_seed(seed, ep.problem.id, ep.sample, len(ep.attempts))
                                        for ep in episodes]
-    states = [ep.decode_state for ep in episodes]
     generations = backend.generate(contexts, params, progress, seeds=seeds,
-                                   states=states if any(s is not None for s in states) else None, keep_state=more)
+                                   states=[ep.decode_state for ep in episodes], keep_state=more)
     for ep, g in zip(episodes, generations):
         ep.decode_state = g.state if more else None
     attempts = [builder.append_attempt(ep, g.ids, g.truncated, g.logprobs) for ep, g in zip(episodes, generations)]
