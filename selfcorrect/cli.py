@@ -26,6 +26,7 @@ from . import __version__
 from .config import add_arguments, build_config, flag_values
 from .distributed import TrainingStopped
 from .errors import ConfigError, SelfCorrectError
+from .report import split_note
 
 EXIT_USAGE = 2
 
@@ -137,6 +138,7 @@ def step_line(row: dict[str, Any], step: int, total: int, seconds: float, warn_g
     parts += [" ".join(f"r{k}={row[f'reward_t{k}']:.2f}" for k in attempts)]
     if "delta" in row:
         parts.append(f"Δ={row['delta']:+.2f} copy={row['copy_rate']:.2f}")
+    parts.append(_format_and_validation(row))
     kls = [f"kl{k}={row[f'kl_t{k}']:.3f}" for k in attempts if row.get(f"kl_t{k}") == row.get(f"kl_t{k}")]
     if kls:
         parts.append(" ".join(kls))
@@ -149,6 +151,17 @@ def step_line(row: dict[str, Any], step: int, total: int, seconds: float, warn_g
         parts.append("skipped (non-finite)")
     parts.append(f"{seconds:.1f} s/step, ETA {_duration(seconds * max(total - step, 0))}")
     return "  ".join(p for p in parts if p)
+
+
+def _format_and_validation(row: dict[str, Any]) -> str:
+    """``fmt=0.62/0.58`` (answers in the instructed form, per attempt) and, on a step with a validation
+    evaluation, ``val=0.31/0.34`` (its accuracy per attempt)."""
+    def per_attempt(prefix: str) -> str:
+        keys = sorted((k for k in row if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))
+        return "/".join(f"{row[k]:.2f}" for k in keys)
+    parts = [f"{label}={values}" for label, values in (("fmt", per_attempt("format_t")),
+                                                       ("val", per_attempt("validation_acc_t"))) if values]
+    return " ".join(parts)
 
 
 def _duration(seconds: float) -> str:
@@ -181,6 +194,8 @@ def _live_train(trainer, console) -> dict[str, Any]:
         def on_step(step: int, row: dict[str, Any]) -> None:
             rewards = " ".join(f"r{k[-1]}={row[k]:.2f}" for k in row if k.startswith("reward_t"))
             extra = f" Δ={row['delta']:+.2f} copy={row['copy_rate']:.2f}" if "delta" in row else ""
+            shown = _format_and_validation(row)
+            extra += f" {shown}" if shown else ""
             gaps = [v for k, v in row.items() if k.startswith("logp_gap_mean_t") and v == v]
             gap = f" gap={max(gaps):.1e}" if gaps else ""
             if gaps and max(gaps) > config.logprob_gap_warn:
@@ -205,17 +220,19 @@ def _run_training(config, console, compare_base: bool) -> int:
     trainer = Trainer.create(config)
     trainer.eval_progress = _eval_progress(console)
     summaries = {}
+    test = split_note(trainer.splits.sources["test"], min(config.eval_limit, len(trainer.test_task.problems)))
     if compare_base:
-        console.print(f"evaluating the base model on {config.eval_limit} held-out problems ...")
-        base, episodes = trainer.evaluate_on_main()
+        console.print(f"evaluating the base model on {test} ...")
+        base, episodes = trainer.evaluate_on_main("test")
         if base is not None:
-            write_eval_outputs(trainer.run_dir / "eval-base", base, episodes, "base model")
+            write_eval_outputs(trainer.run_dir / "eval-base", base, episodes, "base model",
+                               {"splits": trainer.splits.sources})
             summaries["base (prompting only)"] = base
     result = _live_train(trainer, console)
     if result["final_eval"] is None:           # not the main process of a multi-process run: it reports nothing
         return 0
     summaries[f"{config.method} ({trainer.step} steps)"] = result["final_eval"]
-    console.print(rich_table(summaries, title=f"held-out {config.task}, greedy, n={config.eval_limit}"))
+    console.print(rich_table(summaries, title=f"{test}, greedy, 95% CIs"))
     if compare_base:
         (trainer.run_dir / "comparison.md").write_text(
             f"# {config.model} on {config.task}: base vs trained\n\n{format_table(summaries)}\n")
@@ -261,8 +278,9 @@ def _run_report(trainer, summaries) -> None:
                  read_jsonl(samples) if samples.is_file() else [],
                  [run / "training_curves.png", run / "eval" / "accuracy.png", run / "eval" / "edit_ratio.png",
                   run / "eval-base" / "accuracy.png"],
-                 notes=[f"{trainer.step} optimizer steps; held-out evaluation on {config.eval_limit} problems, "
-                        "greedy", "samples: the trained model's final evaluation"])
+                 notes=[f"{trainer.step} optimizer steps; evaluated once at the end on "
+                        f"{split_note(trainer.splits.sources['test'], len(read_jsonl(samples)) if samples.is_file() else 0)}"
+                        ", greedy", "samples: the trained model's final evaluation"])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -309,7 +327,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = build_config(TrainConfig, {"out": args.out, "overwrite": True}, args.config)
     console = _console()
     console.print(f"[bold]selfcorrect demo[/]: {config.method} on {config.model} / {config.task}, "
-                  f"{config.total_steps} steps, then greedy eval on {config.eval_limit} held-out problems")
+                  f"{config.iterations} iterations of Stage I ({config.stage1_steps} steps) → Stage II "
+                  f"({config.stage2_steps} steps), then base vs trained, greedy, on {config.eval_limit} test problems")
     return _run_training(config, console, compare_base=True)
 
 

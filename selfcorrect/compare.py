@@ -93,6 +93,8 @@ def pooled_summary(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, A
         truncated=np.array([[a["truncated"] for a in r["attempts"]] for r in rows], dtype=bool),
         lengths=np.array([[a["tokens"] for a in r["attempts"]] for r in rows], dtype=float),
         group_ids=[r["id"] for r in rows],
+        formatted=None if any(a.get("formatted") is None for r in rows for a in r["attempts"]) else
+        np.array([[a["formatted"] for a in r["attempts"]] for r in rows], dtype=bool),
         seed=seed,
     )
 
@@ -153,7 +155,8 @@ def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) ->
         summary = pooled_summary(rows)
         summaries[method] = summary
         keys = ("n", "n_groups", "attempts", "accuracy", "delta", "delta_i2c", "delta_c2i",
-                "edit_distance_ratio", "copy_rate", "parse_rate", "self_verification", "ci95", "ci_method")
+                "edit_distance_ratio", "copy_rate", "parse_rate", "format_rate", "self_verification", "ci95",
+                "ci_method")
         table["methods"][method] = {**{k: summary.get(k) for k in keys}, "per_seed": per_seed,
                                     "budget": run_budget(out, method, seeds)}
         steps: dict[int, list[dict[str, float]]] = {}

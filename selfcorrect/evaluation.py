@@ -132,6 +132,8 @@ def summarize_episodes(episodes: Sequence[Episode], seed: int = 0) -> dict[str, 
         truncated=np.array([[a.truncated for a in ep.attempts] for ep in episodes], dtype=bool),
         lengths=np.array([[len(a.ids) for a in ep.attempts] for ep in episodes], dtype=float),
         group_ids=[ep.problem.id for ep in episodes],
+        formatted=None if any(a.formatted is None for ep in episodes for a in ep.attempts) else
+        np.array([[a.formatted for a in ep.attempts] for ep in episodes], dtype=bool),
         seed=seed,
     )
 
@@ -145,7 +147,7 @@ def episode_record(ep: Episode) -> dict[str, Any]:
         "gold": ep.problem.answer,
         "attempts": [
             {"text": a.text, "answer": a.answer, "reward": a.reward, "reason": a.reason, "tokens": len(a.ids),
-             "truncated": a.truncated}
+             "truncated": a.truncated, "formatted": a.formatted}
             for a in ep.attempts
         ],
     }
@@ -193,8 +195,12 @@ def write_eval_outputs(out: Path, summary: dict[str, Any], episodes: Sequence[Ep
     write_json(paths["metrics.json"], {**summary, **(extra or {})})
     records = [episode_record(ep) for ep in episodes]
     write_jsonl(paths["samples.jsonl"], records)
+    where = summary.get("split")
     with atomic_write(paths["report.md"]) as fh:
-        fh.write(f"# {title}\n\n{report.format_table(summary)}\n")
+        fh.write(f"# {title}\n\n")
+        if where:
+            fh.write(f"Problems: {report.split_note(where, where.get('evaluated'))}.\n\n")
+        fh.write(f"{report.format_table(summary)}\n")
         verification = report.format_self_verification(summary)
         if verification:
             fh.write(f"\n## Self-verification: does attempt t+1 know when attempt t was wrong?\n\n{verification}\n")
@@ -205,7 +211,9 @@ def write_eval_outputs(out: Path, summary: dict[str, Any], episodes: Sequence[Ep
         del paths["edit_ratio.png"]
     write_report(paths["report.html"], title, {title: summary}, records,
                  [paths[n] for n in ("accuracy.png", "edit_ratio.png") if n in paths],
-                 notes=[f"{summary.get('n', len(records))} episodes; problems from {extra['task']}"]
+                 notes=[f"{summary.get('n', len(records))} episodes of "
+                        f"{report.split_note(where, where.get('evaluated'))}"] if where else
+                 [f"{summary.get('n', len(records))} episodes; problems from {extra['task']}"]
                  if extra and extra.get("task") else [])
     return paths
 
@@ -342,6 +350,11 @@ def run_eval(config: EvalConfig, progress_factory: Callable[[str, int], Any] | N
     seconds = time.perf_counter() - started
 
     summary = summarize_episodes(episodes, seed=config.seed)
+    split = task.options.get("split", config.split) or "all"
+    summary["split"] = {"task": task.name, "split": split, "problems": len(task.problems), "evaluated": len(problems),
+                        "source": f"task {task.name!r}" + "".join(f", {k} {task.options[k]}" for k in
+                                                                  ("split", "path", "dataset")
+                                                                  if task.options.get(k) is not None)}
     generated = sum(len(a.ids) for ep in episodes for a in ep.attempts)
     extra = {"task": task.name, "model": config.model, "config": to_dict(config),
              "timing": {"seconds": round(seconds, 2), "generated_tokens": generated,

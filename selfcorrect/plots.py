@@ -264,11 +264,12 @@ def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathL
     steps = [r["step"] for r in rows]
     fig = _figure(11.0, 7.0)
     axes = fig.subplots(2, 2).ravel()
+    keys = list(dict.fromkeys(k for r in rows for k in r))       # every column, first seen first
     panels = [
-        ("reward", [k for k in rows[0] if k.startswith("reward_t")] + [k for k in rows[0] if k.startswith("eval_acc_t")]),
-        ("transitions", [k for k in ("delta", "delta_i2c", "delta_c2i") if k in rows[0]]),
-        ("KL per attempt", [k for k in rows[0] if k.startswith("kl_t")]),
-        ("collapse signal", [k for k in ("edit_distance_ratio", "copy_rate") if k in rows[0]]),
+        ("reward and accuracy", [k for k in keys if k.startswith(("reward_t", "validation_acc_t", "test_acc_t"))]),
+        ("transitions", [k for k in ("delta", "delta_i2c", "delta_c2i") if k in keys]),
+        ("KL per attempt", [k for k in keys if k.startswith("kl_t")]),
+        ("collapse signal", [k for k in ("edit_distance_ratio", "copy_rate") if k in keys]),
     ]
     for ax, (name, keys) in zip(axes, panels):
         for key in keys:

@@ -8,11 +8,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["COLUMNS", "SELF_VERIFICATION_COLUMNS", "format_self_verification", "format_table", "rich_table",
+__all__ = ["COLUMNS", "split_note", "SELF_VERIFICATION_COLUMNS", "format_self_verification", "format_table", "rich_table",
            "row_cells", "self_verification_rows"]
 
 
-COLUMNS = ["Acc@t1", "Acc@t2", "Δ(t1,t2)", "Δ^{i→c}(t1,t2)", "Δ^{c→i}(t1,t2)", "Edit ratio", "Copy rate"]
+COLUMNS = ["Acc@t1", "Acc@t2", "Δ(t1,t2)", "Δ^{i→c}(t1,t2)", "Δ^{c→i}(t1,t2)", "Edit ratio", "Copy rate",
+           "Format@t1", "Format@t2"]
+"""The table's columns; ``Format@t`` is the share of attempts t that state the answer in the instructed form."""
 
 
 def _pct(x: float | None) -> str | None:
@@ -35,6 +37,8 @@ def row_cells(summary: Mapping[str, Any], with_ci: bool = True) -> list[str]:
     acc = summary.get("accuracy") or []
     cis = summary.get("ci95") or {}
     acc_ci = cis.get("accuracy") or []
+    fmt = summary.get("format_rate") or []
+    fmt_ci = cis.get("format_rate") or []
 
     def at(seq: Sequence[Any], t: int) -> Any:
         return seq[t] if t < len(seq) else None
@@ -47,6 +51,8 @@ def row_cells(summary: Mapping[str, Any], with_ci: bool = True) -> list[str]:
         _cell(summary.get("delta_c2i"), cis.get("delta_c2i"), with_ci),
         _cell(summary.get("edit_distance_ratio"), cis.get("edit_distance_ratio"), with_ci),
         _cell(summary.get("copy_rate"), cis.get("copy_rate"), with_ci),
+        _cell(at(fmt, 0), at(fmt_ci, 0), with_ci),
+        _cell(at(fmt, 1), at(fmt_ci, 1), with_ci),
     ]
 
 
@@ -61,8 +67,8 @@ def format_table(summary: Mapping[str, Any], with_ci: bool = True) -> str:
     """A markdown table in the style of the paper's Table 2.
 
     Columns: ``Acc@t1``, ``Acc@t2``, ``Δ(t1,t2)``, ``Δ^{i→c}(t1,t2)``,
-    ``Δ^{c→i}(t1,t2)``, ``Edit ratio`` (mean edit distance ratio, 1 → 2) and
-    ``Copy rate``.  Values are percentages with one decimal, followed by the
+    ``Δ^{c→i}(t1,t2)``, ``Edit ratio`` (mean edit distance ratio, 1 → 2),
+    ``Copy rate`` and ``Format@t1``/``Format@t2`` (answers in the instructed form).  Values are percentages with one decimal, followed by the
     95% interval, e.g. ``52.6 [48.1, 57.0]``; missing values show ``–``.
 
     ``summary`` is one :func:`selfcorrect.metrics.summarize` result, or a mapping ``name ->
@@ -132,3 +138,11 @@ def format_self_verification(summary: Mapping[str, Any], with_ci: bool = True) -
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
+
+
+def split_note(source: Mapping[str, Any], evaluated: int | None = None) -> str:
+    """Where a number's problems come from, e.g. ``200 of the 500 test problems (task 'arithmetic', split
+    test)`` -- from a run's ``splits`` record (:mod:`selfcorrect.tasks.splits`)."""
+    total = source.get("problems")
+    count = f"{evaluated} of the {total}" if evaluated is not None and evaluated != total else f"the {total}"
+    return f"{count} {source.get('split', '')} problems ({source.get('source', '')})".replace("  ", " ")

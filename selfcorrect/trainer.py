@@ -49,7 +49,7 @@ from .rollout import ConversationBuilder, Episode, SamplingParams, make_backend,
 from .rollout.sampling import ProblemStream, draw_indices
 from .run_dir import RunLock, check_output_dir, claim_run_dir, write_config
 from .training.clock import PhaseClock, untimed
-from .training.config import TrainConfig, resumed_config, task_spec
+from .training.config import TrainConfig, resumed_config, run_splits
 from .training.methods import METHODS, Phase
 from .training.run_log import RunLogger, log_samples, plot_curves, truncate_logs
 from .training.sft_steps import SupervisedSteps
@@ -72,7 +72,6 @@ class Trainer(SupervisedSteps):
                  lock: RunLock | None = None):
         from .evaluation import resolve_device
         from .models import load_model, load_tokenizer
-        from .tasks import load_task
 
         self.config = config
         self.run_dir = run_dir
@@ -82,10 +81,13 @@ class Trainer(SupervisedSteps):
         self.device = self.dist.device if self.dist.world > 1 else torch.device(device)
         self.engine = make_engine(config, self.dist, self.device)   # checks the layout before any model loads
         torch.manual_seed(config.seed)
-        name, options = task_spec(config, evaluation=False)
-        self.task = load_task(name, **options)
-        name, options = task_spec(config, evaluation=True)
-        self.eval_task = load_task(name, **options)
+        self.splits = run_splits(config)                  # train / validation / test, checked for overlap
+        self.task, self.validation_task, self.test_task = self.splits.train, self.splits.validation, self.splits.test
+        if config.eval_every and self.validation_task is None:
+            raise ConfigError(f"eval_every {config.eval_every} needs validation problems, but task "
+                              f"{self.task.name!r} has no {config.validation_split!r} split and "
+                              f"validation_fraction is {config.validation_fraction}: set validation_fraction > 0 "
+                              "or eval_every 0")
         level = self.task.options.get("sandbox_isolation")
         if level not in (None, "full") and self.dist.main:
             # The task factory warned already; training is where a gameable reward does damage.
@@ -354,34 +356,42 @@ class Trainer(SupervisedSteps):
 
     # ---- evaluation
 
-    def evaluate_on_main(self, limit: int | None = None) -> tuple[dict[str, Any] | None, list[Episode] | None]:
+    def evaluate_on_main(self, split: str = "test") -> tuple[dict[str, Any] | None, list[Episode] | None]:
         """:meth:`evaluate` on the main process; every process must call it (sharded weights are gathered).
 
         Returns ``(None, None)`` on the other processes.
         """
         with self.engine.gathered():
-            result = self.evaluate(limit) if self.dist.main else (None, None)
+            result = self.evaluate(split) if self.dist.main else (None, None)
         self.dist.barrier()
         return result
 
-    def evaluate(self, limit: int | None = None) -> tuple[dict[str, Any], list[Episode]]:
-        """Greedy K-attempt episodes on the held-out problems, in this process (see :meth:`evaluate_on_main`)."""
+    def evaluate(self, split: str = "test") -> tuple[dict[str, Any], list[Episode]]:
+        """Greedy K-attempt episodes on the ``validation`` (first ``validation_limit``) or ``test`` (first
+        ``eval_limit``) problems, in this process (see :meth:`evaluate_on_main`)."""
         from .evaluation import summarize_episodes
 
-        problems = self.eval_task.problems[: limit or self.config.eval_limit]
-        builder = ConversationBuilder(self.tokenizer, self.eval_task.correction_instruction)
+        task, limit = ((self.validation_task, self.config.validation_limit) if split == "validation" else
+                       (self.test_task, self.config.eval_limit))
+        problems = task.problems[:limit]
+        builder = ConversationBuilder(self.tokenizer, task.correction_instruction)
         progress = None
         if self.eval_progress is not None:
-            progress = self.eval_progress(f"evaluating at step {self.step}", len(problems) * self.config.attempts)
+            progress = self.eval_progress(f"{split} evaluation at step {self.step}",
+                                          len(problems) * self.config.attempts)
         with self._generation_autocast():
-            episodes = sample_episodes(self.backend, builder, self.eval_task, problems, samples=1,
+            episodes = sample_episodes(self.backend, builder, task, problems, samples=1,
                                        attempts=self.config.attempts,
                                        params=SamplingParams(max_new_tokens=self.config.eval_max_new_tokens),
                                        progress=progress)
-        return summarize_episodes(episodes, seed=self.config.seed), episodes
+        summary = summarize_episodes(episodes, seed=self.config.seed)
+        summary["split"] = {**self.splits.sources[split], "evaluated": len(problems)}
+        return summary, episodes
 
-    def _maybe_best(self, summary: dict[str, Any], checkpoint: Path | None) -> None:
-        score = summary["accuracy"][-1]
+    def _maybe_best(self, validation: dict[str, Any], checkpoint: Path | None) -> None:
+        """Keep ``checkpoint`` as the best when its *validation* last-attempt accuracy is the highest so far
+        (the test split never chooses)."""
+        score = validation["accuracy"][-1]
         if checkpoint is not None and (self.best is None or score > self.best["score"]):
             self.best = {"checkpoint": checkpoint.name, "score": score, "step": self.step}
             write_best(self.run_dir, checkpoint, score, self.step)
@@ -409,6 +419,7 @@ class Trainer(SupervisedSteps):
         main = self.dist.main
         logger = RunLogger(self.run_dir, config, resume=self.step > 0) if main else None
         row: dict[str, Any] = {}
+        evaluated = None                                    # the latest validation summary
         saved_at, between_steps = time.monotonic(), True
         try:
             while self.step < config.total_steps:
@@ -417,11 +428,15 @@ class Trainer(SupervisedSteps):
                 if main and config.log_samples_every and self.step % config.log_samples_every == 0:
                     log_samples(self.run_dir, self.step, self.last_episodes)
                 evaluated = None
-                if config.eval_every and self.step % config.eval_every == 0 and self.step < config.total_steps:
-                    evaluated, _ = self.evaluate_on_main()
+                last = self.step == config.total_steps
+                if config.eval_every and (self.step % config.eval_every == 0 or last):
+                    evaluated, _ = self.evaluate_on_main("validation")   # the final checkpoint competes too
                     if main:
-                        row.update({f"eval_acc_t{k + 1}": a for k, a in enumerate(evaluated["accuracy"])},
-                                   eval_delta=evaluated["delta"])
+                        row.update(_eval_columns("validation", evaluated))
+                if config.test_every and self.step % config.test_every == 0 and not last:   # curves only
+                    tested, _ = self.evaluate_on_main("test")
+                    if main:
+                        row.update(_eval_columns("test", tested))
                 if main:
                     logger.log(self.step, row)
                 between_steps = True                      # the step is complete, logs included
@@ -445,15 +460,16 @@ class Trainer(SupervisedSteps):
                 logger.close()
             raise
         final = self.save() if self.step else None          # `prompting` trains nothing: no checkpoint
-        summary, episodes = self.evaluate_on_main()
+        summary, episodes = self.evaluate_on_main("test")  # the one test evaluation of the run
         if not main:
             self.dist.barrier()                             # wait for the main process's files
             return {**row, "final_eval": None}
-        self._maybe_best(summary, final)
+        if evaluated is not None:                           # the last step's validation evaluation
+            self._maybe_best(evaluated, final)
         from .evaluation import write_eval_outputs
 
         write_eval_outputs(self.run_dir / "eval", summary, episodes, f"{config.method} after {self.step} steps",
-                           {"step": self.step, "skipped_steps": self.skipped})
+                           {"step": self.step, "skipped_steps": self.skipped, "splits": self.splits.sources})
         if config.lora_r and self.engine.whole_weights:
             export_merged(self.policy, self.tokenizer, self.run_dir / "merged")
         elif config.lora_r and final is not None:         # sharded: merge the gathered adapter just saved
@@ -464,6 +480,12 @@ class Trainer(SupervisedSteps):
         plot_curves(self.run_dir)
         self.dist.barrier()
         return {**row, "final_eval": summary}
+
+
+def _eval_columns(split: str, summary: dict[str, Any]) -> dict[str, float]:
+    """The metrics.jsonl columns of a periodic evaluation: ``validation_acc_t1``, ..., ``validation_delta``."""
+    return {**{f"{split}_acc_t{k + 1}": a for k, a in enumerate(summary["accuracy"])},
+            f"{split}_delta": summary["delta"]}
 
 
 def _job(config: TrainConfig) -> DataParallel:

@@ -130,9 +130,11 @@ from selfcorrect.tasks.base import Problem, Task
 
 def make_task(split: str = "train"):
     # reward 1 when the completion has an even number of characters: varied rewards from a random model
-    return Task(name="parity", problems=[Problem(id=f"{split}{i}", question=f"Say {i}") for i in range(12)],
+    # each split its own questions (a run refuses test problems that are also training problems)
+    return Task(name="parity", problems=[Problem(id=f"{split}{i}", question=f"Say {split} {i}") for i in range(12)],
                 format_prompt=lambda p: p.question, correction_instruction="Try again.",
-                verify=lambda text, p: float(len(text) % 2 == 0), extract_answer=lambda text: text or None)
+                verify=lambda text, p: float(len(text) % 2 == 0), extract_answer=lambda text: text or None,
+                splits=("train", "validation", "test"))
 """
 
 

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from selfcorrect.errors import ConfigError
-from selfcorrect.tasks.arithmetic import extract_integer_answer, make_task, parse_integer, split_of
+from selfcorrect.tasks.arithmetic import extract_integer_answer, in_words, make_task, parse_integer, split_of
 from selfcorrect.tasks.base import Problem
 from selfcorrect.tasks.prompts import ARITHMETIC_CORRECTION, ARITHMETIC_INSTRUCTION
 
@@ -56,20 +56,24 @@ def operators(problem: Problem) -> list[str]:
 )
 def test_splits_never_overlap(train_kwargs: dict, test_kwargs: dict) -> None:
     train = make_task(split="train", **train_kwargs)
+    validation = make_task(split="validation", **test_kwargs)
     test = make_task(split="test", **test_kwargs)
-    assert train.problems and test.problems
-    assert not {p.id for p in train.problems} & {p.id for p in test.problems}
-    assert not {p.question for p in train.problems} & {p.question for p in test.problems}
-    assert all(split_of(expression(p)) == "test" for p in test.problems)
-    assert all(split_of(expression(p)) == "train" for p in train.problems)
+    assert train.problems and validation.problems and test.problems
+    for a, b in ((train, test), (train, validation), (validation, test)):
+        assert not {p.id for p in a.problems} & {p.id for p in b.problems}
+        assert not {p.question for p in a.problems} & {p.question for p in b.problems}
+    for task in (train, validation, test):
+        assert all(split_of(expression(p)) == task.options["split"] for p in task.problems)
+        assert task.splits == ("train", "validation", "test")
 
 
 def test_split_of_is_a_fixed_hash() -> None:
     assert split_of("22 + 24") == split_of("22 + 24")
-    # about a tenth of all expressions are test expressions
+    # about a tenth of all expressions are test expressions, a tenth validation ones
     exprs = [f"{a} + {b}" for a in range(10, 100) for b in range(10, 100)]
-    share = sum(split_of(e) == "test" for e in exprs) / len(exprs)
-    assert 0.08 < share < 0.12
+    for split in ("test", "validation"):
+        share = sum(split_of(e) == split for e in exprs) / len(exprs)
+        assert 0.08 < share < 0.12
 
 
 def test_default_sizes_and_prompts() -> None:
@@ -208,27 +212,59 @@ def test_parse_integer(text: str | None, expected: int | None) -> None:
 
 
 def test_reward_on_hand_made_completions() -> None:
-    task = make_task(n=1)
+    """The default (strict) reader scores only the instructed form; the lenient one also the last number."""
+    strict, lenient = make_task(n=1), make_task(n=1, answer_format="lenient")
     p = Problem(id="23+58", question="What is 23 + 58?", answer="81")
     right = [
         "23 + 58 = 81. The final answer is 81.",
-        "Adding: 81",
         r"$\boxed{81}$",
         "The final answer is 81.\nI double-checked: 80 + 1",  # stated answer beats trailing numbers
+        "the final answer is: 81",
     ]
+    unstated = ["Adding: 81", "23 + 58 = 81", "#### 81"]    # right number, not in the instructed form
     wrong = [
         "The final answer is 80.",
         "23 + 58 = 71",
-        "The final answer is 81.5",  # not an integer; falls back to the last number, 81.5
+        "The final answer is 81.5",  # not an integer
         "It is 0.81",
         "I don't know.",
         "",
         "The final answer is 81. The final answer is 82.",
     ]
-    assert [task.reward(c, p) for c in right] == [1.0] * len(right)
-    assert [task.reward(c, p) for c in wrong] == [0.0] * len(wrong)
-    assert task.rewards(right[:2] + wrong[:2], [p] * 4) == [1.0, 1.0, 0.0, 0.0]
-    assert task.extract_answer("so 81") == "81"
+    assert [strict.reward(c, p) for c in right] == [1.0] * len(right)
+    assert [strict.reward(c, p) for c in unstated + wrong] == [0.0] * (len(unstated) + len(wrong))
+    assert [lenient.reward(c, p) for c in right + unstated] == [1.0] * (len(right) + len(unstated))
+    assert [lenient.reward(c, p) for c in wrong] == [0.0] * len(wrong)
+    assert strict.rewards(right[:2] + unstated[:1] + wrong[:1], [p] * 4) == [1.0, 1.0, 0.0, 0.0]
+    assert strict.extract_answer("so 81") is None and lenient.extract_answer("so 81") == "81"
+    # Format compliance does not depend on the reader, nor on being right.
+    for task in (strict, lenient):
+        assert [task.follows_format(c) for c in ("The final answer is 80.", r"\boxed{7}", "Adding: 81", "#### 81",
+                                                 "The final answer is eighty-one.")] == [True, True, False, False,
+                                                                                          False]
+    assert strict.verdicts(["23 + 58 = 81"], [p])[0].reason == "no answer in the instructed form"
+
+
+def test_words_phrasing_asks_the_same_expressions() -> None:
+    """phrasing=words: the same expressions (same split, same answers) asked in words, with their own ids."""
+    symbols, words = (make_task(split="test", n=50, operations="+-*", steps=2, phrasing=ph)
+                      for ph in ("symbols", "words"))
+    assert [p.answer for p in symbols.problems] == [p.answer for p in words.problems]
+    assert [p.id for p in words.problems] == [f"words:{p.id}" for p in symbols.problems]
+    assert not any(any(op in p.question for op in "+*") for p in words.problems)
+    assert in_words("14 + 89") == "What is the sum of 14 and 89?"
+    assert in_words("89 - 14") == "What is 89 minus 14?"
+    assert in_words("3 * 4 + 5") == "Start with 3, multiply by 4, then add 5. What is the result?"
+    # Left to right would give 35 for 3 + 4 * 5 (oracle 23): spoken with the precedence instead.
+    assert in_words("3 + 4 * 5") == "What is 3 plus 4 times 5, with multiplication done before addition and subtraction?"
+    for p in words.problems:              # a chain told step by step is the oracle's value, left to right
+        if p.question.startswith("Start with"):
+            numbers = [int(x) for x in re.findall(r"\d+", p.question)]
+            verbs = re.findall(r"(add|subtract|multiply)", p.question)
+            value = numbers[0]
+            for verb, x in zip(verbs, numbers[1:]):
+                value = value + x if verb == "add" else value - x if verb == "subtract" else value * x
+            assert str(value) == p.answer, p
 
 
 def test_rewards_length_mismatch() -> None:
@@ -250,8 +286,10 @@ def test_rewards_length_mismatch() -> None:
         (dict(operations="/"), r"operations must be a non-empty string of '\+-\*', got '/'"),
         (dict(operations=""), "operations must be a non-empty string"),
         (dict(operations="+/"), "operations"),
-        (dict(split="dev"), r"unknown split 'dev'; choose one of: train, test"),
+        (dict(split="dev"), r"unknown split 'dev'; choose one of: train, validation, test"),
         (dict(steps=0), r"steps must be an integer in 1\.\.10, got 0"),
+        (dict(answer_format="loose"), "answer_format must be one of strict, lenient, got 'loose'"),
+        (dict(phrasing="latin"), "phrasing must be one of symbols, words, got 'latin'"),
         (dict(steps=11), "steps"),
         (dict(n=0), "n must be a positive integer, got 0"),
         (dict(n=-5), "n must be a positive integer"),

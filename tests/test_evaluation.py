@@ -186,8 +186,10 @@ def test_episode_record():
         "question": "q p2",
         "gold": None,
         "attempts": [
-            {"text": "ab", "answer": "2", "reward": 1.0, "reason": "", "tokens": 4, "truncated": False},
-            {"text": "ab ", "answer": None, "reward": 0.0, "reason": "", "tokens": 4, "truncated": True},
+            {"text": "ab", "answer": "2", "reward": 1.0, "reason": "", "tokens": 4, "truncated": False,
+             "formatted": None},
+            {"text": "ab ", "answer": None, "reward": 0.0, "reason": "", "tokens": 4, "truncated": True,
+             "formatted": None},
         ],
     }
     ep.attempts[1].reason = "failed: AssertionError at tests line 3: assert f(1) == 2"
@@ -213,7 +215,7 @@ def test_eval_config_rejects(kwargs):
 
 
 def test_verdicts_say_why_an_attempt_scored_zero():
-    """A verifier that gives only a reward still gets a reason per failed attempt: no parsable answer,
+    """A verifier that gives only a reward still gets a reason per failed attempt: no answer (in the form asked for),
     or the wrong answer next to the gold one; a verifier's own reason is kept."""
     from selfcorrect.tasks import load_task
     from selfcorrect.tasks.base import Verdict
@@ -222,7 +224,7 @@ def test_verdicts_say_why_an_attempt_scored_zero():
     p = task.problems[0]
     verdicts = task.verdicts(["I do not know.", "The final answer is 100000.", f"The final answer is {p.answer}."],
                              [p, p, p])
-    assert [v.reason for v in verdicts] == ["no parsable answer", f"wrong answer '100000' (expected '{p.answer}')", ""]
+    assert [v.reason for v in verdicts] == ["no answer in the instructed form", f"wrong answer '100000' (expected '{p.answer}')", ""]
     own = Task(name="own", problems=[p], format_prompt=lambda q: q.question, correction_instruction="again",
                verify=lambda t, q: 0.0, extract_answer=lambda t: t,
                batch_verdicts=lambda ts, qs: [Verdict(0.0, "failed: the tests say no") for _ in ts])

@@ -65,7 +65,8 @@ def test_arithmetic_builtin() -> None:
 
 def test_cli_strings_are_converted() -> None:
     task = load_task("arithmetic", digits="3", n="4", seed="2", min_digits="none", operations="+-")
-    assert task.options == dict(split="train", n=4, digits=3, min_digits=None, operations="+-", steps=1, seed=2)
+    assert task.options == dict(split="train", n=4, digits=3, min_digits=None, operations="+-", steps=1, seed=2,
+                                answer_format="strict", phrasing="symbols")
     assert all(len(x) == 3 for p in task.problems for x in p.question[8:-1].split(" ")[0::2])
     # the converted values are the same as typed ones
     typed = load_task("arithmetic", digits=3, n=4, seed=2, operations="+-", min_digits=None)

@@ -20,7 +20,7 @@ from selfcorrect.metrics import (
     transition_rates,
     wilson_interval,
 )
-from selfcorrect.report import format_table, rich_table
+from selfcorrect.report import format_table, rich_table, row_cells
 
 BALANCED = [[0, 1], [1, 0], [1, 1], [0, 0]]  # one fixed, one broken, one kept right, one kept wrong
 
@@ -289,12 +289,13 @@ def test_format_table():
     table = format_table(s)
     lines = table.splitlines()
     assert len(lines) == 3
-    for col in ("Acc@t1", "Acc@t2", "Δ(t1,t2)", "Δ^{i→c}(t1,t2)", "Δ^{c→i}(t1,t2)", "Edit ratio", "Copy rate"):
+    for col in ("Acc@t1", "Acc@t2", "Δ(t1,t2)", "Δ^{i→c}(t1,t2)", "Δ^{c→i}(t1,t2)", "Edit ratio", "Copy rate",
+                "Format@t1", "Format@t2"):
         assert col in lines[0]
     assert "50.0 [15.0, 85.0]" in lines[2]  # Wilson 2/4 -> [0.1500, 0.8500]
     assert "25.0 [" in lines[2]  # i2c and c2i
     assert "0.0 [" in lines[2] and "-0.0" not in table
-    assert lines[2].count("|") == 8
+    assert lines[2].count("|") == 10 and lines[2].endswith("| – | – |")     # no format input: dashes
     plain = format_table(s, with_ci=False)
     assert "[" not in plain and "| 50.0 | 50.0 | 0.0 | 25.0 | 25.0 |" in plain
 
@@ -439,3 +440,21 @@ def test_the_self_verification_table_is_well_formed_markdown():
     methods = format_self_verification({"score": s, "star": s}).splitlines()
     assert [m.split(" | ")[0] for m in methods[2:]] == ["| score", "| star"]
     assert format_self_verification(summarize([[1], [0]])) == ""
+
+
+def test_format_rate_per_attempt_with_its_interval():
+    """Format compliance: the share of attempts in the instructed answer form, per attempt, with a CI."""
+    from selfcorrect.metrics import summarize, wilson_interval
+
+    rewards = np.array([[0, 1], [1, 1], [0, 0], [0, 1]], dtype=float)
+    formatted = np.array([[False, True], [True, True], [False, False], [True, True]])
+    s = summarize(rewards, formatted=formatted)
+    assert s["format_rate"] == [0.5, 0.75]
+    assert s["ci95"]["format_rate"] == [pytest.approx(list(wilson_interval(2, 4)), abs=1e-4),
+                                        pytest.approx(list(wilson_interval(3, 4)), abs=1e-4)]
+    assert summarize(rewards)["format_rate"] is None
+    with pytest.raises(SelfCorrectError, match="formatted has shape"):
+        summarize(rewards, formatted=formatted[:, :1])
+    cells = row_cells(s)
+    assert cells[-2:] == [f"50.0 [{100 * wilson_interval(2, 4)[0]:.1f}, {100 * wilson_interval(2, 4)[1]:.1f}]",
+                          f"75.0 [{100 * wilson_interval(3, 4)[0]:.1f}, {100 * wilson_interval(3, 4)[1]:.1f}]"]

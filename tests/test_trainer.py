@@ -136,7 +136,7 @@ def test_run_directory_contents_and_metrics(tiny_model_dir, tmp_path):
     assert (run / "config.yaml").is_file() and (run / "training_curves.png").is_file()
     assert any((run / "tensorboard").iterdir())
     assert json.loads((run / "eval" / "metrics.json").read_text())["n"] == 2
-    assert json.loads((run / "best.json").read_text())["checkpoint"] == "checkpoint-2"
+    assert not (run / "best.json").exists()             # eval_every 0: no validation, so no best checkpoint
     from selfcorrect.models import load_model
 
     model = load_model(str(run / "checkpoint-2"), dtype="float32")     # a Hugging Face directory
@@ -183,10 +183,10 @@ def test_every_shipped_config_is_tested():
 def _fixture_data(tmp_path, task: str, split: str) -> str:
     """A few rows of the file a shipped config expects (MBPP: one row per standard task-id range)."""
     if task == "mbpp":
-        rows = [{"task_id": i, "text": "Add two numbers.", "code": "def add(a, b):\n    return a + b\n",
-                 "test_list": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]} for i in (11, 12, 601, 602)]
-    else:
-        rows = [{"problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
+        rows = [{"task_id": i, "text": f"Add two numbers ({i}).", "code": "def add(a, b):\n    return a + b\n",
+                 "test_list": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]} for i in (11, 12, 511, 601, 602)]
+    else:       # the training and the test file hold different problems, as a run requires
+        rows = [{"problem": f"What is {i} + {i}? ({split})", "answer": str(2 * i)} for i in range(4)]
     path = tmp_path / f"{task}-{split}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
@@ -213,9 +213,9 @@ def test_every_shipped_config_runs_a_step(name, tiny_model_dir, tmp_path):
     assert trainer.step == 1 and row["final_eval"]["n"] == 1
     if name == "humaneval":     # trains on MBPP's train range, evaluates on HumanEval
         assert trainer.task.name == "mbpp" and {p.id for p in trainer.task.problems} == {"mbpp/601", "mbpp/602"}
-        assert trainer.eval_task.name == "humaneval"
+        assert trainer.test_task.name == "humaneval"
     if name == "mbpp":
-        assert {p.id for p in trainer.eval_task.problems} == {"mbpp/11", "mbpp/12"}
+        assert {p.id for p in trainer.test_task.problems} == {"mbpp/11", "mbpp/12"}
 
 
 @pytest.mark.parametrize("name", SHIPPED_TRAIN_CONFIGS)
@@ -413,10 +413,10 @@ def test_a_run_whose_output_is_a_file_prints_a_plain_line_per_step(tiny_model_di
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     # the evaluations inside the run report progress too: the base model's, then the final one
-    evaluations = [line for line in done.stderr.splitlines() if line.startswith("evaluating at step")]
+    evaluations = [line for line in done.stderr.splitlines() if line.startswith("test evaluation at step")]
     assert [e.split("  ")[0] for e in evaluations] == [       # one line per batch of generations (per attempt)
-        "evaluating at step 0: 1/2 (50%)", "evaluating at step 0: 2/2 (100%)",
-        "evaluating at step 3: 1/2 (50%)", "evaluating at step 3: 2/2 (100%)"]
+        "test evaluation at step 0: 1/2 (50%)", "test evaluation at step 0: 2/2 (100%)",
+        "test evaluation at step 3: 1/2 (50%)", "test evaluation at step 3: 2/2 (100%)"]
     assert all("elapsed, ETA" in e for e in evaluations)
     # no library floods (DeepSpeed, imported by accelerate when a model is saved, warns on stdout)
     assert "Setting accelerator" not in done.stdout + done.stderr and "Warning" not in done.stderr

@@ -58,6 +58,9 @@ class Attempt:
     """Final answer read from ``text`` (``None``: unparsable)."""
     reason: str = ""
     """Why the verifier gave 0, where it says (code tasks: the failing assert, timeout, ...)."""
+    formatted: bool | None = None
+    """Whether ``text`` states its answer in the instructed form (``Task.follows_format``; ``None`` when the
+    task has no such form)."""
     sample_logprobs: list[float] | None = None
     """The backend's log-prob of each of ``ids`` under the distribution it sampled from (``None``
     when the backend did not report them); checked against the trainer's own log-probs."""

@@ -106,6 +106,7 @@ def extend_episodes(backend: GenerationBackend, builder: ConversationBuilder, ta
         if attempt.truncated and verdict.reward <= 0:
             attempt.reason += " (cut off at the token limit)"
         attempt.answer = task.extract_answer(attempt.text)
+        attempt.formatted = None if task.follows_format is None else bool(task.follows_format(attempt.text))
 
 
 def sample_episodes(backend: GenerationBackend, builder: ConversationBuilder, task: Task,

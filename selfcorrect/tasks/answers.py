@@ -22,6 +22,7 @@ from math_verify import parse, verify
 
 __all__ = [
     "extract_final_answer",
+    "extract_stated_answer",
     "extract_gsm8k_answer",
     "answers_equivalent",
     "math_reward",
@@ -71,6 +72,17 @@ def extract_final_answer(text: str) -> str | None:
     normalisation is done (that is :func:`answers_equivalent`'s job).
     """
     for rule in (_last_boxed, _last_final_answer_phrase, extract_gsm8k_answer):
+        answer = rule(text)
+        if answer:
+            return answer
+    return None
+
+
+def extract_stated_answer(text: str) -> str | None:
+    """The answer of the *instructed* form only: rule 1 (``\\boxed{...}``) or rule 2 ("The final answer
+    is X") of :func:`extract_final_answer`, never a ``#### X`` marker; ``None`` when the text has neither.
+    The strict readers and the format-compliance metric use it."""
+    for rule in (_last_boxed, _last_final_answer_phrase):
         answer = rule(text)
         if answer:
             return answer

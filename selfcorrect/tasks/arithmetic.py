@@ -1,27 +1,31 @@
-"""Procedural arithmetic: seeded, offline, with train/test splits that never overlap.
+"""Procedural arithmetic: seeded, offline, with train / validation / test splits that never overlap.
 
 A problem is an integer expression such as ``47 + 38 - 12`` (``steps`` operations
 over operands of ``min_digits``..``digits`` digits).  Its oracle answer is the
 exact integer value (Python evaluates it; ``*`` binds tighter than ``+``/``-``).
+``phrasing="words"`` asks the same expressions in words ("What is the sum of 47
+and 38?"): a second problem set with the same answers, for transfer.
 
 **Splits.** Every expression is assigned to a split by a hash of its text
-(``sha256`` mod 10: bucket 0 is ``test``, the rest ``train``), independent of
-the seed and of how many problems are drawn.  So the test split can never
-contain a training problem, for any seeds or sizes.
+(``sha256`` mod 10: bucket 0 is ``test``, bucket 1 ``validation``, the rest
+``train``), independent of the seed, the phrasing and how many problems are
+drawn.  So no split can ever contain another's expression, for any seeds or sizes.
 
-**Reading the answer.** The final answer is, in order of preference:
-
-1. the last ``\\boxed{...}`` / "The final answer is N" / ``#### N`` (the same
-   rules as the math tasks, :func:`~selfcorrect.tasks.answers.extract_final_answer`),
-   read as an integer;
-2. failing that, the last number in the text (small models often answer
-   ``23 + 58 = 81`` without the requested phrase; the last number written is
-   what they committed to).  A decimal is read whole: ``46.0`` is 46, and
-   ``0.5`` stays ``0.5`` (it never equals an integer answer) instead of
-   being read as ``5``.
+**Reading the answer.** ``answer_format="strict"`` (default) reads only the form
+the prompt asks for: the last ``\\boxed{...}`` or "The final answer is N"
+(:func:`~selfcorrect.tasks.answers.extract_stated_answer`), as an integer; a reply
+without it scores 0, however right its last number.  Otherwise training teaches
+the model to drop the requested form (a policy rewarded for any last number has
+no reason to keep it), and its replies stop parsing under any other grader.
+``answer_format="lenient"`` also accepts, failing that, the last number in the
+text (small models often answer ``23 + 58 = 81`` without the phrase).  A decimal
+is read whole: ``46.0`` is 46, and ``0.5`` stays ``0.5`` (it never equals an
+integer answer) instead of being read as ``5``.
 
 An integer may carry a sign and thousands separators (``-1,234``); a trailing
-``.0`` is accepted.  Reward is 1.0 iff the integer equals the oracle.
+``.0`` is accepted.  Reward is 1.0 iff the integer equals the oracle.  Whatever
+the reader, ``Task.follows_format`` says whether a reply used the instructed form
+(the format-compliance metric).
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ import random
 import re
 
 from ..errors import ConfigError
-from .answers import extract_final_answer
+from .answers import extract_stated_answer
 from .base import Problem, Task
 from .prompts import ARITHMETIC_CORRECTION, ARITHMETIC_INSTRUCTION
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 OPERATIONS = "+-*"
-_TEST_BUCKET = 0
+ANSWER_FORMATS = ("strict", "lenient")
+PHRASINGS = ("symbols", "words")
+_BUCKETS = {0: "test", 1: "validation"}          # sha256 mod 10 -> split; every other bucket is train
 _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|-?\d+(?:\.\d+)?")
 _WHOLE_INTEGER = re.compile(r"^\s*(-?\d{1,3}(?:,\d{3})+|-?\d+)(?:\.0+)?\s*\.?\s*$")
 
@@ -45,7 +51,7 @@ _WHOLE_INTEGER = re.compile(r"^\s*(-?\d{1,3}(?:,\d{3})+|-?\d+)(?:\.0+)?\s*\.?\s*
 def split_of(expression: str) -> str:
     """The split an expression belongs to, decided by a hash of its text alone."""
     bucket = int(hashlib.sha256(expression.encode()).hexdigest(), 16) % 10
-    return "test" if bucket == _TEST_BUCKET else "train"
+    return _BUCKETS.get(bucket, "train")
 
 
 def parse_integer(text: str | None) -> int | None:
@@ -57,11 +63,23 @@ def parse_integer(text: str | None) -> int | None:
     return int(m.group(1).replace(",", "")) if m else None
 
 
+def extract_strict_answer(completion: str) -> str | None:
+    """The integer stated in the instructed form ("The final answer is N" or ``\\boxed{N}``), canonical, or
+    ``None`` (see the module docstring)."""
+    stated = parse_integer(extract_stated_answer(completion))
+    return None if stated is None else str(stated)
+
+
+def follows_format(completion: str) -> bool:
+    """Whether the completion states an integer answer in the instructed form."""
+    return extract_strict_answer(completion) is not None
+
+
 def extract_integer_answer(completion: str) -> str | None:
-    """The final answer of a completion as a canonical integer string (see module docstring)."""
-    stated = parse_integer(extract_final_answer(completion))
+    """The lenient reader: the stated answer, else the last number in the text, canonical (module docstring)."""
+    stated = extract_strict_answer(completion)
     if stated is not None:
-        return str(stated)
+        return stated
     numbers = _NUMBER.findall(completion)
     if not numbers:
         return None
@@ -71,10 +89,38 @@ def extract_integer_answer(completion: str) -> str | None:
     return f"{whole}.{fraction.rstrip('0')}"  # not an integer: can never match the oracle
 
 
+_WORDS = {"+": "the sum of {a} and {b}", "-": "{a} minus {b}", "*": "the product of {a} and {b}"}
+_STEP_WORDS = {"+": "add {b}", "-": "subtract {b}", "*": "multiply by {b}"}
+
+
+def in_words(expression: str) -> str:
+    """The question for ``expression`` in words: "What is the sum of 14 and 89?" for one operation, and
+    "Start with 47, add 38, then subtract 12. What is the result?" for a chain.
+
+    A chain told step by step is evaluated left to right, which is the oracle's value only when no ``*``
+    follows the first operation (``*`` binds tighter); such an expression is spoken operator by operator
+    with the precedence stated instead.
+    """
+    tokens = expression.split()
+    operands, ops = tokens[0::2], tokens[1::2]
+    if len(ops) == 1:
+        return f"What is {_WORDS[ops[0]].format(a=operands[0], b=operands[1])}?"
+    if "*" not in ops[1:]:
+        steps = [_STEP_WORDS[op].format(b=b) for op, b in zip(ops, operands[1:])]
+        return f"Start with {operands[0]}, {', '.join(steps[:-1])}, then {steps[-1]}. What is the result?"
+    spoken = " ".join({"+": "plus", "-": "minus", "*": "times"}.get(t, t) for t in tokens)
+    return f"What is {spoken}, with multiplication done before addition and subtraction?"
+
+
 def _check_options(digits: int, min_digits: int | None, operations: str, steps: int,
-                   split: str, n: int | None) -> int:
+                   split: str, n: int | None, answer_format: str, phrasing: str) -> int:
     if split not in SPLITS:
         raise ConfigError(f"arithmetic: unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if answer_format not in ANSWER_FORMATS:
+        raise ConfigError(f"arithmetic: answer_format must be one of {', '.join(ANSWER_FORMATS)}, "
+                          f"got {answer_format!r}")
+    if phrasing not in PHRASINGS:
+        raise ConfigError(f"arithmetic: phrasing must be one of {', '.join(PHRASINGS)}, got {phrasing!r}")
     if not isinstance(digits, int) or not 1 <= digits <= 12:
         raise ConfigError(f"arithmetic: digits must be an integer in 1..12, got {digits!r}")
     low = digits if min_digits is None else min_digits
@@ -116,12 +162,14 @@ def make_task(
     seed: int = 0,
     instruction: str | None = None,
     correction_instruction: str | None = None,
+    answer_format: str = "strict",
+    phrasing: str = "symbols",
 ) -> Task:
     """Build the arithmetic task.
 
     Args:
-        split: ``train`` or ``test``; the two never share an expression.
-        n: number of problems (default 2000 for train, 500 for test); capped
+        split: ``train``, ``validation`` or ``test``; no two share an expression.
+        n: number of problems (default 2000 for train, 500 for validation and test); capped
             by how many distinct expressions the split has.
         digits: maximum digits per operand.
         min_digits: minimum digits per operand (default 1: operands 0..99 with
@@ -132,11 +180,14 @@ def make_task(
         seed: drawing seed; the same options always give the same problems.
         instruction: attempt-1 instruction (default: ``ARITHMETIC_INSTRUCTION``).
         correction_instruction: the self-correction turn (default: the paper's wording).
+        answer_format: ``strict`` (only the instructed "The final answer is N" / ``\\boxed{N}`` counts)
+            or ``lenient`` (else the last number); see the module docstring.
+        phrasing: ``symbols`` ("What is 14 + 89?") or ``words`` ("What is the sum of 14 and 89?").
     """
-    low = _check_options(digits, min_digits, operations, steps, split, n)
+    low = _check_options(digits, min_digits, operations, steps, split, n, answer_format, phrasing)
     wanted = n if n is not None else (2000 if split == "train" else 500)
-    # About a tenth of all expressions hash into the test split.
-    share = 0.1 if split == "test" else 0.9
+    # A tenth of all expressions hash into each of test and validation.
+    share = 0.8 if split == "train" else 0.1
     wanted = min(wanted, int(_capacity(low, digits, operations, steps) * share * 0.8) or 1)
 
     rng = random.Random(f"arithmetic:{seed}:{split}:{low}:{digits}:{operations}:{steps}")
@@ -149,15 +200,19 @@ def make_task(
         if expr in seen or split_of(expr) != split:
             continue
         seen.add(expr)
-        problems.append(Problem(id=expr.replace(" ", ""), question=f"What is {expr}?",
+        words = phrasing == "words"
+        problems.append(Problem(id=("words:" if words else "") + expr.replace(" ", ""),
+                                question=in_words(expr) if words else f"What is {expr}?",
                                 answer=str(eval(expr, {"__builtins__": {}}))))  # digits and + - * only
     instruction = ARITHMETIC_INSTRUCTION if instruction is None else instruction
 
     def format_prompt(problem: Problem) -> str:
         return f"{instruction}\n\n{problem.question}"
 
+    extract = extract_strict_answer if answer_format == "strict" else extract_integer_answer
+
     def verify(completion: str, problem: Problem) -> float:
-        return 1.0 if extract_integer_answer(completion) == problem.answer else 0.0
+        return 1.0 if extract(completion) == problem.answer else 0.0
 
     return Task(
         name="arithmetic",
@@ -165,7 +220,9 @@ def make_task(
         format_prompt=format_prompt,
         correction_instruction=ARITHMETIC_CORRECTION if correction_instruction is None else correction_instruction,
         verify=verify,
-        extract_answer=extract_integer_answer,
+        extract_answer=extract,
+        follows_format=follows_format,
+        splits=SPLITS,
         options=dict(split=split, n=n, digits=digits, min_digits=min_digits, operations=operations,
-                     steps=steps, seed=seed),
+                     steps=steps, seed=seed, answer_format=answer_format, phrasing=phrasing),
     )

@@ -10,7 +10,9 @@ problem domain:
   (the paper's "There might be an error ..." instruction);
 * ``reward(completion, problem)`` — the verifier, 1.0 right and 0.0 wrong;
 * ``extract_answer(completion)`` — the final answer read from free text, used
-  for the parse-rate metric and for majority voting (``None`` = unparsable).
+  for the parse-rate metric and for majority voting (``None`` = unparsable);
+* optionally ``follows_format(completion)`` — whether the answer is stated in the
+  instructed form (format compliance), and ``splits``, the factory's disjoint splits.
 
 Tasks are plain data plus functions, so a user's own task is a function that
 returns ``Task(...)`` (see ``docs/custom_tasks.md``).
@@ -83,6 +85,14 @@ class Task:
     """Answer equivalence for majority voting; string equality when ``None``."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """The options the task was built with (recorded in run directories)."""
+    splits: tuple[str, ...] = ()
+    """The values of the factory's ``split`` option that give disjoint problem sets by construction (e.g.
+    ``("train", "validation", "test")``).  A training run takes its validation problems from the
+    ``validation`` one when it is listed, and otherwise carves them from the training problems
+    (:mod:`selfcorrect.tasks.splits`)."""
+    follows_format: Callable[[str], bool] | None = None
+    """Whether a completion states its answer in the form the prompt asks for (the format-compliance
+    metric); ``None`` when the task has no such form."""
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -126,7 +136,7 @@ class Task:
         except Exception as err:            # a user's extractor that fails is a reason too, not a crash
             return f"answer extraction failed: {type(err).__name__}"
         if answer is None:
-            return "no parsable answer"
+            return "no answer in the instructed form" if self.follows_format is not None else "no parsable answer"
         if problem.answer is None:
             return f"answer {answer!r} rejected"
         return f"wrong answer {answer!r} (expected {problem.answer!r})"

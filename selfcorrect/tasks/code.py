@@ -425,6 +425,7 @@ def make_mbpp(
         verify=verify,
         extract_answer=_answer,
         batch_verdicts=verdicts,
+        splits=tuple(_MBPP_SPLITS) if path is not None else (),    # a file's task-id ranges are disjoint
         options={"path": path, "dataset": dataset, "config": config, "split": split, "limit": limit,
                  "instruction": instruction, "timeout_s": timeout_s, "workers": workers,
                  "reward_tests": reward_tests, "isolation": isolation, "sandbox_isolation": level,

@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from .answers import answers_equivalent, extract_final_answer, extract_gsm8k_answer, math_reward
+from .answers import (answers_equivalent, extract_final_answer, extract_gsm8k_answer, extract_stated_answer,
+                      math_reward)
 from .base import Problem, Task
 from .prompts import MATH_CORRECTION, MATH_INSTRUCTION
 
@@ -226,6 +227,7 @@ def _build_task(
         correction_instruction=correction,
         verify=verify,
         extract_answer=extract_final_answer,
+        follows_format=lambda completion: extract_stated_answer(completion) is not None,
         same_answer=answers_equivalent,
         options=options,
     )

@@ -21,9 +21,9 @@ OPTIMIZERS = ("adam", "adamw")
 OPERATIONAL = ("save_every", "save_every_minutes", "keep_last", "log_samples_every", "report_to", "device",
                "logprob_gap_warn", "overwrite", "out")
 """Fields that change how a run is kept and watched, never what it computes."""
-RESUMABLE = (*OPERATIONAL, "iterations", "eval_every")
+RESUMABLE = (*OPERATIONAL, "iterations", "eval_every", "test_every")
 """Fields ``--resume`` may change (docs/training.md): the operational ones, more iterations (the
-schedule so far must stay the same) and the evaluation interval."""
+schedule so far must stay the same) and the evaluation intervals."""
 
 
 @dataclass
@@ -46,13 +46,21 @@ class TrainConfig(SamplingSettings):
     """Task factory options as KEY=VALUE (repeatable)."""
     train_split: str = "train"
     """Split trained on (given as the task's ``split`` option when it has one)."""
+    validation_split: str = "validation"
+    """The training task's split for the periodic evaluations and the best-checkpoint choice, where the task has it by construction (arithmetic, MBPP files); otherwise ``validation_fraction`` of the training problems are carved off instead."""
+    validation_fraction: float = 0.1
+    """Share of the training problems carved into validation (by a hash of each problem's text, so the same ones for any seed) when the task has no validation split; 0 = no validation."""
     eval_split: str = "test"
-    """Held-out split for periodic evaluation and best-checkpoint selection."""
+    """Split of the final test evaluation: computed once, at the end, and never used to choose anything."""
     eval_task: str = ""
-    """Task evaluated on, when not ``task`` (the paper trains on MBPP and evaluates on HumanEval)."""
+    """Task of the test evaluation, when not ``task`` (the paper trains on MBPP and evaluates on HumanEval)."""
     eval_task_options: dict[str, Any] = field(default_factory=dict, metadata={"append": True})
-    """Options of the evaluation task as KEY=VALUE (repeatable; e.g. another data file); when neither this nor
-    ``eval_task`` is set, ``task_options``."""
+    """Options of the test task as KEY=VALUE (repeatable), e.g. ``path=test.jsonl`` for a separate test file.
+    Without ``eval_task`` they override ``task_options`` (the same task, another source); with it they are
+    the evaluation task's only options."""
+    allow_train_test_overlap: bool = False
+    """Evaluate even when test problems are also training or validation problems (normalised text); by default
+    such a run is refused, because its "held-out" numbers would not be."""
     out: str = "runs/train"
     """Run directory: config, metrics.jsonl, TensorBoard logs, samples, checkpoints, plots."""
 
@@ -138,9 +146,15 @@ class TrainConfig(SamplingSettings):
 
     # ---- evaluation, logging, checkpoints
     eval_every: int = 0
-    """Evaluate on the held-out split every N steps (0 = only at the end)."""
+    """Evaluate on the validation problems every N steps and at the end, and keep the best checkpoint by
+    their last-attempt accuracy (0 = no validation evaluations, no best checkpoint)."""
+    validation_limit: int = 200
+    """Validation problems per periodic evaluation (greedy, K attempts)."""
+    test_every: int = 0
+    """Also evaluate on the test problems every N steps, for learning curves only: logged as
+    ``test_acc_t*``, never used to choose a checkpoint (0 = only the final test evaluation)."""
     eval_limit: int = 200
-    """Held-out problems per evaluation (greedy, K attempts)."""
+    """Test problems of the final evaluation (greedy, K attempts)."""
     eval_max_new_tokens: int = 64
     """Token limit per attempt during evaluation."""
     save_every: int = 0
@@ -186,15 +200,17 @@ class TrainConfig(SamplingSettings):
         need(conflict is None, conflict or "")
         self.check_sampling()
         for name in ("iterations", "problems_per_step", "samples", "attempts", "micro_batch_problems",
-                     "logprob_chunk", "eval_limit", "eval_max_new_tokens", "star_rounds",
+                     "logprob_chunk", "eval_limit", "validation_limit", "eval_max_new_tokens", "star_rounds",
                      "sft_batch_episodes"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("stage1_steps", "stage2_steps", "warmup_steps", "eval_every", "save_every", "keep_last",
-                     "log_samples_every", "sft_steps"):
+        for name in ("stage1_steps", "stage2_steps", "warmup_steps", "eval_every", "test_every", "save_every",
+                     "keep_last", "log_samples_every", "sft_steps"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("alpha", "beta1", "beta2", "weight_decay", "max_grad_norm", "save_every_minutes"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
                  f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        need(0.0 <= self.validation_fraction < 1.0,
+             f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
         need(self.lora_r >= 0, f"lora_r must be >= 0 (0 = no LoRA), got {self.lora_r!r}")
         need(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
@@ -260,16 +276,27 @@ class TrainConfig(SamplingSettings):
         return phase.iteration, phase.stage
 
 
-def task_spec(config: TrainConfig, evaluation: bool) -> tuple[str, dict[str, Any]]:
-    """(task name, factory options) of the training or the evaluation task."""
-    from ..tasks import accepts_option
+def run_splits(config: TrainConfig):
+    """The run's train, validation and test problems (:class:`~selfcorrect.tasks.splits.RunSplits`), checked
+    for overlap; every task error surfaces here, before a model loads."""
+    from ..tasks import accepts_option, load_task
+    from ..tasks.splits import RunSplits
 
-    name = (config.eval_task or config.task) if evaluation else config.task
-    shared = evaluation and not (config.eval_task or config.eval_task_options)   # the same task, its options
-    options = dict(config.eval_task_options if evaluation and not shared else config.task_options)
-    if "split" not in options and accepts_option(name, "split"):
-        options["split"] = config.eval_split if evaluation else config.train_split
-    return name, options
+    options = dict(config.task_options)
+    native = "split" not in options and accepts_option(config.task, "split")   # the factory picks splits
+    train = load_task(config.task, **({**options, "split": config.train_split} if native else options))
+    validation = None
+    if native and config.validation_split in train.splits and config.validation_split != config.train_split:
+        validation = load_task(config.task, **{**options, "split": config.validation_split})
+    name = config.eval_task or config.task
+    test_options = dict(config.eval_task_options) if config.eval_task else {**options, **config.eval_task_options}
+    if "split" not in test_options and accepts_option(name, "split"):
+        test_options["split"] = config.eval_split
+    test = load_task(name, **test_options)
+    shown = {k: v for k, v in test_options.items() if k in ("split", "path", "dataset") and v is not None}
+    label = f"task {name!r}" + "".join(f", {k} {v}" for k, v in shown.items())
+    return RunSplits.build(train, test, native_validation=validation, fraction=config.validation_fraction,
+                           allow_overlap=config.allow_train_test_overlap, test_label=label)
 
 
 def differing_fields(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:

@@ -140,13 +140,17 @@ def gap_warning(checked: dict[str, float], threshold: float) -> str | None:
 
 
 def batch_metrics(episodes: Sequence[Episode], kl: torch.Tensor) -> dict[str, float]:
-    """Rollout statistics of one step: reward per attempt, Δ, i→c, c→i, KL per attempt, edit ratio, copy rate."""
+    """Rollout statistics of one step: reward, KL, length and format compliance per attempt, Δ, i→c, c→i,
+    edit ratio, copy rate."""
     rewards = np.array([[a.reward for a in ep.attempts] for ep in episodes], dtype=float)   # [B, K]
     out: dict[str, float] = {}
     for k in range(rewards.shape[1]):
         out[f"reward_t{k + 1}"] = float(rewards[:, k].mean())
         out[f"kl_t{k + 1}"] = float(kl[:, k].mean()) if k < kl.shape[1] else float("nan")
         out[f"length_t{k + 1}"] = float(np.mean([len(ep.attempts[k].ids) for ep in episodes]))
+        formatted = [ep.attempts[k].formatted for ep in episodes]
+        if None not in formatted:                         # the task has an instructed answer form
+            out[f"format_t{k + 1}"] = float(np.mean(formatted))
     if rewards.shape[1] >= 2:
         rates = metrics.transition_rates(rewards)
         out.update(delta=rates["delta"], delta_i2c=rates["i2c"], delta_c2i=rates["c2i"])

@@ -1,0 +1,144 @@
+"""Train / validation / test: carved by hash, checked for overlap, and kept apart by the trainer."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from selfcorrect.errors import ConfigError
+from selfcorrect.tasks.base import Problem
+from selfcorrect.tasks.splits import carve, hash_fraction, normalize_problem, overlapping
+from selfcorrect.trainer import TrainConfig, Trainer
+from selfcorrect.training.config import run_splits
+
+
+def _problems(n: int, prefix: str = "q") -> list[Problem]:
+    return [Problem(id=f"{prefix}{i}", question=f"What is {i} + {2 * i}?", answer=str(3 * i)) for i in range(n)]
+
+
+def test_carve_is_a_function_of_the_text_alone():
+    problems = _problems(2000)
+    train, validation = carve(problems, 0.1)
+    assert len(train) + len(validation) == 2000 and 150 < len(validation) < 250      # about a tenth
+    assert {p.id for p in train}.isdisjoint(p.id for p in validation)
+    shuffled = problems[:]
+    random.Random(3).shuffle(shuffled)
+    again = carve(shuffled, 0.1)[1]                     # any order, and any subset: the same side
+    assert {p.id for p in again} == {p.id for p in validation}
+    assert {p.id for p in carve(problems[:500], 0.1)[1]} == {p.id for p in validation if int(p.id[1:]) < 500}
+    # The side is the hash of the normalised text: ids do not matter, case and spacing do not either.
+    twin = Problem(id="other", question=f"  {validation[0].question.upper()} ")
+    assert carve([twin], 0.1)[1] == [twin]
+    assert hash_fraction(normalize_problem(twin)) == hash_fraction(normalize_problem(validation[0])) < 0.1
+    assert carve(problems, 0.0) == (problems, [])
+
+
+def test_overlap_is_by_normalised_text_and_code_tests_count():
+    train = _problems(5)
+    test = [Problem(id="t0", question="what   is 1 + 2?"), Problem(id="t1", question="What is 9 + 9?")]
+    assert [p.id for p in overlapping(test, train)] == ["t0"]
+    code = Problem(id="c", question="def f():", tests="assert f() == 1")
+    other_tests = Problem(id="d", question="def f():", tests="assert f() == 2")
+    assert overlapping([other_tests], [code]) == []     # same stub, other tests: another problem
+
+
+def _math_file(path, rows):
+    path.write_text("".join(json.dumps({"problem": q, "answer": a}) + "\n" for q, a in rows))
+    return str(path)
+
+
+def _config(tmp_path, **kw) -> TrainConfig:
+    base = dict(stage1_steps=1, stage2_steps=1, out=str(tmp_path / "run"), report_to=["none"])
+    return TrainConfig(**{**base, **kw})
+
+
+def test_arithmetic_takes_its_own_validation_split(tmp_path):
+    splits = run_splits(_config(tmp_path, task_options={"n": 50}))
+    assert splits.validation.options["split"] == "validation" and len(splits.validation.problems) == 50
+    assert len(splits.train.problems) == 50                       # nothing carved from train
+    assert splits.sources["validation"]["source"].startswith("the task's own validation split")
+    assert splits.sources["test"] == {"task": "arithmetic", "split": "test", "problems": 50,
+                                      "source": "task 'arithmetic', split test"}
+
+
+def test_a_training_file_is_not_its_own_test_set(tmp_path):
+    """The new user's mistake: `-o path=FILE` alone made the "held-out" numbers the training file's."""
+    rows = [(f"What is {i} times {i}?", str(i * i)) for i in range(40)]
+    train_file = _math_file(tmp_path / "train.jsonl", rows)
+    with pytest.raises(ConfigError) as info:
+        run_splits(_config(tmp_path, task="math", task_options={"path": train_file}))
+    message = str(info.value)
+    assert "40 of the 40 test problems" in message and "--eval-task-options path=TEST.jsonl" in message
+    assert "\n" not in message
+    # A test file with one training problem in it (other case and spacing) is refused too.
+    test_file = _math_file(tmp_path / "test.jsonl", [("what is 3  times 3?", "9"), ("What is 50 times 50?", "2500")])
+    with pytest.raises(ConfigError, match="1 of the 2 test problems"):
+        run_splits(_config(tmp_path, task="math", task_options={"path": train_file},
+                           eval_task_options={"path": test_file}))
+    allowed = run_splits(_config(tmp_path, task="math", task_options={"path": train_file},
+                                 eval_task_options={"path": test_file}, allow_train_test_overlap=True))
+    assert len(allowed.test.problems) == 2
+
+
+def test_a_separate_test_file_keeps_the_training_options_and_validation_is_carved(tmp_path):
+    rows = [(f"Q{i}: what is {i} squared?", str(i * i)) for i in range(60)]
+    train_file = _math_file(tmp_path / "train.jsonl", [(q, "0") for q, _ in rows])
+    (tmp_path / "test.jsonl").write_text(json.dumps({"question": "What is 2^10?", "answer": "1024"}) + "\n")
+    config = _config(tmp_path, task="math", task_options={"path": train_file, "question_field": "problem"},
+                     eval_task_options={"path": str(tmp_path / "test.jsonl"), "question_field": "question"})
+    splits = run_splits(config)
+    carved_train, carved_validation = carve(splits.train.problems + splits.validation.problems, 0.1)
+    assert {p.id for p in splits.validation.problems} == {p.id for p in carved_validation}
+    assert len(splits.train.problems) + len(splits.validation.problems) == 60
+    assert [p.question for p in splits.test.problems] == ["What is 2^10?"]
+    assert "carved by a hash" in splits.sources["validation"]["source"]
+    with pytest.raises(ConfigError, match="validation_fraction must be in"):
+        _config(tmp_path, validation_fraction=1.0)
+
+
+def test_eval_every_needs_validation_problems(tiny_model_dir, tmp_path):
+    train = _math_file(tmp_path / "train.jsonl", [("What is 1 + 1?", "2"), ("What is 2 + 2?", "4")])
+    test = _math_file(tmp_path / "test.jsonl", [("What is 3 + 3?", "6")])
+    with pytest.raises(ConfigError, match="eval_every 1 needs validation problems, but task 'math' has no "
+                                          "'validation' split and validation_fraction is 0.0"):
+        Trainer.create(_config(tmp_path, model=str(tiny_model_dir), task="math", task_options={"path": train},
+                               eval_task_options={"path": test}, eval_every=1, validation_fraction=0.0))
+    assert not (tmp_path / "run").exists()                       # refused before anything was written
+
+
+def test_validation_chooses_the_checkpoint_and_test_is_evaluated_once(tiny_model_dir, tmp_path, monkeypatch):
+    config = TrainConfig(model=str(tiny_model_dir), task_options={"n": 6}, out=str(tmp_path / "run"),
+                         iterations=1, stage1_steps=2, stage2_steps=1, problems_per_step=2, samples=2,
+                         max_new_tokens=3, eval_max_new_tokens=3, eval_limit=3, validation_limit=2, eval_every=2,
+                         autocast="none", report_to=["none"], micro_batch_problems=1, save_every=2)
+    trainer = Trainer.create(config)
+    seen = []
+    evaluate = trainer.evaluate
+
+    def spy(split="test"):
+        summary, episodes = evaluate(split)
+        seen.append((trainer.step, split, [ep.problem.id for ep in episodes]))
+        return summary, episodes
+
+    monkeypatch.setattr(trainer, "evaluate", spy)
+    trainer.train()
+    assert [(step, split) for step, split, _ in seen] == [(2, "validation"), (3, "validation"), (3, "test")]
+    validation_ids = {p.id for p in trainer.validation_task.problems[:2]}
+    test_ids = {p.id for p in trainer.test_task.problems[:3]}
+    assert all(set(ids) == (validation_ids if split == "validation" else test_ids) for _, split, ids in seen)
+    assert validation_ids.isdisjoint(test_ids) and validation_ids.isdisjoint(p.id for p in trainer.task.problems)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [("validation_acc_t1" in r, "test_acc_t1" in r) for r in rows] == [(False, False), (True, False),
+                                                                                (True, False)]
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    scores = {r["step"]: r["validation_acc_t2"] for r in rows if "validation_acc_t2" in r}
+    top = max(scores.values())
+    assert best["score"] == top and best["step"] == min(s for s, v in scores.items() if v == top)
+    final = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert final["split"] == {"task": "arithmetic", "split": "test", "problems": 6, "evaluated": 3,
+                              "source": "task 'arithmetic', split test"}
+    assert set(final["splits"]) == {"train", "validation", "test"}
+    report = (tmp_path / "run" / "eval" / "report.md").read_text()
+    assert "Problems: 3 of the 6 test problems (task 'arithmetic', split test)." in report
