@@ -116,13 +116,12 @@ def _console():
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import EvalConfig, run_eval
-    from .report import rich_table
 
     config = build_config(EvalConfig, args, args.config)
     console = _console()
     with rich_progress(console) as factory:
         summary = run_eval(config, factory)
-    console.print(rich_table(summary, title=f"{config.model} · {config.task}"))
+    _print_table(console, summary, f"{config.model} · {config.task}")
     if summary.get("scaling"):
         from .evaluation import scaling_markdown
 
@@ -162,6 +161,17 @@ def _format_and_validation(row: dict[str, Any]) -> str:
     parts = [f"{label}={values}" for label, values in (("fmt", per_attempt("format_t")),
                                                        ("val", per_attempt("validation_acc_t"))) if values]
     return " ".join(parts)
+
+
+def _print_table(console, summaries, title: str) -> None:
+    """The metrics table: rich on a terminal; off one (a log file, ``make demo > log``) the markdown table,
+    whose ten columns a fixed-width rich table would cut to ``Acc@…``."""
+    from .report import format_table, rich_table
+
+    if console.is_terminal:
+        console.print(rich_table(summaries, title=title))
+    else:
+        print(f"{title}\n\n{format_table(summaries)}\n", file=console.file, flush=True)
 
 
 def _duration(seconds: float) -> str:
@@ -214,7 +224,7 @@ def _live_train(trainer, console) -> dict[str, Any]:
 
 def _run_training(config, console, compare_base: bool) -> int:
     from .evaluation import write_eval_outputs
-    from .report import format_table, rich_table
+    from .report import format_table
     from .trainer import Trainer
 
     trainer = Trainer.create(config)
@@ -232,7 +242,7 @@ def _run_training(config, console, compare_base: bool) -> int:
     if result["final_eval"] is None:           # not the main process of a multi-process run: it reports nothing
         return 0
     summaries[f"{config.method} ({trainer.step} steps)"] = result["final_eval"]
-    console.print(rich_table(summaries, title=f"{test}, greedy, 95% CIs"))
+    _print_table(console, summaries, f"{test}, greedy, 95% CIs")
     if compare_base:
         (trainer.run_dir / "comparison.md").write_text(
             f"# {config.model} on {config.task}: base vs trained\n\n{format_table(summaries)}\n")

@@ -35,6 +35,29 @@ from .trainer import METHODS, TrainConfig, Trainer
 from .training.config import OPERATIONAL, differing_fields
 
 
+def method_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"star:sft_keep=D+"`` → ``("star", {"sft_keep": "D+"})``: a method and the settings only its runs
+    change (a comparison row such as the paper's STaR D+; ``name:key=value:key=value``)."""
+    name, *pairs = spec.split(":")
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"method {spec!r}: expected name:key=value, got {pair!r}")
+        overrides[key.strip().replace("-", "_")] = value.strip()
+    return name.strip(), overrides
+
+
+def method_config(base: TrainConfig, spec: str) -> TrainConfig:
+    """``base`` with the method (and any per-method settings) of ``spec`` (:func:`method_spec`)."""
+    from dataclasses import asdict
+
+    from .config import from_dict
+
+    name, overrides = method_spec(spec)
+    return from_dict(TrainConfig, {**asdict(base), **overrides, "method": name}, f"--methods {spec}")
+
+
 def run_dir(out: Path, method: str, seed: int) -> Path:
     return out / method / f"seed-{seed}"
 
@@ -43,17 +66,18 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
                 train: Callable[[Trainer], Any] | None = None,
                 on_run: Callable[[str, int, str], None] | None = None) -> dict[str, Any]:
     """Train/evaluate every (method, seed) not finished yet, then write the comparison; returns table.json."""
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if method_spec(m)[0] not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if not methods or not seeds:
         raise ConfigError("compare needs at least one method and one seed")
+    configs = {m: method_config(base, m) for m in methods}        # a bad override: one line, before any run
     check_output_dir(out)
     train = train or (lambda trainer: trainer.train())
     for method in methods:
         for seed in seeds:
             path = run_dir(out, method, seed)
-            config = dataclasses.replace(base, method=method, seed=seed, out=str(path), overwrite=True)
+            config = dataclasses.replace(configs[method], seed=seed, out=str(path), overwrite=True)
             _same_settings(path, config)              # an earlier run in `out` is reused only if it is this one
             if (path / "eval" / "metrics.json").is_file():
                 if on_run:
@@ -109,6 +133,18 @@ def _curves(path: Path) -> dict[int, dict[str, float]]:
             row = json.loads(line)
             out[row["step"]] = {k: v for k, v in row.items() if k in ("reward_t1", "reward_t2")}
     return out
+
+
+def _test_split(out: Path, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, Any] | None:
+    """The test problems every run was evaluated on (from the runs' ``eval/metrics.json``), or None."""
+    for method in methods:
+        for seed in seeds:
+            path = run_dir(out, method, seed) / "eval" / "metrics.json"
+            if path.is_file():
+                where = json.loads(path.read_text()).get("split")
+                if where:
+                    return where
+    return None
 
 
 def run_budget(out: Path, method: str, seeds: Sequence[int]) -> dict[str, Any]:
@@ -167,10 +203,15 @@ def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) ->
             xs = sorted(steps)
             curves[method] = {"step": xs, **{k: [float(np.mean([r[k] for r in steps[s] if k in r] or [np.nan]))
                                                  for s in xs] for k in ("reward_t1", "reward_t2")}}
+    where = _test_split(out, methods, seeds)
+    table["split"] = where
     write_json(out / "table.json", table)
     with atomic_write(out / "table.md") as fh:
         fh.write(f"# Comparison ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: "
-                 f"{', '.join(map(str, seeds))}; held-out problems, greedy)\n\n{report.format_table(summaries)}\n"
+                 f"{', '.join(map(str, seeds))}; greedy)\n\n"
+                 + (f"Problems: {report.split_note(where, where.get('evaluated'))}, the same for every run; "
+                    "each run evaluated once, at its end.\n\n" if where else "")
+                 + f"{report.format_table(summaries)}\n"
                  f"\n## Self-verification (attempt 1 → 2)\n\n{report.format_self_verification(summaries)}\n"
                  f"\n{format_budget(table['methods'])}\n")
     if all(s.get("edit_histogram") for s in summaries.values()):

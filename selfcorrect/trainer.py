@@ -45,9 +45,11 @@ from .engines import frozen, frozen_copy, make_engine
 from .errors import ConfigError
 from .logprobs import dropout_disabled
 from .lora import apply_lora, export_merged, load_adapter, merged_weights
-from .rollout import ConversationBuilder, Episode, SamplingParams, make_backend, sample_episodes
+from .rollout import (ConversationBuilder, Episode, SamplingParams, extend_episodes, make_backend, new_episodes,
+                      sample_episodes)
 from .rollout.sampling import ProblemStream, draw_indices
 from .run_dir import RunLock, check_output_dir, claim_run_dir, write_config
+from .algorithms.score import adapt_beta2
 from .training.clock import PhaseClock, untimed
 from .training.config import TrainConfig, resumed_config, run_splits
 from .training.methods import METHODS, Phase
@@ -122,8 +124,10 @@ class Trainer(SupervisedSteps):
         self.anchor = self.reference                      # Stage I anchor of attempt 1 (see module docstring)
         self.builder = ConversationBuilder(self.tokenizer, self.task.correction_instruction)
         self.backend = self._make_backend()
+        self._base_backend = None                         # π_ref's sampler (base_first_attempts), made on first use
         self.stream = ProblemStream(len(self.task.problems), config.seed)
         self.step = 0
+        self.beta2 = config.beta2                         # Stage I's β2 now (it moves with adaptive_beta2)
         self.best: dict[str, Any] | None = None
         self.skipped = 0
         self.last_episodes: list[Episode] = []            # the latest step's (samples.jsonl)
@@ -214,6 +218,7 @@ class Trainer(SupervisedSteps):
         trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.stream = ProblemStream(len(trainer.task.problems), config.seed, **state["data"])
         trainer.step, trainer.best, trainer.skipped = state["step"], state.get("best"), state.get("skipped", 0)
+        trainer.beta2 = state.get("beta2", config.beta2)
         if has_anchor(checkpoint):
             template = trainer.policy if trainer.reference is None else trainer.reference
             trainer.anchor = trainer.engine.anchor_from_checkpoint(checkpoint, template, trainer._base_model)
@@ -242,6 +247,7 @@ class Trainer(SupervisedSteps):
         parts = self.engine.checkpoint_parts(self.run_dir, self.step, anchor)
         state = {"optimizer": parts.optimizer, **parts.layout, "scheduler": self.scheduler.state_dict(),
                  "data": self.stream.state(), "step": self.step, "best": self.best, "skipped": self.skipped,
+                 "beta2": self.beta2,
                  "phase": self.config.phase(self.step - 1) if self.step else None,
                  "sft_index": self._sft[0] if self._sft else None}
         self.dist.barrier()                               # every process has written its engine's files
@@ -283,16 +289,47 @@ class Trainer(SupervisedSteps):
         self._step_lr = lr
         return loss, grad_norm, not applied
 
-    def _rollout(self, problems, attempts: int) -> list[Episode]:
-        """This process's share of the problems, rolled out with per-row seeds (batch- and process-invariant)."""
+    def _rollout(self, problems, attempts: int, base_share: float = 0.0) -> list[Episode]:
+        """This process's share of the problems, rolled out with per-row seeds (batch- and process-invariant).
+
+        ``base_share``: the first ``round(base_share · len(problems))`` problems of the step get their first
+        attempts from π_ref (``base_first_attempts``), marked offline; every later attempt is the policy's.
+        """
         draws = draw_indices(problems)      # over the whole step, so every process numbers repeats alike
+        seed = self.config.seed * 1_000_003 + self.step
+        params = self.config.sampling_params()
         with self.engine.gathered(), self._generation_autocast():
-            episodes = sample_episodes(self.backend, self.builder, self.task, self.dist.shard(problems),
-                                       samples=self.config.samples, attempts=attempts,
-                                       params=self.config.sampling_params(),
-                                       per_row_seed=self.config.seed * 1_000_003 + self.step,
-                                       draws=self.dist.shard(draws))
+            if not base_share:
+                episodes = sample_episodes(self.backend, self.builder, self.task, self.dist.shard(problems),
+                                           samples=self.config.samples, attempts=attempts, params=params,
+                                           per_row_seed=seed, draws=self.dist.shard(draws))
+            else:
+                episodes = self._rollout_from_base_first_attempts(problems, draws, attempts, base_share, seed)
         faults.point("rollout")
+        return episodes
+
+    def _rollout_from_base_first_attempts(self, problems, draws, attempts: int, share: float,
+                                          seed: int) -> list[Episode]:
+        """:meth:`_rollout` with some first attempts sampled by π_ref (paper §5.3's offline first attempts)."""
+        config = self.config
+        offline = [i < round(share * len(problems)) for i in range(len(problems))]   # which problems, step-wide
+        episodes = new_episodes(self.builder, self.task, self.dist.shard(problems), config.samples,
+                                self.dist.shard(draws))
+        flags = [flag for flag in self.dist.shard(offline) for _ in range(config.samples)]   # per episode
+        if self._base_backend is None:
+            self._base_backend = make_backend("transformers", self.reference, self.tokenizer,
+                                              batch_size=config.generation_batch_size, decode=config.decode)
+        params = config.sampling_params()
+        base = [ep for ep, flag in zip(episodes, flags) if flag]
+        extend_episodes(self._base_backend, self.builder, self.task, base, params, seed=seed)
+        extend_episodes(self.backend, self.builder, self.task, [ep for ep, flag in zip(episodes, flags) if not flag],
+                        params, seed=seed, more=attempts > 1)
+        for ep in base:
+            ep.attempts[0].offline = True
+            ep.attempts[0].sample_logprobs = None          # π_ref's, not the policy's: nothing to check
+        for k in range(1, attempts):
+            extend_episodes(self.backend, self.builder, self.task, episodes, params, seed=seed,
+                            more=k + 1 < attempts)
         return episodes
 
     def _rl_step(self, phase: Phase) -> dict[str, Any]:
@@ -300,11 +337,12 @@ class Trainer(SupervisedSteps):
         problems = [self.task.problems[i] for i in self.stream.take(config.problems_per_step)]
         clock = PhaseClock(self.device)
         started = time.perf_counter()
+        base_share = config.base_first_attempts if phase.stage == 2 and attempts >= 2 else 0.0
         with clock("generate"):
-            episodes = self._rollout(problems, attempts)
+            episodes = self._rollout(problems, attempts, base_share)
         generated = time.perf_counter()
 
-        losses, kls, ordered = [], [], []
+        losses, kls, advantages, ordered = [], [], [], []
         gaps: list[tuple[list[float], list[float]]] = [([], []) for _ in range(attempts)]
         norm = len(problems) * config.samples             # episodes of the whole step, over all processes
         batches = micro_batches(episodes, config.micro_batch_problems, config.samples)
@@ -318,7 +356,8 @@ class Trainer(SupervisedSteps):
                 padding = i >= len(batches)               # a pass that keeps collectives aligned, adding nothing
                 batch = batches[-1] if padding else batches[i]
                 out = step_loss(config, phase, engine.token_logprobs, engine.trained, self.reference, self.anchor,
-                                batch, self.tokenizer.pad_token_id, norm, self.device, clock=clock)
+                                batch, self.tokenizer.pad_token_id, norm, self.device, clock=clock,
+                                beta2=self.beta2)
                 faults.point("score")
                 if not torch.isfinite(out.loss) and not engine.lockstep:
                     losses.append(float("nan"))
@@ -329,6 +368,7 @@ class Trainer(SupervisedSteps):
                 if not padding:
                     losses.append(float(out.loss.detach()))
                     kls.append(out.kl.cpu())
+                    advantages.append(out.advantages.detach().cpu())
                     ordered.extend(batch)
                     for total, part in zip(gaps, logprob_gaps(batch, out.logp, attempts)):
                         total[0].extend(part[0])
@@ -349,7 +389,14 @@ class Trainer(SupervisedSteps):
         if warning:                                       # once per run
             self._gap_warned = True
             print(warning, file=sys.stderr, flush=True)
-        return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self._step_lr,
+        beta2 = {}
+        if phase.objective.anchored:                      # Stage I: the β2 this step used, then the next one
+            beta2 = {"beta2": self.beta2}
+            if config.adaptive_beta2 and not skipped and advantages:
+                second = torch.cat(self.dist.gather([torch.cat(advantages)]))[:, 1:]     # [B, K-1], whole step
+                self.beta2 = adapt_beta2(self.beta2, float(kl[:, 0].nanmean()), float(second.abs().mean()),
+                                         config.beta2_balance)
+        return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self._step_lr, **beta2,
                 **batch_metrics(ordered, kl), **checked, "generated_tokens": tokens,
                 "tokens_per_s": tokens / max(trained - started, 1e-9),
                 **clock.row(), "time_train_s": trained - generated}

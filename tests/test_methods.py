@@ -10,6 +10,7 @@ import torch
 from selfcorrect.algorithms.sft import sft_loss
 from selfcorrect.training.sft_data import pair_episodes, star_filter
 from selfcorrect.compare import run_compare
+from selfcorrect.errors import ConfigError
 from selfcorrect.rollout import ConversationBuilder
 from selfcorrect.rollout.episodes import Attempt, Episode
 from selfcorrect.tasks.base import Problem
@@ -193,3 +194,25 @@ def test_star_resumed_at_a_round_boundary_equals_a_straight_run(tiny_model_dir, 
     a, b = load_file(str(tmp_path / "a" / "checkpoint-6" / "model.safetensors")), \
         load_file(str(tmp_path / "b" / "checkpoint-6" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_compare_row_may_change_settings_of_its_own_runs():
+    """`--methods score,star:sft_keep=D+`: the paper's STaR D+ row beside the others, in its own directory."""
+    from pathlib import Path
+
+    from selfcorrect.compare import method_config, method_spec, run_compare, run_dir
+    from selfcorrect.trainer import TrainConfig
+
+    assert method_spec("star:sft_keep=D+:sft_steps=4") == ("star", {"sft_keep": "D+", "sft_steps": "4"})
+    base = TrainConfig(stage1_steps=1, stage2_steps=1)
+    config = method_config(base, "star:sft_keep=D+:sft_steps=4")
+    assert (config.method, config.sft_keep, config.sft_steps) == ("star", "D+", 4)
+    assert run_dir(Path("out"), "star:sft_keep=D+", 0) == Path("out/star:sft_keep=D+/seed-0")
+    with pytest.raises(ConfigError, match="expected name:key=value"):
+        method_spec("star:D+")
+    with pytest.raises(ConfigError, match="unknown field 'sft_kept'"):
+        run_compare(base, ["star:sft_kept=D+"], [0], Path("/nonexistent/never-created"))
+    with pytest.raises(ConfigError, match="sft_keep must be one of"):
+        method_config(base, "star:sft_keep=E")
+    with pytest.raises(ConfigError, match="unknown method"):
+        run_compare(base, ["ppo:lr=1"], [0], Path("/nonexistent/never-created"))

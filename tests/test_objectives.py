@@ -242,3 +242,17 @@ def test_k3_in_the_loss_is_the_forward_kl_gradient():
     exact = _reverse_kl_gradient(theta, token_logp, ref, beta)
     assert torch.allclose(_flat(grads), _flat(forward), atol=1e-6, rtol=0)
     assert (_flat(grads) - _flat(exact)).abs().max() > 1e-3      # not the paper's KL
+
+
+def test_adaptive_beta2_moves_toward_balance_by_at_most_its_clip():
+    """adapt_beta2 by hand: m_kl = β2·KL1, m_pg = |A2|, β2' = β2·exp(clip(log(balance·m_pg/m_kl), ±0.2))."""
+    import math
+
+    from selfcorrect.algorithms.score import adapt_beta2
+
+    assert adapt_beta2(0.1, kl_first=0.5, advantage_second=0.055) == pytest.approx(0.11)      # log(1.1) < 0.2
+    assert adapt_beta2(0.1, kl_first=2.0, advantage_second=0.05) == pytest.approx(0.1 * math.exp(-0.2))  # clipped
+    assert adapt_beta2(0.1, kl_first=0.0, advantage_second=0.3) == pytest.approx(0.1 * math.exp(0.2))   # unmoved
+    assert adapt_beta2(0.1, kl_first=0.5, advantage_second=0.11, balance=0.5) == pytest.approx(0.11)
+    assert adapt_beta2(9.9, kl_first=0.0, advantage_second=1.0) == 10.0                     # upper bound
+    assert adapt_beta2(1e-4, kl_first=5.0, advantage_second=1e-9) == 1e-4                   # lower bound

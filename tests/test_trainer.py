@@ -418,6 +418,9 @@ def test_a_run_whose_output_is_a_file_prints_a_plain_line_per_step(tiny_model_di
         "test evaluation at step 0: 1/2 (50%)", "test evaluation at step 0: 2/2 (100%)",
         "test evaluation at step 3: 1/2 (50%)", "test evaluation at step 3: 2/2 (100%)"]
     assert all("elapsed, ETA" in e for e in evaluations)
+    # the base-vs-trained table comes as markdown, its ten columns whole (a rich table would cut them)
+    assert "| Method | Acc@t1 | Acc@t2 |" in done.stderr and "| Format@t1 | Format@t2 |" in done.stderr
+    assert "| base (prompting only) |" in done.stderr
     # no library floods (DeepSpeed, imported by accelerate when a model is saved, warns on stdout)
     assert "Setting accelerator" not in done.stdout + done.stderr and "Warning" not in done.stderr
     assert (run / "report.html").is_file() and (run / "eval" / "report.html").is_file()
@@ -459,3 +462,81 @@ def test_wandb_logs_offline_and_a_resume_continues_the_same_run(tiny_model_dir, 
     assert any(p.name.endswith(run_id) for p in (run / "wandb").glob("offline-run-*"))
     Trainer.resume(run, overrides={"iterations": 2}).train()
     assert (run / "wandb-id.txt").read_text().strip() == run_id
+
+
+def test_base_first_attempts_are_prompts_from_the_initial_model_and_never_trained(tiny_model_dir, tmp_path):
+    """base_first_attempts (paper §5.3): in Stage II the first attempts of a share of the problems come from
+    π_ref; the policy writes every later attempt; the offline attempts get neither gradient nor KL."""
+    from selfcorrect.rollout import SamplingParams, sample_episodes
+    from selfcorrect.training.step import step_loss
+
+    trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "run", stage1_steps=0, stage2_steps=1,
+                                     iterations=1, base_first_attempts=0.5, temperature=1.0))
+    with torch.no_grad():                                  # a policy that samples differently from π_ref
+        for p in trainer.policy.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    problems = trainer.task.problems[:2]
+    episodes = trainer._rollout(problems, attempts=2, base_share=0.5)
+    seed = trainer.config.seed * 1_000_003 + trainer.step
+    params = trainer.config.sampling_params()
+    from_base = sample_episodes(trainer._base_backend, trainer.builder, trainer.task, problems, samples=2, attempts=1,
+                                params=params, per_row_seed=seed)
+    from_policy = sample_episodes(trainer.backend, trainer.builder, trainer.task, problems, samples=2, attempts=1,
+                                  params=params, per_row_seed=seed)
+    assert [ep.attempts[0].offline for ep in episodes] == [True, True, False, False]
+    assert [ep.attempts[0].ids for ep in episodes[:2]] == [ep.attempts[0].ids for ep in from_base[:2]]
+    assert [ep.attempts[0].ids for ep in episodes[2:]] == [ep.attempts[0].ids for ep in from_policy[2:]]
+    assert [ep.attempts[0].ids for ep in from_base] != [ep.attempts[0].ids for ep in from_policy]
+    assert all(ep.attempts[0].sample_logprobs is None for ep in episodes[:2])
+    assert all(ep.attempts[1].sample_logprobs is not None for ep in episodes)   # attempt 2: the policy's
+
+    kept = {}
+
+    def scorer(model, *args, **kwargs):                   # keep the policy's log-probs to read their gradient
+        logp = trainer.engine.token_logprobs(model, *args, **kwargs)
+        if model is trainer.policy:
+            logp.retain_grad()
+            kept["logp"] = logp
+        return logp
+
+    phase = trainer.config.schedule()[0]
+    out = step_loss(trainer.config, phase, scorer, trainer.policy, trainer.reference, trainer.anchor, episodes,
+                    trainer.tokenizer.pad_token_id, len(episodes), trainer.device)
+    out.loss.backward()
+    grad = kept["logp"].grad                              # [B, T]
+    for row, ep in enumerate(episodes):
+        first, second = ep.attempts
+        assert bool(grad[row, first.start:first.end].abs().sum() == 0) == first.offline
+        assert float(out.kl[row, 0]) == 0.0 or not first.offline
+    assert any(bool(grad[row, ep.attempts[1].start:ep.attempts[1].end].abs().sum() > 0) for row, ep in enumerate(episodes))
+    trainer.policy.zero_grad()
+    assert trainer.train()["final_eval"]["n"] == 2 and trainer.step == 1   # and a whole run takes it
+
+
+def test_base_first_attempts_refuses_layouts_without_a_full_reference():
+    with pytest.raises(ConfigError, match="base_first_attempts samples first attempts from a full frozen copy"):
+        TrainConfig(base_first_attempts=0.5, lora_r=8)
+    with pytest.raises(ConfigError, match=r"base_first_attempts must be in \[0, 1\]"):
+        TrainConfig(base_first_attempts=1.5)
+
+
+def test_adaptive_beta2_moves_and_resumes_exactly(tiny_model_dir, tmp_path, parity_task, interrupt_training):
+    """adaptive_beta2: Stage I rows log the β2 they used; it moves from step to step, is checkpointed, and a
+    resumed run continues the same sequence; without it β2 stays fixed."""
+    def run(out, **kw):
+        return _config(tiny_model_dir, out, task=parity_task, iterations=2, stage1_steps=2, stage2_steps=1,
+                       save_every=1, temperature=1.0, **kw)
+
+    def betas(out):
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r.get("beta2")) for r in rows]
+
+    Trainer.create(run(tmp_path / "fixed")).train()
+    assert betas(tmp_path / "fixed") == [(1, 0.1), (2, 0.1), (3, None), (4, 0.1), (5, 0.1), (6, None)]
+    Trainer.create(run(tmp_path / "straight", adaptive_beta2=True)).train()
+    straight = betas(tmp_path / "straight")
+    assert straight[0] == (1, 0.1) and len({b for _, b in straight if b is not None}) == 4   # moved every time
+    interrupted = Trainer.create(run(tmp_path / "resumed", adaptive_beta2=True))
+    interrupt_training(interrupted, 4)
+    Trainer.resume(tmp_path / "resumed").train()
+    assert betas(tmp_path / "resumed") == straight

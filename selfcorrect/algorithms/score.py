@@ -15,6 +15,8 @@ to every turn.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .policy_gradient import LossOutput, reinforce_with_kl
@@ -56,6 +58,28 @@ def stage_one_loss(
         kl_coef=[beta2] + [beta1] * (k - 1),
         baseline=baseline, kl_in=kl_in, norm=norm,
     )
+
+
+def adapt_beta2(beta2: float, kl_first: float, advantage_second: float, balance: float = 1.0,
+                max_change: float = 0.2, bounds: tuple[float, float] = (1e-4, 10.0)) -> float:
+    """The next Stage I β2 of an adaptive controller (ours: the paper, §5.3, only says "an adaptive β2 that
+    attempts to balance the magnitudes of the first-attempt KL regularization and the second-attempt policy
+    objective").
+
+    With the step's magnitudes ``m_kl = β2 · mean_b KL(attempt 1)`` and ``m_pg = mean_b |A(attempt 2)|``
+    (the weight the policy gradient puts on an attempt-2 sequence), move β2 multiplicatively toward
+    ``m_kl / m_pg = balance``::
+
+        β2' = β2 · exp(clip(log(balance · m_pg / m_kl), −max_change, max_change)),  clamped to ``bounds``
+
+    so one step changes β2 by at most ``e^{±max_change}`` (±22% at 0.2), like the clipped proportional KL
+    controller of Ziegler et al. (2019).  A zero magnitude counts as 1e-8 (attempt 1 has not moved: β2 rises).
+    """
+    m_kl = max(beta2 * max(kl_first, 0.0), 1e-8)
+    m_pg = max(abs(advantage_second), 1e-8)
+    error = math.log(balance * m_pg / m_kl)
+    step = min(max(error, -max_change), max_change)
+    return min(max(beta2 * math.exp(step), bounds[0]), bounds[1])
 
 
 def stage_two_loss(

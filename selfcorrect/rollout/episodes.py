@@ -61,6 +61,9 @@ class Attempt:
     formatted: bool | None = None
     """Whether ``text`` states its answer in the instructed form (``Task.follows_format``; ``None`` when the
     task has no such form)."""
+    offline: bool = False
+    """Sampled by another model than the policy (the base model's first attempts of ``base_first_attempts``):
+    a prompt for the next attempt, never trained on."""
     sample_logprobs: list[float] | None = None
     """The backend's log-prob of each of ``ids`` under the distribution it sampled from (``None``
     when the backend did not report them); checked against the trainer's own log-probs."""

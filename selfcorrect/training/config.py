@@ -79,6 +79,18 @@ class TrainConfig(SamplingSettings):
     """KL coefficient to the initial model on rewarded attempts (paper: 0.01)."""
     beta2: float = 0.1
     """Stage I KL coefficient pinning attempt 1 (paper: 0.1 MATH, 0.25 code)."""
+    adaptive_beta2: bool = False
+    """Adapt β2 after every Stage I step so that β2·KL(attempt 1) stays near ``beta2_balance`` × the mean
+    |advantage| of attempt 2 (paper §5.3 mentions "an adaptive β2 that attempts to balance the magnitudes" of
+    the two; the rule is ours: ``algorithms.score.adapt_beta2``); ``beta2`` is its start value."""
+    beta2_balance: float = 1.0
+    """Target ratio of the adaptive β2: β2·KL(attempt 1) / mean |advantage of attempt 2|."""
+    base_first_attempts: float = 0.0
+    """Stage II: share of each step's problems whose first attempts are sampled from the initial model π_ref and
+    used only as prompts for the later attempts, which are trained as usual (paper §5.3: "first-attempt
+    solutions obtained by repeatedly sampling the base model as offline prompts in RL ... especially in Stage
+    II"; it gives no share).  0 = every attempt on-policy.  Needs lora_r 0, sharding none and the transformers
+    rollout backend."""
     baseline: str = "rloo"
     """Policy-gradient baseline: rloo (leave one out over a problem's samples) or none (plain REINFORCE)."""
     kl_in: str = "reward"
@@ -206,9 +218,17 @@ class TrainConfig(SamplingSettings):
         for name in ("stage1_steps", "stage2_steps", "warmup_steps", "eval_every", "test_every", "save_every",
                      "keep_last", "log_samples_every", "sft_steps"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)!r}")
+        need(math.isfinite(self.beta2_balance) and self.beta2_balance > 0,
+             f"beta2_balance must be a positive number, got {self.beta2_balance!r}")
         for name in ("alpha", "beta1", "beta2", "weight_decay", "max_grad_norm", "save_every_minutes"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
                  f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        need(0.0 <= self.base_first_attempts <= 1.0,
+             f"base_first_attempts must be in [0, 1], got {self.base_first_attempts!r}")
+        if self.base_first_attempts:
+            need(self.lora_r == 0 and self.sharding == "none" and self.rollout_backend == "transformers",
+                 "base_first_attempts samples first attempts from a full frozen copy of the initial model on "
+                 "the transformers backend: it needs lora_r 0, sharding none and rollout_backend transformers")
         need(0.0 <= self.validation_fraction < 1.0,
              f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")

@@ -37,10 +37,12 @@ class Objective:
     """Attempt 1 is pinned to the Stage I anchor: the loss takes the anchor's log-probs."""
 
     def __call__(self, logp: torch.Tensor, ref_logp: torch.Tensor, anchor_logp: torch.Tensor,
-                 attempt_mask: torch.Tensor, rewards: torch.Tensor, groups: torch.Tensor, norm: int) -> LossOutput:
+                 attempt_mask: torch.Tensor, rewards: torch.Tensor, groups: torch.Tensor, norm: int,
+                 **hyper: float) -> LossOutput:
+        """``hyper`` overrides a bound hyperparameter for this call (the adaptive β2 of Stage I)."""
         if self.anchored:
-            return self.loss(logp, ref_logp, anchor_logp, attempt_mask, rewards, groups, norm=norm)
-        return self.loss(logp, ref_logp, attempt_mask, rewards, groups, norm=norm)
+            return self.loss(logp, ref_logp, anchor_logp, attempt_mask, rewards, groups, norm=norm, **hyper)
+        return self.loss(logp, ref_logp, attempt_mask, rewards, groups, norm=norm, **hyper)
 
 
 @dataclass(frozen=True)

@@ -53,12 +53,13 @@ def micro_batches(episodes: Sequence[Episode], per_batch: int, samples: int) -> 
 
 
 def step_loss(config, phase: Phase, score: Scorer, policy, reference, anchor, batch: list[Episode], pad_id: int,
-              norm: int, device: torch.device, clock=untimed) -> LossOutput:
+              norm: int, device: torch.device, clock=untimed, beta2: float | None = None) -> LossOutput:
     """Collate → log-probs (policy with grad; π_ref and the anchor without) → the phase's objective.
 
     ``score`` is the engine's :meth:`~selfcorrect.engines.Engine.token_logprobs`; ``reference`` is None
     under LoRA (π_ref = the policy with its adapter switched off); ``clock`` a
-    :class:`~selfcorrect.training.clock.PhaseClock` that times the reference and policy passes.
+    :class:`~selfcorrect.training.clock.PhaseClock` that times the reference and policy passes; ``beta2``
+    the Stage I coefficient of this step when it adapts (``adaptive_beta2``).
     """
     k = phase.attempts
     tensors = collate(batch, pad_token_id=pad_id, num_attempts=k)
@@ -66,6 +67,9 @@ def step_loss(config, phase: Phase, score: Scorer, policy, reference, anchor, ba
     attention_mask = tensors["attention_mask"].to(device)         # [B, T]
     attempt_mask = tensors["attempt_mask"].to(device)             # [B, K, T]
     label_mask = attempt_mask.any(1)                              # [B, T]
+    # An offline attempt (π_ref's first attempt, base_first_attempts) is a prompt: no policy gradient, no KL.
+    offline = torch.tensor([[a.offline for a in ep.attempts[:k]] for ep in batch], device=device)   # [B, K]
+    attempt_mask = attempt_mask & ~offline[:, :, None]
     rewards = torch.tensor([[a.reward for a in ep.attempts[:k]] for ep in batch], device=device)   # [B, K]
     keys = [rloo_group(ep, config.samples) for ep in batch]
     ids = {key: i for i, key in enumerate(dict.fromkeys(keys))}
@@ -85,7 +89,8 @@ def step_loss(config, phase: Phase, score: Scorer, policy, reference, anchor, ba
     with clock("policy_score"):
         with autocast(config, device):
             logp = score(policy, input_ids, attention_mask, label_mask, **scored)
-        return phase.objective(logp, ref_logp, anchor_logp, attempt_mask, rewards, groups, norm=norm)
+        hyper = {"beta2": beta2} if beta2 is not None and phase.objective.anchored else {}
+        return phase.objective(logp, ref_logp, anchor_logp, attempt_mask, rewards, groups, norm=norm, **hyper)
 
 
 def sft_step_loss(config, score: Scorer, policy, batch: list[Episode], pad_id: int, norm: int,
