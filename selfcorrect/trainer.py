@@ -27,6 +27,7 @@ accumulated gradients equal the full-batch gradient.
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import sys
 import time
@@ -88,8 +89,9 @@ class Trainer(SupervisedSteps):
         if config.eval_every and self.validation_task is None:
             raise ConfigError(f"eval_every {config.eval_every} needs validation problems, but task "
                               f"{self.task.name!r} has no {config.validation_split!r} split and "
-                              f"validation_fraction is {config.validation_fraction}: set validation_fraction > 0 "
-                              "or eval_every 0")
+                              f"validation_fraction {config.validation_fraction} carved none of its "
+                              f"{len(self.task.problems)} training problems: raise validation_fraction or set "
+                              "eval_every 0")
         level = self.task.options.get("sandbox_isolation")
         if level not in (None, "full") and self.dist.main:
             # The task factory warned already; training is where a gameable reward does damage.
@@ -207,6 +209,11 @@ class Trainer(SupervisedSteps):
             checkpoint = dist.share(dist.on_main(lambda: intact_checkpoint(run_dir)))
             state = load_state(checkpoint)
             config = resumed_config(saved, overrides or {}, str(run_dir), state["step"])
+            fingerprint = run_splits(config).fingerprint()    # before any model loads
+            if state.get("train_problems", fingerprint) != fingerprint:
+                raise ConfigError(f"--resume {run_dir}: the task now gives other training problems than the run "
+                                  "trained on (a changed data file, or a version that splits them differently); "
+                                  "start a new run")
             trainer = cls(config, run_dir, checkpoint, lock=lock)
         except BaseException:
             if lock is not None:
@@ -247,7 +254,7 @@ class Trainer(SupervisedSteps):
         parts = self.engine.checkpoint_parts(self.run_dir, self.step, anchor)
         state = {"optimizer": parts.optimizer, **parts.layout, "scheduler": self.scheduler.state_dict(),
                  "data": self.stream.state(), "step": self.step, "best": self.best, "skipped": self.skipped,
-                 "beta2": self.beta2,
+                 "beta2": self.beta2, "train_problems": self.splits.fingerprint(),
                  "phase": self.config.phase(self.step - 1) if self.step else None,
                  "sft_index": self._sft[0] if self._sft else None}
         self.dist.barrier()                               # every process has written its engine's files
@@ -312,7 +319,8 @@ class Trainer(SupervisedSteps):
                                           seed: int) -> list[Episode]:
         """:meth:`_rollout` with some first attempts sampled by π_ref (paper §5.3's offline first attempts)."""
         config = self.config
-        offline = [i < round(share * len(problems)) for i in range(len(problems))]   # which problems, step-wide
+        count = math.floor(share * len(problems) + 0.5)                                # half up, never to even
+        offline = [i < count for i in range(len(problems))]                            # which problems, step-wide
         episodes = new_episodes(self.builder, self.task, self.dist.shard(problems), config.samples,
                                 self.dist.shard(draws))
         flags = [flag for flag in self.dist.shard(offline) for _ in range(config.samples)]   # per episode
@@ -418,6 +426,8 @@ class Trainer(SupervisedSteps):
         ``eval_limit``) problems, in this process (see :meth:`evaluate_on_main`)."""
         from .evaluation import summarize_episodes
 
+        if split not in ("validation", "test") or (split == "validation" and self.validation_task is None):
+            raise ConfigError(f"no {split!r} problems to evaluate in this run")
         task, limit = ((self.validation_task, self.config.validation_limit) if split == "validation" else
                        (self.test_task, self.config.eval_limit))
         problems = task.problems[:limit]
@@ -435,13 +445,18 @@ class Trainer(SupervisedSteps):
         summary["split"] = {**self.splits.sources[split], "evaluated": len(problems)}
         return summary, episodes
 
-    def _maybe_best(self, validation: dict[str, Any], checkpoint: Path | None) -> None:
-        """Keep ``checkpoint`` as the best when its *validation* last-attempt accuracy is the highest so far
-        (the test split never chooses)."""
-        score = validation["accuracy"][-1]
-        if checkpoint is not None and (self.best is None or score > self.best["score"]):
-            self.best = {"checkpoint": checkpoint.name, "score": score, "step": self.step}
-            write_best(self.run_dir, checkpoint, score, self.step)
+    def _save_keeping_best(self, validation: dict[str, Any] | None) -> Path:
+        """Checkpoint this step; when its *validation* last-attempt accuracy is the highest so far, it becomes
+        the best (``best.json``; the test split never chooses).  ``self.best`` is updated before the
+        checkpoint is written, so the checkpoint's own state knows it is the best (a resume keeps it)."""
+        better = validation is not None and (self.best is None or validation["accuracy"][-1] > self.best["score"])
+        if better:
+            self.best = {"checkpoint": f"checkpoint-{self.step}", "score": validation["accuracy"][-1],
+                         "step": self.step}
+        saved = self.save()
+        if better and self.dist.main:
+            write_best(self.run_dir, saved, self.best["score"], self.step)
+        return saved
 
     # ---- the loop
 
@@ -494,9 +509,7 @@ class Trainer(SupervisedSteps):
                 saved = None
                 if (timed or config.save_every and self.step % config.save_every == 0) \
                         and self.step < config.total_steps:
-                    saved, saved_at = self.save(), time.monotonic()
-                    if evaluated is not None:
-                        self._maybe_best(evaluated, saved)
+                    saved, saved_at = self._save_keeping_best(evaluated), time.monotonic()
                 signum = stop.agreed()
                 if signum:                # every process is between the same two steps
                     raise TrainingStopped(signum, saved or self.save())
@@ -506,13 +519,12 @@ class Trainer(SupervisedSteps):
             if logger is not None:
                 logger.close()
             raise
-        final = self.save() if self.step else None          # `prompting` trains nothing: no checkpoint
+        # `prompting` trains nothing: no checkpoint.  The last step's validation, if any, competes for best.
+        final = self._save_keeping_best(evaluated) if self.step else None
         summary, episodes = self.evaluate_on_main("test")  # the one test evaluation of the run
         if not main:
             self.dist.barrier()                             # wait for the main process's files
             return {**row, "final_eval": None}
-        if evaluated is not None:                           # the last step's validation evaluation
-            self._maybe_best(evaluated, final)
         from .evaluation import write_eval_outputs
 
         write_eval_outputs(self.run_dir / "eval", summary, episodes, f"{config.method} after {self.step} steps",

@@ -102,7 +102,8 @@ def test_eval_every_needs_validation_problems(tiny_model_dir, tmp_path):
     train = _math_file(tmp_path / "train.jsonl", [("What is 1 + 1?", "2"), ("What is 2 + 2?", "4")])
     test = _math_file(tmp_path / "test.jsonl", [("What is 3 + 3?", "6")])
     with pytest.raises(ConfigError, match="eval_every 1 needs validation problems, but task 'math' has no "
-                                          "'validation' split and validation_fraction is 0.0"):
+                                          "'validation' split and validation_fraction 0.0 carved none of its 2 "
+                                          "training problems"):
         Trainer.create(_config(tmp_path, model=str(tiny_model_dir), task="math", task_options={"path": train},
                                eval_task_options={"path": test}, eval_every=1, validation_fraction=0.0))
     assert not (tmp_path / "run").exists()                       # refused before anything was written
@@ -142,3 +143,62 @@ def test_validation_chooses_the_checkpoint_and_test_is_evaluated_once(tiny_model
     assert set(final["splits"]) == {"train", "validation", "test"}
     report = (tmp_path / "run" / "eval" / "report.md").read_text()
     assert "Problems: 3 of the 6 test problems (task 'arithmetic', split test)." in report
+
+
+def test_an_explicit_training_split_does_not_become_the_test_split(tmp_path):
+    splits = run_splits(_config(tmp_path, task_options={"n": 20, "split": "train"}))
+    assert splits.test.options["split"] == "test" and splits.train.options["split"] == "train"
+
+
+def _mbpp_file(path, ids):
+    rows = [{"task_id": i, "text": f"Return {i}.", "code": f"def f():\n    return {i}\n",
+             "test_list": [f"assert f() == {i}"]} for i in ids]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_mbpp_validation_is_native_else_carved_and_never_a_training_problem(tmp_path):
+    full = _mbpp_file(tmp_path / "mbpp.jsonl", [11, 12, 511, 512, 601, 602, 603])
+    native = run_splits(_config(tmp_path, task="mbpp", task_options={"path": full}))
+    assert [p.id for p in native.validation.problems] == ["mbpp/511", "mbpp/512"]
+    # train_split all: the validation rows leave training (model selection must not see training problems)
+    everything = run_splits(_config(tmp_path, task="mbpp", task_options={"path": full}, train_split="all",
+                                    eval_task="humaneval", eval_task_options={"limit": 2}))
+    assert {p.id for p in everything.train.problems}.isdisjoint({"mbpp/511", "mbpp/512"})
+    assert "2 problems that were also training problems left training" in everything.sources["validation"]["source"]
+    # a file without the validation task ids: carved from training instead of failing
+    partial = _mbpp_file(tmp_path / "part.jsonl", [11, 12] + list(range(601, 661)))
+    carved = run_splits(_config(tmp_path, task="mbpp", task_options={"path": partial}))
+    assert carved.validation is not None and "carved by a hash" in carved.sources["validation"]["source"]
+    assert len(carved.train.problems) + len(carved.validation.problems) == 60
+
+
+def test_a_resume_whose_task_gives_other_training_problems_is_refused(tiny_model_dir, tmp_path):
+    rows = [(f"What is {i} plus {i}?", str(2 * i)) for i in range(30)]
+    train = _math_file(tmp_path / "train.jsonl", rows)
+    test = _math_file(tmp_path / "test.jsonl", [("What is 100 plus 1?", "101")])
+    config = _config(tmp_path, model=str(tiny_model_dir), task="math", task_options={"path": train},
+                     eval_task_options={"path": test}, stage1_steps=1, stage2_steps=1, problems_per_step=1,
+                     samples=2, max_new_tokens=2, eval_max_new_tokens=2, eval_limit=1, autocast="none",
+                     micro_batch_problems=1, save_every=1)
+    run = Trainer.create(config)
+    run.train_step()
+    run.save()
+    run.lock.release()
+    _math_file(tmp_path / "train.jsonl", rows[:-1] + [("What is 99 plus 99?", "198")])   # the file changed
+    with pytest.raises(ConfigError, match="the task now gives other training problems than the run trained on"):
+        Trainer.resume(tmp_path / "run")
+
+
+def test_the_best_checkpoint_knows_it_is_the_best(tiny_model_dir, tmp_path):
+    """best.json and the checkpoint's own state agree, so a resumed run never forgets its best."""
+    from selfcorrect.checkpoint import load_state
+
+    config = TrainConfig(model=str(tiny_model_dir), task_options={"n": 6}, out=str(tmp_path / "run"),
+                         iterations=1, stage1_steps=2, stage2_steps=2, problems_per_step=2, samples=2,
+                         max_new_tokens=3, eval_max_new_tokens=3, eval_limit=2, validation_limit=2, eval_every=1,
+                         autocast="none", report_to=["none"], micro_batch_problems=1, save_every=1, keep_last=1)
+    Trainer.create(config).train()
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    state = load_state(tmp_path / "run" / best["checkpoint"])
+    assert state["best"] == best and (tmp_path / "run" / best["checkpoint"]).is_dir()

@@ -75,6 +75,8 @@ def adapt_beta2(beta2: float, kl_first: float, advantage_second: float, balance:
     so one step changes β2 by at most ``e^{±max_change}`` (±22% at 0.2), like the clipped proportional KL
     controller of Ziegler et al. (2019).  A zero magnitude counts as 1e-8 (attempt 1 has not moved: β2 rises).
     """
+    if not (math.isfinite(beta2) and math.isfinite(kl_first) and math.isfinite(advantage_second)):
+        return beta2                                                    # nothing to learn from this step
     m_kl = max(beta2 * max(kl_first, 0.0), 1e-8)
     m_pg = max(abs(advantage_second), 1e-8)
     error = math.log(balance * m_pg / m_kl)

@@ -86,6 +86,14 @@ class RunSplits:
     sources: dict[str, dict[str, Any]]
     """``{"train"|"validation"|"test": describe(...)}``, recorded in the run's config and reports."""
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the training problems (ids, questions, answers) and the training task's options: a
+        checkpoint keeps it, and a resume whose task now gives other problems or rewards is refused."""
+        digest = hashlib.sha256(repr(sorted((str(k), repr(v)) for k, v in self.train.options.items())).encode())
+        for p in self.train.problems:
+            digest.update(f"\0{p.id}\0{p.question}\0{p.answer}\0{p.tests}".encode())
+        return digest.hexdigest()
+
     @classmethod
     def build(cls, train: Task, test: Task, *, native_validation: Task | None, fraction: float,
               allow_overlap: bool, test_label: str) -> RunSplits:
@@ -100,7 +108,11 @@ class RunSplits:
             test_label: how the test problems were chosen, for the refusal message and the reports.
         """
         if native_validation is not None:
-            validation, how = native_validation, "the task's own validation split (disjoint by construction)"
+            validation, how = native_validation, "the task's own validation split"
+            shared = {normalize_problem(p) for p in overlapping(train.problems, validation.problems)}
+            if shared:                   # e.g. MBPP's train_split all: selection must not see training problems
+                train = subset(train, [p for p in train.problems if normalize_problem(p) not in shared])
+                how += f"; its {len(shared)} problems that were also training problems left training"
         else:
             kept, carved = carve(train.problems, fraction)
             if carved and not kept:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..algorithms.policy_gradient import BASELINES, KL_PLACEMENTS
 from ..engines import ENGINES, SHARDINGS, layout_conflict
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..rollout.settings import SamplingSettings
 from .methods import METHODS, Phase, schedule
 from .sft_data import KEEP
@@ -307,9 +307,13 @@ def run_splits(config: TrainConfig):
     train = load_task(config.task, **({**options, "split": config.train_split} if native else options))
     validation = None
     if native and config.validation_split in train.splits and config.validation_split != config.train_split:
-        validation = load_task(config.task, **{**options, "split": config.validation_split})
+        try:
+            validation = load_task(config.task, **{**options, "split": config.validation_split})
+        except (ConfigError, DataError):      # e.g. an MBPP file without the validation task ids: carve instead
+            validation = None
     name = config.eval_task or config.task
-    test_options = dict(config.eval_task_options) if config.eval_task else {**options, **config.eval_task_options}
+    test_options = dict(config.eval_task_options) if config.eval_task else \
+        {**{k: v for k, v in options.items() if k != "split"}, **config.eval_task_options}   # eval_split decides
     if "split" not in test_options and accepts_option(name, "split"):
         test_options["split"] = config.eval_split
     test = load_task(name, **test_options)

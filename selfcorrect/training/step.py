@@ -156,6 +156,9 @@ def batch_metrics(episodes: Sequence[Episode], kl: torch.Tensor) -> dict[str, fl
         formatted = [ep.attempts[k].formatted for ep in episodes]
         if None not in formatted:                         # the task has an instructed answer form
             out[f"format_t{k + 1}"] = float(np.mean(formatted))
+    offline = [ep.attempts[0].offline for ep in episodes]
+    if any(offline):                                      # base_first_attempts: t1 numbers include π_ref's
+        out["offline_t1"] = float(np.mean(offline))
     if rewards.shape[1] >= 2:
         rates = metrics.transition_rates(rewards)
         out.update(delta=rates["delta"], delta_i2c=rates["i2c"], delta_c2i=rates["c2i"])
