@@ -333,6 +333,7 @@ def run_eval(config: EvalConfig, progress_factory: Callable[[str, int], Any] | N
     a progress display by ``n`` (the CLI passes a rich progress bar).
     """
     from .run_dir import check_output_dir
+    from .tasks.splits import source_label
 
     out = Path(config.out)
     check_output_dir(out)                         # before the model loads or anything is generated
@@ -352,9 +353,7 @@ def run_eval(config: EvalConfig, progress_factory: Callable[[str, int], Any] | N
     summary = summarize_episodes(episodes, seed=config.seed)
     split = task.options.get("split", config.split) or "all"
     summary["split"] = {"task": task.name, "split": split, "problems": len(task.problems), "evaluated": len(problems),
-                        "source": f"task {task.name!r}" + "".join(f", {k} {task.options[k]}" for k in
-                                                                  ("split", "path", "dataset")
-                                                                  if task.options.get(k) is not None)}
+                        "source": source_label(task.name, task.options)}
     generated = sum(len(a.ids) for ep in episodes for a in ep.attempts)
     extra = {"task": task.name, "model": config.model, "config": to_dict(config),
              "timing": {"seconds": round(seconds, 2), "generated_tokens": generated,

@@ -70,6 +70,12 @@ def subset(task: Task, problems: list[Problem]) -> Task:
     return dataclasses.replace(task, problems=problems)
 
 
+def source_label(name: str, options: dict[str, Any]) -> str:
+    """How a problem set was asked for, e.g. ``task 'math', path data/test.jsonl, split test``."""
+    return f"task {name!r}" + "".join(f", {k} {options[k]}" for k in ("split", "path", "dataset")
+                                      if options.get(k) is not None)
+
+
 def describe(task: Task, split: str, how: str) -> dict[str, Any]:
     """What a report says about a problem set: task, split, how it was made, how many problems."""
     return {"task": task.name, "split": split, "source": how, "problems": len(task.problems)}

@@ -300,7 +300,7 @@ def run_splits(config: TrainConfig):
     """The run's train, validation and test problems (:class:`~selfcorrect.tasks.splits.RunSplits`), checked
     for overlap; every task error surfaces here, before a model loads."""
     from ..tasks import accepts_option, load_task
-    from ..tasks.splits import RunSplits
+    from ..tasks.splits import RunSplits, source_label
 
     options = dict(config.task_options)
     native = "split" not in options and accepts_option(config.task, "split")   # the factory picks splits
@@ -317,10 +317,9 @@ def run_splits(config: TrainConfig):
     if "split" not in test_options and accepts_option(name, "split"):
         test_options["split"] = config.eval_split
     test = load_task(name, **test_options)
-    shown = {k: v for k, v in test_options.items() if k in ("split", "path", "dataset") and v is not None}
-    label = f"task {name!r}" + "".join(f", {k} {v}" for k, v in shown.items())
     return RunSplits.build(train, test, native_validation=validation, fraction=config.validation_fraction,
-                           allow_overlap=config.allow_train_test_overlap, test_label=label)
+                           allow_overlap=config.allow_train_test_overlap,
+                           test_label=source_label(name, test_options))
 
 
 def differing_fields(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
