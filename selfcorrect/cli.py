@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
 import warnings
@@ -138,7 +139,8 @@ def step_line(row: dict[str, Any], step: int, total: int, seconds: float, warn_g
     if "delta" in row:
         parts.append(f"Δ={row['delta']:+.2f} copy={row['copy_rate']:.2f}")
     parts.append(_format_and_validation(row))
-    kls = [f"kl{k}={row[f'kl_t{k}']:.3f}" for k in attempts if row.get(f"kl_t{k}") == row.get(f"kl_t{k}")]
+    # SFT methods log no KL; a NaN KL (no episodes of that attempt this step) is left out too.
+    kls = [f"kl{k}={row[f'kl_t{k}']:.3f}" for k in attempts if row.get(f"kl_t{k}", math.nan) == row.get(f"kl_t{k}")]
     if kls:
         parts.append(" ".join(kls))
     # The rollout/trainer log-prob gap (nats per token, worst attempt): ~0 when on-policy.

@@ -402,3 +402,18 @@ def test_train_without_config_uses_the_defaults_that_help_shows(capsys):
     shown = capsys.readouterr().out
     assert f"default: {TrainConfig().out}" in shown or str(TrainConfig().out) in shown
     assert "demo config" not in shown
+
+
+def test_step_line_for_rl_and_sft_rows():
+    """The plain (off-terminal) step line: an RL row shows rewards, Δ, format and KL per attempt; an SFT row
+    (STaR / Pair-SFT log no KL, no Δ) must still print, and a NaN KL (no episodes of that attempt) is left out."""
+    from selfcorrect.cli import step_line
+
+    rl = {"iteration": 1, "phase": "stage2", "loss": -1.5, "reward_t1": 0.25, "reward_t2": 0.5, "delta": 0.25,
+          "copy_rate": 0.5, "format_t1": 1.0, "format_t2": 0.75, "kl_t1": 0.01, "kl_t2": float("nan"),
+          "logp_gap_mean_t1": 2e-6}
+    line = step_line(rl, 3, 10, 2.0, warn_gap=1e-2)
+    assert line == ("step 3/10  it1 stage2  r1=0.25 r2=0.50  Δ=+0.25 copy=0.50  fmt=1.00/0.75  kl1=0.010  "
+                    "gap=2.0e-06  loss=-1.500  2.0 s/step, ETA 0:00:14")
+    sft = {"iteration": 1, "phase": "pair", "loss": 0.914, "reward_t1": 0.04375, "sft_dataset": 30}
+    assert step_line(sft, 1, 5, 1.0, warn_gap=1e-2) == "step 1/5  it1 pair  r1=0.04  loss=0.914  1.0 s/step, ETA 0:00:04"
