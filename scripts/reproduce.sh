@@ -6,7 +6,8 @@
 #   scripts/reproduce.sh demo        # make demo's run, with its wall time            (~15 min)
 #   scripts/reproduce.sh compare A,B # methods A,B at seeds 0,1,2 on the demo budget   (~13 min per run)
 #   scripts/reproduce.sh table       # the pooled 3-seed table over the methods run so far
-#   scripts/reproduce.sh curve M     # method M's runs extended to 4x the demo budget, tested every 5 steps
+#   scripts/reproduce.sh curve M     # method M at 4x the demo budget, tested every 10 steps       (~30 min per run)
+#   scripts/reproduce.sh curve-table # the budget curve of score and single-turn (scripts/budget_curve.py)
 #   scripts/reproduce.sh transfer    # every trained run on the word-phrased test problems (strict reader)
 #
 # Outputs under runs/repro/ (RUNS=...); the committed copies are under docs/results/repro/.
@@ -30,11 +31,23 @@ case "${1:-}" in
     timed "$PY" -m selfcorrect.cli compare --config demo --methods "${2:-$ALL}" --seeds "$SEEDS" \
         --out "$RUNS/compare" 2>&1 | tail -40 ;;
   curve)
-    # iterations may grow on --resume (the schedule so far is kept): 2 -> 8 iterations = 4x the budget.
+    # Fresh runs of 4x the demo budget (8 iterations, 40 steps), tested every 10 steps (test-evals/step-N)
+    # and checkpointed at 10, 20, 30, 40.  The schedule and the data order do not depend on the iteration
+    # count and test evaluations leave training alone (tests/test_splits.py), so step 10 of seed S is the
+    # compare run of seed S.  An interrupted run is resumed.
     for seed in ${SEEDS//,/ }; do
-      timed "$PY" -m selfcorrect.cli train --resume "$RUNS/compare/${2:?method}/seed-$seed" \
-          --iterations 8 --test-every 5 2>&1 | tee -a "$RUNS/curve-$2.log"
+      run="$RUNS/curve/${2:?method}/seed-$seed"
+      if [ -f "$run/eval/metrics.json" ]; then continue; fi
+      if ls -d "$run"/checkpoint-* >/dev/null 2>&1; then
+        timed "$PY" -m selfcorrect.cli train --resume "$run" 2>&1 | tee -a "$RUNS/curve-$2.log"
+      else
+        timed "$PY" -m selfcorrect.cli train --config demo --method "$2" --seed "$seed" --iterations 8 \
+            --test-every 10 --save-every 10 --keep-last 4 --out "$run" 2>&1 | tee -a "$RUNS/curve-$2.log"
+      fi
     done ;;
+  curve-table)
+    timed "$PY" scripts/budget_curve.py "$RUNS/curve" --methods score,single-turn --seeds "$SEEDS" \
+        --base "${BASE:-docs/results/repro/demo/eval-base}" --out "$RUNS/curve" ;;
   transfer)
     for run in "$RUNS"/compare/*/seed-*; do
       ckpt=$(ls -d "$run"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1)
@@ -42,5 +55,5 @@ case "${1:-}" in
       timed "$PY" -m selfcorrect.cli eval --model "$ckpt" -o phrasing=words --limit 200 --max-new-tokens 32 \
           --dtype float32 --out "$run/eval-words" 2>&1 | tail -3
     done ;;
-  *) sed -n 2,13p "$0"; exit 2 ;;
+  *) sed -n 2,14p "$0"; exit 2 ;;
 esac

@@ -184,17 +184,25 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def write_eval_records(out: Path, summary: dict[str, Any], episodes: Sequence[Episode],
+                       extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """metrics.json and samples.jsonl (one record per problem): what pooling over seeds needs.  Returns
+    the records.  The periodic test evaluations of a learning curve write only these."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", {**summary, **(extra or {})})
+    records = [episode_record(ep) for ep in episodes]
+    write_jsonl(out / "samples.jsonl", records)
+    return records
+
+
 def write_eval_outputs(out: Path, summary: dict[str, Any], episodes: Sequence[Episode],
                        title: str, extra: dict[str, Any] | None = None) -> dict[str, Path]:
     """metrics.json, samples.jsonl, report.md, report.html and the two plots; returns the paths written."""
     from .html_report import write_report
 
-    out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("metrics.json", "samples.jsonl", "report.md", "report.html",
                                            "accuracy.png", "edit_ratio.png")}
-    write_json(paths["metrics.json"], {**summary, **(extra or {})})
-    records = [episode_record(ep) for ep in episodes]
-    write_jsonl(paths["samples.jsonl"], records)
+    records = write_eval_records(out, summary, episodes, extra)
     where = summary.get("split")
     with atomic_write(paths["report.md"]) as fh:
         fh.write(f"# {title}\n\n")

@@ -496,9 +496,14 @@ class Trainer(SupervisedSteps):
                     if main:
                         row.update(_eval_columns("validation", evaluated))
                 if config.test_every and self.step % config.test_every == 0 and not last:   # curves only
-                    tested, _ = self.evaluate_on_main("test")
+                    tested, tested_episodes = self.evaluate_on_main("test")
                     if main:
                         row.update(_eval_columns("test", tested))
+                        # Per-problem records, so a curve over seeds gets the same pooled CIs as the table.
+                        from .evaluation import write_eval_records
+
+                        write_eval_records(self.run_dir / "test-evals" / f"step-{self.step}", tested,
+                                           tested_episodes, {"step": self.step, "splits": self.splits.sources})
                 if main:
                     logger.log(self.step, row)
                 between_steps = True                      # the step is complete, logs included

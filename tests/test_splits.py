@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from selfcorrect.errors import ConfigError
 from selfcorrect.tasks.base import Problem
@@ -202,3 +203,35 @@ def test_the_best_checkpoint_knows_it_is_the_best(tiny_model_dir, tmp_path):
     best = json.loads((tmp_path / "run" / "best.json").read_text())
     state = load_state(tmp_path / "run" / best["checkpoint"])
     assert state["best"] == best and (tmp_path / "run" / best["checkpoint"]).is_dir()
+
+
+def test_periodic_test_evaluations_keep_per_problem_records_and_leave_training_alone(tiny_model_dir, tmp_path):
+    """test_every writes test-evals/step-N/{metrics.json,samples.jsonl} (the budget curve pools them over
+    seeds) and changes nothing in training: the curve's run at step N is the run that stops at step N."""
+    def run(name, **extra):
+        config = TrainConfig(model=str(tiny_model_dir), task_options={"n": 6}, out=str(tmp_path / name),
+                             iterations=1, stage1_steps=2, stage2_steps=1, problems_per_step=2, samples=2,
+                             max_new_tokens=3, eval_max_new_tokens=3, eval_limit=3, temperature=1.0,
+                             autocast="none", report_to=["none"], micro_batch_problems=1, **extra)
+        trainer = Trainer.create(config)
+        trainer.train()
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return trainer, rows
+
+    plain, plain_rows = run("plain")
+    curve, curve_rows = run("curve", test_every=1)
+    assert sorted(p.name for p in (tmp_path / "curve" / "test-evals").iterdir()) == ["step-1", "step-2"]
+    for row in curve_rows[:2]:
+        where = tmp_path / "curve" / "test-evals" / f"step-{row['step']}"
+        records = [json.loads(line) for line in (where / "samples.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in records] == [p.id for p in curve.test_task.problems[:3]]
+        for k in (1, 2):
+            assert row[f"test_acc_t{k}"] == sum(r["attempts"][k - 1]["reward"] for r in records) / 3
+        assert json.loads((where / "metrics.json").read_text())["step"] == row["step"]
+    assert not (tmp_path / "plain" / "test-evals").exists()
+    drop = ("test_acc_t1", "test_acc_t2", "test_delta")
+    timing = lambda row: {k: v for k, v in row.items() if not k.startswith("time_") and "per_s" not in k
+                          and k not in drop}
+    assert [timing(r) for r in curve_rows] == [timing(r) for r in plain_rows]
+    for name, tensor in plain.policy.state_dict().items():
+        assert torch.equal(tensor, curve.policy.state_dict()[name]), name
