@@ -49,11 +49,22 @@ case "${1:-}" in
     timed "$PY" scripts/budget_curve.py "$RUNS/curve" --methods score,single-turn --seeds "$SEEDS" \
         --base "${BASE:-docs/results/repro/demo/eval-base}" --out "$RUNS/curve" ;;
   transfer)
-    for run in "$RUNS"/compare/*/seed-*; do
-      ckpt=$(ls -d "$run"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1)
-      [ -n "$ckpt" ] || continue
-      timed "$PY" -m selfcorrect.cli eval --model "$ckpt" -o phrasing=words --limit 200 --max-new-tokens 32 \
-          --dtype float32 --out "$run/eval-words" 2>&1 | tail -3
-    done ;;
+    # Each run's demo-budget checkpoint on the word-phrased test problems, into $RUNS/transfer/M/seed-S/eval:
+    # a compare run's final checkpoint, else (score, single-turn) its curve run's checkpoint-10, which is
+    # the same state.  Then the untrained model, and the table (scripts/transfer.py).
+    words() { dest=$1; shift; [ -f "$dest/metrics.json" ] && return 0
+      timed "$PY" -m selfcorrect.cli eval "$@" -o phrasing=words --limit 200 --max-new-tokens 32 \
+          --dtype float32 --out "$dest" 2>&1 | tail -2; }
+    words "$RUNS/transfer/base/seed-0/eval" --model default
+    for run in "$RUNS"/compare/*/seed-* "$RUNS"/curve/*/seed-*; do
+      [ -d "$run" ] || continue
+      method=$(basename "$(dirname "$run")"); seed=${run##*seed-}
+      case "$run" in
+        */curve/*) ckpt="$run/checkpoint-10"; [ -d "$ckpt" ] || continue ;;
+        *) ckpt=$(ls -d "$run"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1); [ -n "$ckpt" ] || continue ;;
+      esac
+      words "$RUNS/transfer/$method/seed-$seed/eval" --model "$ckpt"
+    done
+    "$PY" scripts/transfer.py "$RUNS/transfer" --digits "$RUNS/compare" --seeds "$SEEDS" --out "$RUNS/transfer" ;;
   *) sed -n 2,14p "$0"; exit 2 ;;
 esac
