@@ -4,14 +4,17 @@
         [--base runs/repro/demo/eval-base] [--against single-turn] [--out docs/results/repro/curve]
 
 Reads the runs of ``DIR/METHOD/seed-S`` (the layout of `selfcorrect compare`) trained with ``test_every``:
-their periodic test evaluations (``test-evals/step-N/samples.jsonl``) and the final one (``eval/``).  A point
-is a step every seed of the method reached; its accuracies and Δ(t1,t2) are each method's episodes of all
-seeds pooled, with the cluster bootstrap over problems of `compare`'s table.  ``--base`` adds the untrained
-model (greedy, so one evaluation stands for every seed) at 0 episodes.
+their periodic test evaluations (``test-evals/step-N/samples.jsonl``) and the final one (``eval/``).  Every
+run must be finished (``eval/metrics.json``).  A point is a step every seed of the method has (a step some
+seed lacks is named and left out); its accuracies and Δ(t1,t2) pool the method's episodes of all seeds, with
+the cluster bootstrap over problems of `compare`'s table.  ``--base`` adds the untrained model (greedy, so
+one evaluation stands for every seed) at 0 episodes.  An episode is one problem's K-attempt rollout in
+training; single-turn RL samples one attempt per episode, so at the same x it has sampled half the replies.
 
 The paper's comparison (SCoRe's Acc@t2 64.4 vs single-turn RL's best attempt 61.8) is made at every shared
-step: the first method's Acc@t2 minus ``--against``'s best attempt at that step (the attempt with the higher
-pooled accuracy), paired by problem, with the percentile bootstrap over problems of scripts/findings.py.
+trained step: the first method's Acc@t2 minus ``--against``'s best attempt at that step (the attempt with
+the higher pooled accuracy), paired by problem, with the percentile bootstrap over problems of
+scripts/findings.py.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ def method_curve(out: Path, method: str, seeds: list[int]) -> tuple[list[dict], 
     runs = [run_dir(out, method, s) for s in seeds]
     found = [evaluations(r) for r in runs]
     steps = sorted(set.intersection(*(set(f) for f in found))) if found else []
+    dropped = sorted(set().union(*(set(f) for f in found)) - set(steps))
+    if dropped:
+        print(f"budget_curve: {method}: steps {', '.join(map(str, dropped))} left out (not every seed has them)",
+              file=sys.stderr)
     per = episodes_per_step(runs[0])
     points, records = [], {}
     for step in steps:
@@ -95,7 +102,7 @@ def pct(value: float, ci) -> str:
     return f"{100 * value:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
-def markdown(curves: dict[str, list[dict]], gaps: list[dict], first: str, against: str | None) -> str:
+def markdown(curves: dict[str, list[dict]], gaps: list[dict], first: str, against: str) -> str:
     lines = ["| Method | Step | Episodes | Acc@t1 | Acc@t2 | Δ(t1,t2) | Format@t2 |", "|---|---|---|---|---|---|---|"]
     for method, points in curves.items():
         for p in points:
@@ -148,14 +155,23 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default="score,single-turn")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--base", type=Path, help="an eval directory of the untrained model (samples.jsonl)")
-    parser.add_argument("--against", default="single-turn", help="the method whose best attempt SCoRe's t2 meets")
+    parser.add_argument("--against", default="single-turn",
+                        help="the method (after the first) whose best attempt the first method's last attempt meets")
     parser.add_argument("--out", type=Path, help="write curve.md, curve.json and curve.png here")
     args = parser.parse_args(argv)
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
-    missing = [str(run_dir(args.dir, m, s)) for m in methods for s in seeds
-               if not (run_dir(args.dir, m, s) / "config.yaml").is_file()]
-    if missing or (args.base and not (args.base / "samples.jsonl").is_file()):
-        print(f"budget_curve: no run in {', '.join(missing) or args.base}", file=sys.stderr)
+    # A finished run only: a curve cut short by a run still training would pass silently for a shorter one.
+    unfinished = [str(run_dir(args.dir, m, s)) for m in methods for s in seeds
+                  if not (run_dir(args.dir, m, s) / "eval" / "metrics.json").is_file()]
+    if unfinished:
+        print(f"budget_curve: no finished run (eval/metrics.json) in {', '.join(unfinished)}", file=sys.stderr)
+        return 2
+    if args.base and not (args.base / "samples.jsonl").is_file():
+        print(f"budget_curve: no base evaluation: {args.base / 'samples.jsonl'} is missing", file=sys.stderr)
+        return 2
+    if args.against not in methods[1:]:
+        print(f"budget_curve: --against {args.against} is not one of the methods after the first "
+              f"({', '.join(methods[1:]) or 'none'})", file=sys.stderr)
         return 2
     curves, records = {}, {}
     for method in methods:
@@ -166,13 +182,12 @@ def main(argv=None) -> int:
             curves[method].insert(0, point)
             records[method][0] = rows
     gaps = []
-    first, against = methods[0], args.against if args.against in methods[1:] else None
-    if against:
-        accuracy = {p["step"]: p["accuracy"] for p in curves[against]}
-        for p in curves[first]:
-            if p["step"] in records[against]:
-                gaps.append({"step": p["step"], "episodes": p["episodes"],
-                             **gap(records[first][p["step"]], records[against][p["step"]], accuracy[p["step"]])})
+    first, against = methods[0], args.against
+    accuracy = {p["step"]: p["accuracy"] for p in curves[against]}
+    for p in curves[first]:
+        if p["step"] and p["step"] in records[against]:        # step 0 is the same base model on both sides
+            gaps.append({"step": p["step"], "episodes": p["episodes"],
+                         **gap(records[first][p["step"]], records[against][p["step"]], accuracy[p["step"]])})
     text = markdown(curves, gaps, first, against)
     print(text, end="")
     if args.out:

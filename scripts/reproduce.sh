@@ -6,7 +6,7 @@
 #   scripts/reproduce.sh demo        # make demo's run, with its wall time            (~15 min)
 #   scripts/reproduce.sh compare A,B # methods A,B at seeds 0,1,2 on the demo budget   (~13 min per run)
 #   scripts/reproduce.sh table       # the pooled 3-seed table over the methods run so far
-#   scripts/reproduce.sh curve M     # method M at 4x the demo budget, tested every 10 steps       (~30 min per run)
+#   scripts/reproduce.sh curve M     # method M at 4x the demo budget, tested every 10 steps       (~50 min per run)
 #   scripts/reproduce.sh curve-table # the budget curve of score and single-turn (scripts/budget_curve.py)
 #   scripts/reproduce.sh transfer    # every trained run on the word-phrased test problems (strict reader)
 #
@@ -32,17 +32,19 @@ case "${1:-}" in
         --out "$RUNS/compare" 2>&1 | tail -40 ;;
   curve)
     # Fresh runs of 4x the demo budget (8 iterations, 40 steps), tested every 10 steps (test-evals/step-N)
-    # and checkpointed at 10, 20, 30, 40.  The schedule and the data order do not depend on the iteration
-    # count and test evaluations leave training alone (tests/test_splits.py), so step 10 of seed S is the
-    # compare run of seed S.  An interrupted run is resumed.
+    # and checkpointed at 10, 20, 30, 40, every checkpoint kept (transfer needs checkpoint-10).  Neither the
+    # schedule so far nor the data order depends on the iteration count, and test evaluations leave training
+    # alone (tests/test_splits.py), so step 10 of seed S is the compare run of seed S.  A run interrupted
+    # after a checkpoint is resumed; one killed before its first checkpoint starts again.
     for seed in ${SEEDS//,/ }; do
       run="$RUNS/curve/${2:?method}/seed-$seed"
       if [ -f "$run/eval/metrics.json" ]; then continue; fi
-      if ls -d "$run"/checkpoint-* >/dev/null 2>&1; then
+      if compgen -G "$run/checkpoint-*" >/dev/null; then
         timed "$PY" -m selfcorrect.cli train --resume "$run" 2>&1 | tee -a "$RUNS/curve-$2.log"
       else
         timed "$PY" -m selfcorrect.cli train --config demo --method "$2" --seed "$seed" --iterations 8 \
-            --test-every 10 --save-every 10 --keep-last 4 --out "$run" 2>&1 | tee -a "$RUNS/curve-$2.log"
+            --test-every 10 --save-every 10 --keep-last 100 --overwrite true --out "$run" 2>&1 \
+            | tee -a "$RUNS/curve-$2.log"
       fi
     done ;;
   curve-table)
@@ -57,14 +59,16 @@ case "${1:-}" in
           --dtype float32 --out "$dest" 2>&1 | tail -2; }
     words "$RUNS/transfer/base/seed-0/eval" --model default
     for run in "$RUNS"/compare/*/seed-* "$RUNS"/curve/*/seed-*; do
-      [ -d "$run" ] || continue
-      method=$(basename "$(dirname "$run")"); seed=${run##*seed-}
       case "$run" in
-        */curve/*) ckpt="$run/checkpoint-10"; [ -d "$ckpt" ] || continue ;;
-        *) ckpt=$(ls -d "$run"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1); [ -n "$ckpt" ] || continue ;;
+        */curve/*) ckpt="$run/checkpoint-10" ;;
+        *) [ -f "$run/eval/metrics.json" ] || continue        # finished runs only: their final checkpoint
+           ckpt="$run/checkpoint-$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' \
+                 "$run/eval/metrics.json")" ;;
       esac
+      [ -d "$ckpt" ] || continue
+      method=$(basename "$(dirname "$run")"); seed=${run##*seed-}
       words "$RUNS/transfer/$method/seed-$seed/eval" --model "$ckpt"
     done
     "$PY" scripts/transfer.py "$RUNS/transfer" --digits "$RUNS/compare" --seeds "$SEEDS" --out "$RUNS/transfer" ;;
-  *) sed -n 2,14p "$0"; exit 2 ;;
+  *) sed -n 2,13p "$0"; exit 2 ;;
 esac

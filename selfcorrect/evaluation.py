@@ -189,9 +189,9 @@ def write_eval_records(out: Path, summary: dict[str, Any], episodes: Sequence[Ep
     """metrics.json and samples.jsonl (one record per problem): what pooling over seeds needs.  Returns
     the records.  The periodic test evaluations of a learning curve write only these."""
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", {**summary, **(extra or {})})
     records = [episode_record(ep) for ep in episodes]
     write_jsonl(out / "samples.jsonl", records)
+    write_json(out / "metrics.json", {**summary, **(extra or {})})   # last: its presence marks "finished"
     return records
 
 

@@ -41,7 +41,7 @@ def _run(root: Path, method: str, seed: int, points: dict[int, tuple[int, int]],
             (where / "metrics.json").write_text(json.dumps({"step": step}))
 
 
-def test_points_pool_seeds_and_gap_is_paired_by_problem(curve, tmp_path):
+def test_points_pool_seeds_and_gap_is_paired_by_problem(curve, tmp_path, capsys):
     _run(tmp_path, "score", 0, {5: (10, 20), 10: (12, 24)}, final=10)
     _run(tmp_path, "score", 1, {5: (10, 10), 10: (16, 24)}, final=10)
     _run(tmp_path, "single-turn", 0, {5: (30, 25), 10: (8, 20)}, final=10)
@@ -52,6 +52,7 @@ def test_points_pool_seeds_and_gap_is_paired_by_problem(curve, tmp_path):
     assert score[1]["delta"] == pytest.approx((48 - 28) / 80)
     single, single_rows = curve.method_curve(tmp_path, "single-turn", [0, 1])
     assert [p["step"] for p in single] == [10]                          # only steps every seed reached
+    assert "single-turn: steps 5 left out (not every seed has them)" in capsys.readouterr().err
     g = curve.gap(score_rows[10], single_rows[10], single[0]["accuracy"])
     assert g["against_attempt"] == 2                                    # single-turn's better attempt at step 10
     # score t2: p0..p23 right in both seeds; single-turn t2: p0..p19 right in both -> +4 problems of 40
@@ -73,7 +74,14 @@ def test_writes_table_json_and_plot_and_refuses_a_missing_run(curve, tmp_path, c
     assert "| 5 | 40 | t1 | -25.0 [" in table and "| 10 | 80 | t2 | +10.0 [" in table
     data = json.loads((out / "curve.json").read_text())
     assert [p["step"] for p in data["curves"]["single-turn"]] == [0, 5, 10]
+    assert [g["step"] for g in data["gaps"]] == [5, 10]                  # not the base model against itself
     assert (out / "curve.png").stat().st_size > 0
-    assert curve.main([str(tmp_path), "--seeds", "0,2"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "score/seed-2" in err and "single-turn/seed-2" in err
+    capsys.readouterr()
+    refused = {("--seeds", "0,2"): "no finished run (eval/metrics.json) in ",
+               ("--seeds", "0,1", "--base", str(tmp_path / "nobase")): "no base evaluation: ",
+               ("--seeds", "0,1", "--methods", "score"): "--against single-turn is not one of the methods"}
+    (tmp_path / "score" / "seed-2" / "test-evals" / "step-5").mkdir(parents=True)   # started, not finished
+    for argv, message in refused.items():
+        assert curve.main([str(tmp_path), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err, err

@@ -235,3 +235,35 @@ def test_periodic_test_evaluations_keep_per_problem_records_and_leave_training_a
     assert [timing(r) for r in curve_rows] == [timing(r) for r in plain_rows]
     for name, tensor in plain.policy.state_dict().items():
         assert torch.equal(tensor, curve.policy.state_dict()[name]), name
+
+
+def test_a_longer_run_at_step_n_is_the_run_that_stops_at_n(tiny_model_dir, tmp_path):
+    """The budget curve's premise: with more iterations, a run's state and test evaluation at step N (its
+    checkpoint-N and test-evals/step-N) are those of the run scheduled to end at N."""
+    def config(name, iterations, **extra):
+        return TrainConfig(model=str(tiny_model_dir), task_options={"n": 6}, out=str(tmp_path / name),
+                           iterations=iterations, stage1_steps=2, stage2_steps=1, problems_per_step=2, samples=2,
+                           max_new_tokens=3, eval_max_new_tokens=3, eval_limit=3, temperature=1.0,
+                           autocast="none", report_to=["none"], micro_batch_problems=1, **extra)
+
+    short = Trainer.create(config("short", 1))
+    short.train()
+    Trainer.create(config("long", 2, test_every=3, save_every=3, keep_last=10)).train()
+    long_dir, short_dir = tmp_path / "long", tmp_path / "short"
+    assert (long_dir / "test-evals" / "step-3" / "samples.jsonl").read_text() == \
+        (short_dir / "eval" / "samples.jsonl").read_text()
+    from safetensors.torch import load_file
+
+    weights = lambda d: load_file(str(next(d.glob("*.safetensors"))))
+    a, b = weights(long_dir / "checkpoint-3"), weights(short_dir / "checkpoint-3")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_drops_the_test_evaluations_after_its_checkpoint(tmp_path):
+    from selfcorrect.training.run_log import truncate_logs
+
+    for step in (2, 4, 10):
+        (tmp_path / "test-evals" / f"step-{step}").mkdir(parents=True)
+        (tmp_path / "test-evals" / f"step-{step}" / "samples.jsonl").write_text("{}\n")
+    truncate_logs(tmp_path, 4)
+    assert sorted(p.name for p in (tmp_path / "test-evals").iterdir()) == ["step-2", "step-4"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import uuid
+import shutil
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,13 @@ def log_samples(run_dir: Path, step: int, episodes: Sequence, count: int = 4) ->
 
 
 def truncate_logs(run_dir: Path, step: int) -> None:
-    """Drop the rows of ``metrics.jsonl`` and ``samples.jsonl`` written after the checkpoint a run resumes
-    from (those steps are redone).  A torn last line -- the process died mid-write -- is dropped with a
-    warning; any other unreadable line is an error naming it."""
+    """Drop the rows of ``metrics.jsonl`` and ``samples.jsonl``, and the periodic test evaluations
+    (``test-evals/step-N``), written after the checkpoint a run resumes from (those steps are redone).  A torn
+    last line -- the process died mid-write -- is dropped with a warning; any other unreadable line is an
+    error naming it."""
+    for evaluated in sorted((run_dir / "test-evals").glob("step-*")):
+        if evaluated.name[len("step-"):].isdigit() and int(evaluated.name[len("step-"):]) > step:
+            shutil.rmtree(evaluated)
     for name in ("metrics.jsonl", "samples.jsonl"):
         path = run_dir / name
         if not path.is_file():
