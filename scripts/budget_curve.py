@@ -156,7 +156,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--base", type=Path, help="an eval directory of the untrained model (samples.jsonl)")
     parser.add_argument("--against", default="single-turn",
-                        help="the method (after the first) whose best attempt the first method's last attempt meets")
+                        help="the method (after the first) whose best attempt the first method's last attempt meets; "
+                             "none: no comparison")
     parser.add_argument("--out", type=Path, help="write curve.md, curve.json and curve.png here")
     args = parser.parse_args(argv)
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
     if args.base and not (args.base / "samples.jsonl").is_file():
         print(f"budget_curve: no base evaluation: {args.base / 'samples.jsonl'} is missing", file=sys.stderr)
         return 2
-    if args.against not in methods[1:]:
+    if args.against != "none" and args.against not in methods[1:]:
         print(f"budget_curve: --against {args.against} is not one of the methods after the first "
               f"({', '.join(methods[1:]) or 'none'})", file=sys.stderr)
         return 2
@@ -183,8 +184,8 @@ def main(argv=None) -> int:
             records[method][0] = rows
     gaps = []
     first, against = methods[0], args.against
-    accuracy = {p["step"]: p["accuracy"] for p in curves[against]}
-    for p in curves[first]:
+    accuracy = {p["step"]: p["accuracy"] for p in curves.get(against, [])}
+    for p in curves[first] if against != "none" else []:
         if p["step"] and p["step"] in records[against]:        # step 0 is the same base model on both sides
             gaps.append({"step": p["step"], "episodes": p["episodes"],
                          **gap(records[first][p["step"]], records[against][p["step"]], accuracy[p["step"]])})

@@ -85,3 +85,5 @@ def test_writes_table_json_and_plot_and_refuses_a_missing_run(curve, tmp_path, c
         assert curve.main([str(tmp_path), *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and message in err, err
+    assert curve.main([str(tmp_path), "--seeds", "0,1", "--methods", "single-turn", "--against", "none"]) == 0
+    assert "best attempt" not in capsys.readouterr().out                # one method: no comparison table
