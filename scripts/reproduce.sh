@@ -69,6 +69,14 @@ case "${1:-}" in
       method=$(basename "$(dirname "$run")"); seed=${run##*seed-}
       words "$RUNS/transfer/$method/seed-$seed/eval" --model "$ckpt"
     done
-    "$PY" scripts/transfer.py "$RUNS/transfer" --digits "$RUNS/compare" --seeds "$SEEDS" --out "$RUNS/transfer" ;;
+    # and the curve runs at 4x the budget (their final checkpoint-40), beside their own step-40 digit test
+    for run in "$RUNS"/curve/*/seed-*; do
+      [ -d "$run/checkpoint-40" ] || continue
+      words "$RUNS/transfer-40/$(basename "$(dirname "$run")")/${run##*/}/eval" --model "$run/checkpoint-40"
+    done
+    "$PY" scripts/transfer.py "$RUNS/transfer" --digits "$RUNS/compare" --seeds "$SEEDS" --out "$RUNS/transfer-tables"
+    if [ -d "$RUNS/transfer-40" ]; then
+      "$PY" scripts/transfer.py "$RUNS/transfer-40" --digits "$RUNS/curve" --seeds "$SEEDS" --out "$RUNS/transfer-40"
+    fi ;;
   *) sed -n 2,13p "$0"; exit 2 ;;
 esac

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         print(f"transfer: no directory {args.dir}", file=sys.stderr)
         return 2
     words, digits, missing = {}, {}, []
-    for path in sorted(p for p in args.dir.iterdir() if p.is_dir()):
+    for path in sorted(p for p in args.dir.iterdir() if p.is_dir() and any(p.glob("seed-*"))):   # a method
         method = path.name
         use = [0] if method == "base" else seeds
         summary = pooled(args.dir, method, use)
