@@ -66,20 +66,21 @@ def method_curve(out: Path, method: str, seeds: list[int]) -> tuple[list[dict], 
         rows = [row for f in found for row in read_jsonl(f[step])]
         summary = pooled_summary(rows)
         records[step] = rows
-        points.append({"step": step, "episodes": step * per, "n": summary["n"], "seeds": seeds,
-                       "accuracy": summary["accuracy"], "accuracy_ci": summary["ci95"]["accuracy"],
-                       "delta": summary["delta"], "delta_ci": summary["ci95"]["delta"],
-                       "format_rate": summary.get("format_rate")})
+        points.append(point(step, step * per, seeds, summary))
     return points, records
+
+
+def point(step: int, episodes: int, seeds, summary: dict) -> dict:
+    """One point of a curve: what the table and the plot need of a pooled summary."""
+    return {"step": step, "episodes": episodes, "n": summary["n"], "seeds": seeds,
+            "accuracy": summary["accuracy"], "accuracy_ci": summary["ci95"]["accuracy"],
+            "delta": summary["delta"], "delta_ci": summary["ci95"]["delta"],
+            "format_rate": summary.get("format_rate")}
 
 
 def base_point(path: Path) -> tuple[dict, list[dict]]:
     rows = read_jsonl(path / "samples.jsonl")
-    summary = pooled_summary(rows)
-    return ({"step": 0, "episodes": 0, "n": summary["n"], "seeds": "greedy, seed-free",
-             "accuracy": summary["accuracy"], "accuracy_ci": summary["ci95"]["accuracy"],
-             "delta": summary["delta"], "delta_ci": summary["ci95"]["delta"],
-             "format_rate": summary.get("format_rate")}, rows)
+    return point(0, 0, "greedy, seed-free", pooled_summary(rows)), rows
 
 
 def by_problem(rows: list[dict], attempt: int) -> dict[str, float]:

@@ -140,7 +140,7 @@ def step_line(row: dict[str, Any], step: int, total: int, seconds: float, warn_g
         parts.append(f"Δ={row['delta']:+.2f} copy={row['copy_rate']:.2f}")
     parts.append(_format_and_validation(row))
     # SFT methods log no KL; a NaN KL (no episodes of that attempt this step) is left out too.
-    kls = [f"kl{k}={row[f'kl_t{k}']:.3f}" for k in attempts if row.get(f"kl_t{k}", math.nan) == row.get(f"kl_t{k}")]
+    kls = [f"kl{k}={row[f'kl_t{k}']:.3f}" for k in attempts if not math.isnan(row.get(f"kl_t{k}", math.nan))]
     if kls:
         parts.append(" ".join(kls))
     # The rollout/trainer log-prob gap (nats per token, worst attempt): ~0 when on-policy.

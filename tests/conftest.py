@@ -159,3 +159,17 @@ def interrupt_training():
             trainer.train(stop)
 
     return interrupt
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Import ``scripts/NAME.py`` (not a package) as a module, for the tests of the reproduction scripts."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

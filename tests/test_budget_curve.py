@@ -3,22 +3,17 @@ paired gap between SCoRe's last attempt and single-turn RL's best attempt."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "budget_curve.py"
 N = 40
 
 
 @pytest.fixture(scope="module")
-def curve():
-    spec = importlib.util.spec_from_file_location("budget_curve_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def curve(load_script):
+    return load_script("budget_curve")
 
 
 def _records(right_t1: int, right_t2: int) -> list[dict]:

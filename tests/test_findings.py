@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "findings.py"
 
 
 @pytest.fixture(scope="module")
-def findings():
-    spec = importlib.util.spec_from_file_location("findings_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def findings(load_script):
+    return load_script("findings")
 
 
 def _run(root: Path, method: str, seed: int, rewards: list[tuple[int, int]]) -> None:

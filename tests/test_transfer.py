@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "transfer.py"
 
 
 def _eval(root: Path, method: str, seed: int, right: int, n: int = 20) -> None:
@@ -18,10 +16,8 @@ def _eval(root: Path, method: str, seed: int, right: int, n: int = 20) -> None:
     (path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_pools_seeds_names_the_missing_and_sets_digits_beside_words(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("transfer_script", SCRIPT)
-    transfer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(transfer)
+def test_pools_seeds_names_the_missing_and_sets_digits_beside_words(load_script, tmp_path, capsys):
+    transfer = load_script("transfer")
     words, digits = tmp_path / "transfer", tmp_path / "compare"
     _eval(words, "base", 0, 1)
     _eval(words, "score", 0, 2)

@@ -75,8 +75,9 @@ def truncate_logs(run_dir: Path, step: int) -> None:
     (``test-evals/step-N``), written after the checkpoint a run resumes from (those steps are redone).  A torn
     last line -- the process died mid-write -- is dropped with a warning; any other unreadable line is an
     error naming it."""
-    for evaluated in sorted((run_dir / "test-evals").glob("step-*")):
-        if evaluated.name[len("step-"):].isdigit() and int(evaluated.name[len("step-"):]) > step:
+    for evaluated in (run_dir / "test-evals").glob("step-*"):
+        number = evaluated.name[len("step-"):]
+        if number.isdigit() and int(number) > step:
             shutil.rmtree(evaluated)
     for name in ("metrics.jsonl", "samples.jsonl"):
         path = run_dir / name
