@@ -23,20 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from selfcorrect.compare import run_dir
-from selfcorrect.evaluation import read_jsonl
+from selfcorrect.compare import seed_samples
 from selfcorrect.intervals import bootstrap_interval
 
 
 def per_problem(out: Path, method: str, seeds: list[int], key) -> dict[str, float] | None:
     """Problem id → mean of ``key(attempts)`` over the method's episodes of all seeds (None: not run)."""
+    rows = seed_samples(out, method, seeds)
+    if rows is None:
+        return None
     values: dict[str, list[float]] = defaultdict(list)
-    for seed in seeds:
-        path = run_dir(out, method, seed) / "eval" / "samples.jsonl"
-        if not path.is_file():
-            return None
-        for row in read_jsonl(path):
-            values[row["id"]].append(key(row["attempts"]))
+    for row in rows:
+        values[row["id"]].append(key(row["attempts"]))
     return {p: float(np.mean(v)) for p, v in values.items()}
 
 

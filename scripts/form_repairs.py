@@ -17,8 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from selfcorrect.compare import run_dir
-from selfcorrect.evaluation import read_jsonl
+from selfcorrect.compare import methods_in, seed_samples
 from selfcorrect.tasks.arithmetic import extract_integer_answer
 
 
@@ -40,13 +39,12 @@ def main(argv=None) -> int:
         print(f"form_repairs: no directory {args.dir}", file=sys.stderr)
         return 2
     table, missing = {}, []
-    for path in sorted(p for p in args.dir.iterdir() if p.is_dir() and any(p.glob("seed-*"))):
-        use = [0] if path.name == "base" else seeds
-        files = [run_dir(args.dir, path.name, s) / "eval" / "samples.jsonl" for s in use]
-        if not all(f.is_file() for f in files):
-            missing.append(path.name)
+    for method in methods_in(args.dir):
+        rows = seed_samples(args.dir, method, [0] if method == "base" else seeds)
+        if rows is None:
+            missing.append(method)
             continue
-        table[path.name] = count([row for f in files for row in read_jsonl(f)])
+        table[method] = count(rows)
     lines = [f"Wrong→right pairs (attempt 1 → 2), seeds {args.seeds} pooled: form repairs (attempt 1 already held "
              "the right number, outside the instructed form) and answer corrections.", "",
              "| Method | Episodes | Wrong→right | Form repairs | Answer corrections |", "|---|---:|---:|---:|---:|"]

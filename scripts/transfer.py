@@ -17,16 +17,13 @@ import json
 import sys
 from pathlib import Path
 
-from selfcorrect.compare import pooled_summary, run_dir
-from selfcorrect.evaluation import read_jsonl
+from selfcorrect.compare import methods_in, pooled_summary, seed_samples
 from selfcorrect.report import format_table
 
 
 def pooled(out: Path, method: str, seeds: list[int]) -> dict | None:
-    paths = [run_dir(out, method, s) / "eval" / "samples.jsonl" for s in seeds]
-    if not all(p.is_file() for p in paths):
-        return None
-    return pooled_summary([row for p in paths for row in read_jsonl(p)])
+    rows = seed_samples(out, method, seeds)
+    return None if rows is None else pooled_summary(rows)
 
 
 def pct(summary: dict, k: int = -1) -> str:
@@ -46,8 +43,7 @@ def main(argv=None) -> int:
         print(f"transfer: no directory {args.dir}", file=sys.stderr)
         return 2
     words, digits, missing = {}, {}, []
-    for path in sorted(p for p in args.dir.iterdir() if p.is_dir() and any(p.glob("seed-*"))):   # a method
-        method = path.name
+    for method in methods_in(args.dir):
         use = [0] if method == "base" else seeds
         summary = pooled(args.dir, method, use)
         if summary is None:

@@ -62,6 +62,20 @@ def run_dir(out: Path, method: str, seed: int) -> Path:
     return out / method / f"seed-{seed}"
 
 
+def methods_in(out: Path) -> list[str]:
+    """The method folders under ``out`` (those holding a ``seed-*`` run), sorted by name."""
+    return sorted(p.name for p in out.iterdir() if p.is_dir() and any(p.glob("seed-*")))
+
+
+def seed_samples(out: Path, method: str, seeds: Sequence[int]) -> list[dict[str, Any]] | None:
+    """The method's evaluated episodes (``eval/samples.jsonl``) of all ``seeds``, in seed order; ``None``
+    when any seed has no evaluation, so a partly run method is never pooled as if complete."""
+    paths = [run_dir(out, method, s) / "eval" / "samples.jsonl" for s in seeds]
+    if not all(path.is_file() for path in paths):
+        return None
+    return [row for path in paths for row in read_jsonl(path)]
+
+
 def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: Path,
                 train: Callable[[Trainer], Any] | None = None,
                 on_run: Callable[[str, int, str], None] | None = None) -> dict[str, Any]:
