@@ -1,8 +1,8 @@
 """The ``selfcorrect`` command.
 
 Subcommands: ``train`` (SCoRe and RL baselines), ``eval`` (K-attempt evaluation
-with the paper's metrics), ``demo`` (the default end-to-end job), ``tasks``
-(list tasks).  Every subcommand takes
+with the paper's metrics), ``probe`` (the correction signal before training),
+``demo`` (the default end-to-end job), ``tasks`` (list tasks).  Every subcommand takes
 ``--config FILE.yaml`` plus one flag per config field; flags override the file.
 
 User errors (bad flag value, unknown task/model, malformed data, missing file)
@@ -131,6 +131,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_probe(console, result: dict[str, Any]) -> None:
+    """The probe's lines; its verdict in bold (red without a signal) on a terminal."""
+    from .probe import report_lines
+
+    lines = report_lines(result)
+    if not console.is_terminal:                       # a log file: whole lines, never wrapped at 80 columns
+        print("\n".join(lines), file=console.file, flush=True)
+        return
+    for line in lines[:-1]:
+        console.print(line, markup=False, highlight=False)
+    signal = result["verdict"]["signal"]
+    console.print(f"[bold {'green' if signal else 'red'}]{lines[-1]}[/]", highlight=False)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .config import flag_values
+    from .probe import ProbeConfig, run_probe
+
+    config = build_config(ProbeConfig, args, args.config)
+    if "out" not in flag_values(ProbeConfig, args):
+        config.out = ProbeConfig.out                  # a training config's `out` is its run directory, not ours
+    console = _console()
+    with rich_progress(console) as factory:
+        result = run_probe(config, factory, announce=lambda line: console.print(line, highlight=False))
+    _print_probe(console, result)
+    console.print(f"wrote {Path(config.out).resolve()} (probe.json, probe.md, samples.jsonl; {result['seconds']:.0f} s)",
+                  highlight=False)
+    return 0
+
+
 def step_line(row: dict[str, Any], step: int, total: int, seconds: float, warn_gap: float) -> str:
     """One step as plain text: where, rewards / Δ / copy rate / KL per attempt, the log-prob gap, speed, ETA."""
     attempts = sorted(int(k[len("reward_t"):]) for k in row if k.startswith("reward_t"))
@@ -231,6 +261,17 @@ def _run_training(config, console, compare_base: bool) -> int:
 
     trainer = Trainer.create(config)
     trainer.eval_progress = _eval_progress(console)
+    if config.probe:
+        from .probe import probe_trainer
+
+        console.print(f"probing the correction signal on {config.probe_problems} training problems ...")
+        result = probe_trainer(trainer, _eval_progress(console))
+        if trainer.dist.main:
+            _print_probe(console, result)
+            if not result["verdict"]["signal"]:
+                print("WARNING: the probe finds no correction signal at these settings: RL has few or no "
+                      "wrong->right second attempts to reinforce, and a trained Δ near 0 is the likely outcome "
+                      "(docs/probe.md).", file=sys.stderr, flush=True)
     summaries = {}
     test = split_note(trainer.splits.sources["test"], min(config.eval_limit, len(trainer.test_task.problems)))
     if compare_base:
@@ -292,7 +333,15 @@ def _run_report(trainer, summaries) -> None:
                   run / "eval-base" / "accuracy.png"],
                  notes=[f"{trainer.step} optimizer steps; evaluated once at the end on "
                         f"{split_note(trainer.splits.sources['test'], len(read_jsonl(samples)) if samples.is_file() else 0)}"
-                        ", greedy", "samples: the trained model's final evaluation"])
+                        ", greedy", "samples: the trained model's final evaluation"],
+                 probe=_probe_lines(run))
+
+
+def _probe_lines(run: Path) -> list[str]:
+    from .probe import read_probe, report_lines
+
+    result = read_probe(run)
+    return report_lines(result) if result else []
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -391,6 +440,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-base", action="store_true", help="also evaluate the base model first and compare")
     add_arguments(p, TrainConfig)
     p.set_defaults(func=cmd_train)
+
+    from .probe import ProbeConfig
+
+    p = sub.add_parser("probe", help="measure the correction signal RL would have, before training",
+                       description="Sample N training problems x k samples at the training settings and report "
+                                   "how often attempt 2 turns a wrong answer into a right one, with 95% CIs, and "
+                                   "a verdict; writes probe.json, probe.md and samples.jsonl to --out.")
+    p.add_argument("--config", metavar="FILE", help="YAML file with TrainConfig fields (the run to probe), or a "
+                                                    "shipped config's name (demo, ...); flags override it. Its "
+                                                    "`out` is ignored: the probe writes to --out")
+    add_arguments(p, ProbeConfig)
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("compare", help="train several methods x seeds and write the paper-style comparison",
                        description="Train each --methods x --seeds run (resumable), evaluate all on the same "

@@ -84,8 +84,9 @@ def _image(path: Path) -> dict[str, str]:
 
 
 def render(title: str, summaries: Mapping[str, Mapping[str, Any]], samples: Iterable[Mapping[str, Any]],
-           images: Sequence[Path] = (), notes: Sequence[str] = ()) -> str:
-    """The page as a string (see the module docstring); ``images`` that do not exist are left out."""
+           images: Sequence[Path] = (), notes: Sequence[str] = (), probe: Sequence[str] = ()) -> str:
+    """The page as a string (see the module docstring); ``images`` that do not exist are left out; ``probe``:
+    the lines of the run's correction-signal probe (:func:`selfcorrect.probe.report_lines`), if it ran."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("selfcorrect", "templates"), autoescape=select_autoescape(["html", "j2"]))
@@ -93,17 +94,17 @@ def render(title: str, summaries: Mapping[str, Mapping[str, Any]], samples: Iter
     counts = {key: sum(key == "all" or key in e["tags"] for e in episodes) for key in FILTERS}
     return env.get_template(TEMPLATE).render(
         title=title, table=table(summaries), images=[_image(p) for p in images if Path(p).is_file()],
-        notes=list(notes), episodes=episodes, filters=FILTERS, counts=counts,
+        notes=list(notes), probe=list(probe), episodes=episodes, filters=FILTERS, counts=counts,
         groups=sorted({e["group"] for e in episodes if e["group"]}))
 
 
 def write_report(path: Path, title: str, summaries: Mapping[str, Mapping[str, Any]],
                  samples: Iterable[Mapping[str, Any]], images: Sequence[Path] = (),
-                 notes: Sequence[str] = ()) -> Path:
+                 notes: Sequence[str] = (), probe: Sequence[str] = ()) -> Path:
     """Write :func:`render`'s page to ``path`` (atomically) and return it."""
     from .evaluation import atomic_write
 
-    page = render(title, summaries, samples, images, notes)
+    page = render(title, summaries, samples, images, notes, probe)
     with atomic_write(Path(path)) as fh:
         fh.write(page)
     return Path(path)

@@ -2,7 +2,7 @@
 
 ``load_task(name, **options)`` builds a :class:`Task` from
 
-* a built-in name: ``arithmetic``, ``math``, ``gsm8k``, ``humaneval``, ``mbpp``;
+* a built-in name: ``arithmetic``, ``strings``, ``math``, ``gsm8k``, ``humaneval``, ``mbpp``;
 * ``package.module:function`` or ``path/to/file.py:function`` — the user's own
   factory returning a :class:`Task`;
 * the name of an entry point in the ``selfcorrect.tasks`` group (so a pip
@@ -34,6 +34,7 @@ __all__ = ["Problem", "Task", "Verdict", "load_task", "accepts_option", "BUILTIN
 
 BUILTIN_TASKS: dict[str, str] = {
     "arithmetic": "selfcorrect.tasks.arithmetic:make_task",
+    "strings": "selfcorrect.tasks.strings:make_task",
     "math": "selfcorrect.tasks.math:make_task",
     "gsm8k": "selfcorrect.tasks.math:make_gsm8k",
     "humaneval": "selfcorrect.tasks.code:make_humaneval",

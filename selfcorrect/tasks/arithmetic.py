@@ -1,7 +1,10 @@
 """Procedural arithmetic: seeded, offline, with train / validation / test splits that never overlap.
 
 A problem is an integer expression such as ``47 + 38 - 12`` (``steps`` operations
-over operands of ``min_digits``..``digits`` digits).  Its oracle answer is the
+over operands of ``min_digits``..``digits`` digits).  Difficulty knobs besides those:
+``carry`` (``none``: additions in which no column carries, ``some``: at least one
+column carries; the carries are where a small model slips) and ``shots`` (solved
+training-split examples before the question, which settle the answer form).  Its oracle answer is the
 exact integer value (Python evaluates it; ``*`` binds tighter than ``+``/``-``).
 ``phrasing="words"`` asks the same expressions in words ("What is the sum of 47
 and 38?"): a second problem set with the same answers, for transfer.
@@ -43,6 +46,7 @@ SPLITS = ("train", "validation", "test")
 OPERATIONS = "+-*"
 ANSWER_FORMATS = ("strict", "lenient")
 PHRASINGS = ("symbols", "words")
+CARRIES = ("any", "none", "some")
 _BUCKETS = {0: "test", 1: "validation"}          # sha256 mod 10 -> split; every other bucket is train
 _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|-?\d+(?:\.\d+)?")
 _WHOLE_INTEGER = re.compile(r"^\s*(-?\d{1,3}(?:,\d{3})+|-?\d+)(?:\.0+)?\s*\.?\s*$")
@@ -112,8 +116,33 @@ def in_words(expression: str) -> str:
     return f"What is {spoken}, with multiplication done before addition and subtraction?"
 
 
+def carries(expression: str) -> bool:
+    """Whether adding the operands of a ``+``-only expression carries in some column."""
+    operands = [int(t) for t in expression.split()[0::2]]
+    column = 1
+    while column <= max(operands):
+        if sum(v // column % 10 for v in operands) >= 10:
+            return True
+        column *= 10
+    return False
+
+
+def solved_examples(pool: list[Problem], problem: Problem, shots: int) -> str:
+    """The first ``shots`` solved examples of ``pool`` whose answer is not ``problem``'s: no prompt shows the
+    answer of the problem it asks, even by coincidence."""
+    chosen = [e for e in pool if e.answer != problem.answer and e.id != problem.id][:shots]
+    return "".join(f"{e.question}\nThe final answer is {e.answer}.\n\n" for e in chosen)
+
+
 def _check_options(digits: int, min_digits: int | None, operations: str, steps: int,
-                   split: str, n: int | None, answer_format: str, phrasing: str) -> int:
+                   split: str, n: int | None, answer_format: str, phrasing: str, carry: str = "any",
+                   shots: int = 0) -> int:
+    if carry not in CARRIES:
+        raise ConfigError(f"arithmetic: carry must be one of {', '.join(CARRIES)}, got {carry!r}")
+    if carry != "any" and set(operations) != {"+"}:
+        raise ConfigError(f"arithmetic: carry {carry!r} needs operations '+' only, got {operations!r}")
+    if not isinstance(shots, int) or not 0 <= shots <= 8:
+        raise ConfigError(f"arithmetic: shots must be an integer in 0..8, got {shots!r}")
     if split not in SPLITS:
         raise ConfigError(f"arithmetic: unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     if answer_format not in ANSWER_FORMATS:
@@ -164,6 +193,8 @@ def make_task(
     correction_instruction: str | None = None,
     answer_format: str = "strict",
     phrasing: str = "symbols",
+    carry: str = "any",
+    shots: int = 0,
 ) -> Task:
     """Build the arithmetic task.
 
@@ -183,36 +214,50 @@ def make_task(
         answer_format: ``strict`` (only the instructed "The final answer is N" / ``\\boxed{N}`` counts)
             or ``lenient`` (else the last number); see the module docstring.
         phrasing: ``symbols`` ("What is 14 + 89?") or ``words`` ("What is the sum of 14 and 89?").
+        carry: ``any``, ``none`` (no column of the addition carries) or ``some`` (at least one does);
+            ``+`` only.
+        shots: solved training-split examples shown before the question (0..8; never the problem itself).
     """
-    low = _check_options(digits, min_digits, operations, steps, split, n, answer_format, phrasing)
+    low = _check_options(digits, min_digits, operations, steps, split, n, answer_format, phrasing, carry, shots)
     wanted = n if n is not None else (2000 if split == "train" else 500)
     # A tenth of all expressions hash into each of test and validation.
     share = 0.8 if split == "train" else 0.1
     wanted = min(wanted, int(_capacity(low, digits, operations, steps) * share * 0.8) or 1)
 
-    rng = random.Random(f"arithmetic:{seed}:{split}:{low}:{digits}:{operations}:{steps}")
-    problems: list[Problem] = []
+    words = phrasing == "words"
+
+    def draw(rng: random.Random, count: int, wanted_split: str, seen: set[str]) -> list[Problem]:
+        problems: list[Problem] = []
+        attempts = 0
+        while len(problems) < count and attempts < count * 200:
+            attempts += 1
+            expr = _expression(rng, low, digits, operations, steps)
+            if expr in seen or split_of(expr) != wanted_split or (carry != "any" and carries(expr) != (carry == "some")):
+                continue
+            seen.add(expr)
+            problems.append(Problem(id=("words:" if words else "") + expr.replace(" ", ""),
+                                    question=in_words(expr) if words else f"What is {expr}?",
+                                    answer=str(eval(expr, {"__builtins__": {}}))))  # digits and + - * only
+        return problems
+
+    # The carry filter is part of the seed string only when it is on, so the default problems stay the same.
+    tag = f"{low}:{digits}:{operations}:{steps}" + (f":carry={carry}" if carry != "any" else "")
     seen: set[str] = set()
-    attempts = 0
-    while len(problems) < wanted and attempts < wanted * 200:
-        attempts += 1
-        expr = _expression(rng, low, digits, operations, steps)
-        if expr in seen or split_of(expr) != split:
-            continue
-        seen.add(expr)
-        words = phrasing == "words"
-        problems.append(Problem(id=("words:" if words else "") + expr.replace(" ", ""),
-                                question=in_words(expr) if words else f"What is {expr}?",
-                                answer=str(eval(expr, {"__builtins__": {}}))))  # digits and + - * only
+    problems = draw(random.Random(f"arithmetic:{seed}:{split}:{tag}"), wanted, split, seen)
+    # The examples: training problems drawn with their own seed, never one of the problems asked.
+    pool = draw(random.Random(f"arithmetic:shots:{tag}"), shots + 8, "train", seen) if shots else []
     instruction = ARITHMETIC_INSTRUCTION if instruction is None else instruction
 
     def format_prompt(problem: Problem) -> str:
-        return f"{instruction}\n\n{problem.question}"
+        return f"{instruction}\n\n{solved_examples(pool, problem, shots)}{problem.question}"
 
     extract = extract_strict_answer if answer_format == "strict" else extract_integer_answer
 
     def verify(completion: str, problem: Problem) -> float:
         return 1.0 if extract(completion) == problem.answer else 0.0
+
+    def verify_lenient(completion: str, problem: Problem) -> float:
+        return 1.0 if extract_integer_answer(completion) == problem.answer else 0.0
 
     return Task(
         name="arithmetic",
@@ -222,7 +267,12 @@ def make_task(
         verify=verify,
         extract_answer=extract,
         follows_format=follows_format,
+        lenient_verify=verify_lenient,
+        lenient_answer=extract_integer_answer,
         splits=SPLITS,
         options=dict(split=split, n=n, digits=digits, min_digits=min_digits, operations=operations,
-                     steps=steps, seed=seed, answer_format=answer_format, phrasing=phrasing),
+                     steps=steps, seed=seed, answer_format=answer_format, phrasing=phrasing,
+                     # recorded only when set, so the runs and checkpoints made before these knobs keep
+                     # their task fingerprint (a resume compares it)
+                     **({"carry": carry} if carry != "any" else {}), **({"shots": shots} if shots else {})),
     )

@@ -93,6 +93,13 @@ class Task:
     follows_format: Callable[[str], bool] | None = None
     """Whether a completion states its answer in the form the prompt asks for (the format-compliance
     metric); ``None`` when the task has no such form."""
+    lenient_verify: Verifier | None = None
+    """The verifier under a lenient reading of the answer, whatever its form (e.g. the last number of the
+    reply), where the task has one.  It tells a *form repair* (attempt 1 already held the right answer, not
+    in the instructed form) from an *answer correction* (:mod:`selfcorrect.probe`); never a reward."""
+    lenient_answer: Callable[[str], str | None] | None = None
+    """The answer read by that lenient reader (``None`` when none can be read): whether attempt 2 changed
+    the *answer*, as opposed to its form."""
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

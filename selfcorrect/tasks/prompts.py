@@ -85,3 +85,16 @@ ARITHMETIC_CORRECTION = (
     "End your reply with \"The final answer is N.\" where N is the number."
 )
 """Self-correction instruction for arithmetic: the paper's MATH wording, our answer format."""
+
+STRING_INSTRUCTION = (
+    "Give the result. End your reply with \"The final answer is S.\" where S is the string."
+)
+"""Attempt-1 instruction for the string tasks (ours; ``count`` asks for "N ... the number" instead)."""
+
+STRING_CORRECTION = (
+    "There might be an error in the solution above because of lack of understanding "
+    "of the question. Please correct the error, if any, and rewrite the solution. "
+    "End your reply with \"The final answer is S.\" where S is the string."
+)
+"""Self-correction instruction for the string tasks: the paper's MATH wording, our answer form.  Like the
+paper's, it says nothing about whether attempt 1 was right."""

@@ -19,7 +19,8 @@ from .sft_data import KEEP
 
 OPTIMIZERS = ("adam", "adamw")
 OPERATIONAL = ("save_every", "save_every_minutes", "keep_last", "log_samples_every", "report_to", "device",
-               "logprob_gap_warn", "overwrite", "out")
+               "logprob_gap_warn", "overwrite", "out", "probe", "probe_problems", "probe_min_corrections",
+               "probe_min_variance")
 """Fields that change how a run is kept and watched, never what it computes."""
 RESUMABLE = (*OPERATIONAL, "iterations", "eval_every", "test_every")
 """Fields ``--resume`` may change (docs/training.md): the operational ones, more iterations (the
@@ -115,6 +116,20 @@ class TrainConfig(SamplingSettings):
     """Warn (once per run) when the mean |trainer − sampler| log-prob of an attempt's tokens exceeds this many
     nats: a wrong temperature, stale sampler weights or a masking bug makes the gradient off-policy.  Measured
     in docs/training.md (float32 and bf16 differ)."""
+
+    # ---- the correction-signal probe (selfcorrect.probe; `selfcorrect probe` runs it alone)
+    probe: bool = False
+    """Before training, sample the probe's episodes on the training problems (``probe_problems`` × ``samples``
+    at the training temperature; its own seeds, so training is unchanged), write ``probe.json`` to the run
+    directory, print its verdict, and warn when it finds no correction signal."""
+    probe_problems: int = 64
+    """Training problems the probe samples (each ``samples`` times, ``attempts`` attempts)."""
+    probe_min_corrections: float = 2.0
+    """Answer corrections per 100 episodes (attempt 1 wrong in every reading → attempt 2 right) the probe
+    needs, with its 95% CI above 0, to call the correction signal present."""
+    probe_min_variance: float = 0.2
+    """Share of RLOO groups whose attempt-2 rewards differ that the probe needs (below it the attempt-2 policy
+    gradient is mostly zero)."""
 
     # ---- optimisation
     optimizer: str = "adam"
@@ -213,7 +228,7 @@ class TrainConfig(SamplingSettings):
         self.check_sampling()
         for name in ("iterations", "problems_per_step", "samples", "attempts", "micro_batch_problems",
                      "logprob_chunk", "eval_limit", "validation_limit", "eval_max_new_tokens", "star_rounds",
-                     "sft_batch_episodes"):
+                     "sft_batch_episodes", "probe_problems"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("stage1_steps", "stage2_steps", "warmup_steps", "eval_every", "test_every", "save_every",
                      "keep_last", "log_samples_every", "sft_steps"):
@@ -223,6 +238,12 @@ class TrainConfig(SamplingSettings):
         for name in ("alpha", "beta1", "beta2", "weight_decay", "max_grad_norm", "save_every_minutes"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
                  f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        need(math.isfinite(self.probe_min_corrections) and self.probe_min_corrections >= 0,
+             f"probe_min_corrections must be a finite number >= 0, got {self.probe_min_corrections!r}")
+        need(0.0 <= self.probe_min_variance <= 1.0,
+             f"probe_min_variance must be in [0, 1], got {self.probe_min_variance!r}")
+        need(not self.probe or self.samples >= 2,
+             "probe needs samples >= 2 per problem (its re-sample and agreement estimates use the other samples)")
         need(0.0 <= self.base_first_attempts <= 1.0,
              f"base_first_attempts must be in [0, 1], got {self.base_first_attempts!r}")
         if self.base_first_attempts:
