@@ -272,7 +272,8 @@ class Trainer(SupervisedSteps):
         """One optimizer step of the current phase; returns its log row."""
         index, phase, offset = self.config.phase_at(self.step)
         if phase.kind == "rl":
-            if phase.objective.anchored and phase.iteration > 1 and offset == 0:
+            if phase.objective.anchored and phase.iteration > 1 and offset == 0 and \
+                    self.config.stage1_anchor == "iteration":
                 # Stage I of iteration ≥ 2: attempt 1 is pinned to the policy as it is now.
                 self.anchor = self.engine.new_anchor(self.anchor, self.reference, self._base_model)
             row = self._rl_step(phase)
@@ -350,7 +351,7 @@ class Trainer(SupervisedSteps):
             episodes = self._rollout(problems, attempts, base_share)
         generated = time.perf_counter()
 
-        losses, kls, advantages, ordered = [], [], [], []
+        losses, kls, kl_refs, advantages, ordered = [], [], [], [], []
         gaps: list[tuple[list[float], list[float]]] = [([], []) for _ in range(attempts)]
         norm = len(problems) * config.samples             # episodes of the whole step, over all processes
         batches = micro_batches(episodes, config.micro_batch_problems, config.samples)
@@ -376,6 +377,8 @@ class Trainer(SupervisedSteps):
                 if not padding:
                     losses.append(float(out.loss.detach()))
                     kls.append(out.kl.cpu())
+                    if out.kl_reference is not None:
+                        kl_refs.append(out.kl_reference.cpu())
                     advantages.append(out.advantages.detach().cpu())
                     ordered.extend(batch)
                     for total, part in zip(gaps, logprob_gaps(batch, out.logp, attempts)):
@@ -399,7 +402,10 @@ class Trainer(SupervisedSteps):
             print(warning, file=sys.stderr, flush=True)
         beta2 = {}
         if phase.objective.anchored:                      # Stage I: the β2 this step used, then the next one
-            beta2 = {"beta2": self.beta2}
+            # KL(attempt 1 ‖ π_ref) beside the anchor's kl_t1 (the same number while the anchor is π_ref)
+            ref_kl = kl[:, 0] if self.anchor is self.reference else \
+                torch.cat(self.dist.gather([torch.cat(kl_refs) if kl_refs else torch.empty(0)]))
+            beta2 = {"beta2": self.beta2, "kl_ref_t1": float(ref_kl.nanmean()) if len(ref_kl) else float("nan")}
             if config.adaptive_beta2 and not skipped and advantages:
                 second = torch.cat(self.dist.gather([torch.cat(advantages)]))[:, 1:]     # [B, K-1], whole step
                 self.beta2 = adapt_beta2(self.beta2, float(kl[:, 0].nanmean()), float(second.abs().mean()),

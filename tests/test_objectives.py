@@ -256,3 +256,28 @@ def test_adaptive_beta2_moves_toward_balance_by_at_most_its_clip():
     assert adapt_beta2(0.1, kl_first=0.5, advantage_second=0.11, balance=0.5) == pytest.approx(0.11)
     assert adapt_beta2(9.9, kl_first=0.0, advantage_second=1.0) == 10.0                     # upper bound
     assert adapt_beta2(1e-4, kl_first=5.0, advantage_second=1e-9) == 1e-4                   # lower bound
+
+
+def test_stage_one_attempt_one_kl_in_the_loss_by_hand():
+    """stage1_kl_in=loss-k2: attempt 1's β2 term leaves the returns and enters the loss as Σ k2 to the anchor;
+    attempt 2 keeps its KL in the reward.  So the loss is Stage I with β2 = 0 plus β2·Σ k2 / B, gradient too."""
+    from selfcorrect.algorithms.policy_gradient import k2
+
+    logp, ref, anchor, mask, rewards, groups = _episode_batch()
+    mixed = stage_one_loss(logp, ref, anchor, mask, rewards, groups, beta1=0.01, beta2=0.1, first_kl_in="loss-k2")
+    (grad_mixed,) = torch.autograd.grad(mixed.loss, logp)
+    plain = stage_one_loss(logp, ref, anchor, mask, rewards, groups, beta1=0.01, beta2=0.0)
+    pull = 0.1 * sum(k2(logp[b, 1:3], anchor[b, 1:3]).sum() for b in range(2)) / 2
+    (grad_expected,) = torch.autograd.grad(plain.loss + pull, logp)
+    assert torch.isclose(mixed.loss, plain.loss + pull)
+    assert torch.allclose(grad_mixed, grad_expected)
+    # attempt 1 has no policy-gradient term left (its KL is not a cost in the returns), attempt 2 keeps β1·k1
+    assert mixed.advantages[:, 0].eq(0).all()
+    assert torch.allclose(mixed.returns[:, 1], rewards[:, 1] - 0.01 * mixed.kl[:, 1])
+    # the same placement as kl_in is the plain objective, bit for bit
+    same = stage_one_loss(logp, ref, anchor, mask, rewards, groups, beta1=0.01, beta2=0.1, first_kl_in="reward")
+    default = stage_one_loss(logp, ref, anchor, mask, rewards, groups, beta1=0.01, beta2=0.1)
+    assert torch.equal(same.loss, default.loss)
+    with pytest.raises(ValueError, match="kl_in"):
+        reinforce_with_kl(logp, ref[:, None].expand(-1, 2, -1), mask, rewards, groups, [True, True], [0.0, 0.0],
+                          kl_in=["reward"])

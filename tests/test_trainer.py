@@ -540,3 +540,28 @@ def test_adaptive_beta2_moves_and_resumes_exactly(tiny_model_dir, tmp_path, pari
     interrupt_training(interrupted, 4)
     Trainer.resume(tmp_path / "resumed").train()
     assert betas(tmp_path / "resumed") == straight
+
+
+@pytest.mark.parametrize("anchor", ["iteration", "reference"])
+def test_stage1_anchor_and_the_kl_to_the_reference_beside_it(anchor, tiny_model_dir, tmp_path, parity_task):
+    trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "r", parity_task, stage1_anchor=anchor,
+                                     stage1_kl_in="loss-k2"))
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    stage1 = [r for r in rows if r["phase"] == "stage1"]
+    assert all("kl_ref_t1" in r for r in stage1) and not any("kl_ref_t1" in r for r in rows if r["phase"] != "stage1")
+    first, second = [r for r in stage1 if r["iteration"] == 1], [r for r in stage1 if r["iteration"] == 2]
+    assert all(r["kl_ref_t1"] == r["kl_t1"] for r in first)              # iteration 1: the anchor is π_ref
+    if anchor == "reference":
+        assert trainer.anchor is trainer.reference
+        assert all(r["kl_ref_t1"] == r["kl_t1"] for r in second)
+    else:                                                                # pinned to the iteration's start
+        assert trainer.anchor is not trainer.reference
+        assert all(r["kl_ref_t1"] != r["kl_t1"] for r in second)
+
+
+def test_stage1_option_values_are_checked():
+    with pytest.raises(ConfigError, match="stage1_anchor"):
+        TrainConfig(stage1_anchor="start")
+    with pytest.raises(ConfigError, match="stage1_kl_in"):
+        TrainConfig(stage1_kl_in="loss")

@@ -63,6 +63,9 @@ class LossOutput:
     """``[B, K]`` returns after shaping (and the KL, if it is placed in the reward)."""
     logp: torch.Tensor | None = None
     """``[B, T]`` the policy log-probs the loss was built from, detached (for the rollout/trainer check)."""
+    kl_reference: torch.Tensor | None = None
+    """``[B]`` k1 of attempt 1 to π_ref when its anchor is another model (Stage I after iteration 1),
+    detached; logged as ``kl_ref_t1`` beside the anchor's ``kl_t1``."""
 
 
 def attempt_sums(values: torch.Tensor, attempt_mask: torch.Tensor) -> torch.Tensor:
@@ -114,7 +117,7 @@ def reinforce_with_kl(
     kl_coef: Sequence[float],
     *,
     baseline: str = "rloo",
-    kl_in: str = "reward",
+    kl_in: str | Sequence[str] = "reward",
     norm: int | None = None,
 ) -> LossOutput:
     """The estimator of the module docstring.
@@ -130,7 +133,8 @@ def reinforce_with_kl(
         baseline: ``rloo`` (leave-one-out over a problem's samples) or ``none`` (plain REINFORCE).
         kl_in: ``reward`` (k1 subtracted from the returns), ``loss-k2`` or ``loss-k3`` (per-token
             estimates differentiated directly); see the module docstring for what each one's
-            gradient is.
+            gradient is.  One placement for every attempt, or ``K`` of them (Stage I can put attempt
+            1's β2 term in the loss and keep the others' KL in the reward).
         norm: divide sums by this many episodes (default ``B``; pass the full batch size when
             the batch is split into micro-batches — which must hold whole RLOO groups).
     """
@@ -142,15 +146,21 @@ def reinforce_with_kl(
         raise ValueError(f"pg_on and kl_coef need one entry per attempt ({k_attempts})")
     norm = norm or b
 
+    placements = [kl_in] * k_attempts if isinstance(kl_in, str) else list(kl_in)
+    if len(placements) != k_attempts or any(p not in KL_PLACEMENTS for p in placements):
+        raise ValueError(f"kl_in must be one of {KL_PLACEMENTS} or one of them per attempt, got {kl_in!r}")
+    in_reward = torch.tensor([p == "reward" for p in placements], device=logp.device)   # [K]
+
     log_ratio = (logp[:, None, :] - ref_logp) * mask                     # [B, K, T]
     kl_seq = log_ratio.sum(-1).detach()                                  # [B, K]  k1, sequence level
     returns = returns.to(logp.dtype)
     active = pg.clone()
-    if kl_in == "reward":
+    if in_reward.all():
         returns = returns - beta * kl_seq                                # KL as a per-attempt cost
         active = active | (beta > 0)                                     # attempts with only a KL cost still get a PG term
-    elif kl_in not in KL_IN_LOSS:
-        raise ValueError(f"kl_in must be one of {KL_PLACEMENTS}, got {kl_in!r}")
+    elif in_reward.any():                                                # mixed: only these attempts' KL is a cost
+        returns = returns - (beta * in_reward) * kl_seq
+        active = active | ((beta > 0) & in_reward)
 
     if baseline == "rloo":
         advantages = rloo_advantages(returns, groups)
@@ -162,7 +172,12 @@ def reinforce_with_kl(
 
     seq_logp = attempt_sums(logp, attempt_mask)                          # [B, K]
     loss = -(advantages * seq_logp).sum() / norm
-    if kl_in in KL_IN_LOSS:
-        kl_tokens = KL_IN_LOSS[kl_in](logp[:, None, :], ref_logp) * mask   # [B, K, T]
+    if len(set(placements)) == 1 and placements[0] in KL_IN_LOSS:
+        kl_tokens = KL_IN_LOSS[placements[0]](logp[:, None, :], ref_logp) * mask   # [B, K, T]
         loss = loss + (beta * kl_tokens.sum(-1)).sum() / norm
+    elif not in_reward.all():                                            # mixed placements: attempt by attempt
+        for k, placement in enumerate(placements):
+            if placement in KL_IN_LOSS:
+                kl_tokens = KL_IN_LOSS[placement](logp, ref_logp[:, k]) * mask[:, k]   # [B, T]
+                loss = loss + beta[k] * kl_tokens.sum() / norm
     return LossOutput(loss=loss, advantages=advantages, kl=kl_seq, returns=returns.detach(), logp=logp.detach())

@@ -41,22 +41,27 @@ def stage_one_loss(
     beta2: float,
     baseline: str = "rloo",
     kl_in: str = "reward",
+    first_kl_in: str | None = None,
     norm: int | None = None,
 ) -> LossOutput:
     """Stage I:  max E[ r(y2) ] − β2·KL(π_θ(·|x1) ‖ π_anchor(·|x1)) − β1·KL(π_θ(·|x2) ‖ π_ref(·|x2)).
 
     Attempt 1 gets no reward gradient — only the strong KL β2 that keeps it
     where the anchor puts it; attempts ≥ 2 are rewarded (β1 KL to π_ref).
+    ``first_kl_in`` places attempt 1's β2 term on its own (default: ``kl_in``): in the reward, its
+    gradient is a REINFORCE estimate whose RLOO baseline removes all but the spread of the samples' KLs;
+    in the loss (``loss-k2``), every token is pulled back toward the anchor directly.
     """
     k = attempt_mask.shape[1]
     returns = rewards.clone()
     returns[:, 0] = 0.0                                                   # attempt 1: no reward
     anchors = torch.stack([anchor_logp] + [ref_logp] * (k - 1), dim=1)   # [B, K, T]
+    placement = kl_in if first_kl_in in (None, "", kl_in) else [first_kl_in] + [kl_in] * (k - 1)
     return reinforce_with_kl(
         logp, anchors, attempt_mask, returns, groups,
         pg_on=[False] + [True] * (k - 1),
         kl_coef=[beta2] + [beta1] * (k - 1),
-        baseline=baseline, kl_in=kl_in, norm=norm,
+        baseline=baseline, kl_in=placement, norm=norm,
     )
 
 

@@ -84,6 +84,14 @@ class TrainConfig(SamplingSettings):
     """Adapt β2 after every Stage I step so that β2·KL(attempt 1) stays near ``beta2_balance`` × the mean
     |advantage| of attempt 2 (paper §5.3 mentions "an adaptive β2 that attempts to balance the magnitudes" of
     the two; the rule is ours: ``algorithms.score.adapt_beta2``); ``beta2`` is its start value."""
+    stage1_anchor: str = "iteration"
+    """What Stage I pins attempt 1 to: iteration (the model at the start of that Stage I: π_ref in iteration
+    1, the previous Stage II's model after it; our reading of the paper) or reference (π_ref in every
+    iteration, so β2 also holds attempt 1 near the base model across iterations)."""
+    stage1_kl_in: str = ""
+    """Where Stage I puts attempt 1's β2 KL: empty = like kl_in; reward, loss-k2 or loss-k3.  In the reward
+    its gradient is a REINFORCE estimate that RLOO baselines away except for the samples' spread (with
+    ~10-token attempts β2·KL stayed <= 0.04 beside advantages up to 1); loss-k2 pulls every token back."""
     beta2_balance: float = 1.0
     """Target ratio of the adaptive β2: β2·KL(attempt 1) / mean |advantage of attempt 2|."""
     base_first_attempts: float = 0.0
@@ -213,6 +221,10 @@ class TrainConfig(SamplingSettings):
         if self.kl_in == "loss":      # the earlier name of loss-k3 (configs and runs written before it changed)
             self.kl_in = "loss-k3"
         need(self.kl_in in KL_PLACEMENTS, f"kl_in must be one of {', '.join(KL_PLACEMENTS)}, got {self.kl_in!r}")
+        need(self.stage1_kl_in in ("", *KL_PLACEMENTS),
+             f"stage1_kl_in must be empty or one of {', '.join(KL_PLACEMENTS)}, got {self.stage1_kl_in!r}")
+        need(self.stage1_anchor in ("iteration", "reference"),
+             f"stage1_anchor must be iteration or reference, got {self.stage1_anchor!r}")
         need(self.temperature > 0, f"temperature must be > 0 for training rollouts, got {self.temperature!r}")
         need(self.top_p == 1.0 and self.top_k == 0,
              f"top_p={self.top_p!r} / top_k={self.top_k!r}: training scores rollouts with the untruncated "

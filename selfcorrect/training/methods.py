@@ -80,7 +80,8 @@ def _common(config) -> dict[str, Any]:
 def stage_one(config) -> Objective:
     """Stage I: reward attempt 2, pin attempt 1 (β2) to the anchor."""
     return Objective("stage1", functools.partial(stage_one_loss, beta1=config.beta1, beta2=config.beta2,
-                                                 **_common(config)), anchored=True)
+                                                 first_kl_in=config.stage1_kl_in or None, **_common(config)),
+                     anchored=True)
 
 
 def stage_two(config, alpha: float) -> Objective:

@@ -90,7 +90,10 @@ def step_loss(config, phase: Phase, score: Scorer, policy, reference, anchor, ba
         with autocast(config, device):
             logp = score(policy, input_ids, attention_mask, label_mask, **scored)
         hyper = {"beta2": beta2} if beta2 is not None and phase.objective.anchored else {}
-        return phase.objective(logp, ref_logp, anchor_logp, attempt_mask, rewards, groups, norm=norm, **hyper)
+        out = phase.objective(logp, ref_logp, anchor_logp, attempt_mask, rewards, groups, norm=norm, **hyper)
+    if anchor_logp is not ref_logp:                                # Stage I pinned to another model: also vs π_ref
+        out.kl_reference = ((logp.detach() - ref_logp) * attempt_mask[:, 0]).sum(-1)   # [B]
+    return out
 
 
 def sft_step_loss(config, score: Scorer, policy, batch: list[Episode], pad_id: int, norm: int,
