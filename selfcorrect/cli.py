@@ -375,7 +375,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         console.print(f"[bold]{method}[/] seed {seed}: {what}")
 
     table = run_compare(config, methods, seeds, out, train=lambda trainer: _live_train(trainer, console),
-                        on_run=on_run)
+                        on_run=on_run, warm_start_steps=args.warm_start_steps)
     console.print((out / "table.md").read_text())
     console.print(f"wrote {out.resolve()} (table.md, table.json, edit_ratio.png, training_curves.png, delta.png)")
     return 0 if table else 1
@@ -461,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="score,stage2-only,no-shaping,single-turn,star,pair-sft,prompting",
                    help="comma-separated methods (default: %(default)s)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
+    p.add_argument("--warm-start-steps", type=int, default=0, metavar="N",
+                   help="first train N steps of single-turn RL once per seed (OUT/warm-start/seed-S); every "
+                        "method then starts from that model, which is also its π_ref (default: 0, none)")
     add_arguments(p, TrainConfig, skip=("method", "seed", "overwrite"))
     p.set_defaults(func=cmd_compare)
 

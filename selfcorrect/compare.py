@@ -14,6 +14,13 @@ A run whose ``eval/metrics.json`` exists is finished and skipped; a run with a
 checkpoint is resumed; anything else starts over — so re-running a crashed
 compare continues where it stopped.  Every method evaluates the same
 ``eval_limit`` problems of the same held-out split.
+
+**Warm start** (``warm_start_steps``): before the methods, ``DIR/warm-start/seed-<s>/`` trains
+single-turn RL on attempt 1 for that many steps, once per seed; its final model is then every method's
+initial model *and* π_ref.  A small model mostly fails on the answer *form* at first, and whichever
+method learns the form fastest then looks best; after a shared warm start a later Δ is correction, not
+formatting.  The warm start's own episodes are the same for every method and are not counted in the
+methods' budget; it is evaluated on the validation split (where the task has one), never on test.
 """
 
 from __future__ import annotations
@@ -58,13 +65,54 @@ def method_config(base: TrainConfig, spec: str) -> TrainConfig:
     return from_dict(TrainConfig, {**asdict(base), **overrides, "method": name}, f"--methods {spec}")
 
 
+WARM_START = "warm-start"
+"""The folder of a comparison's shared warm start (not a method)."""
+
+
 def run_dir(out: Path, method: str, seed: int) -> Path:
     return out / method / f"seed-{seed}"
 
 
 def methods_in(out: Path) -> list[str]:
     """The method folders under ``out`` (those holding a ``seed-*`` run), sorted by name."""
-    return sorted(p.name for p in out.iterdir() if p.is_dir() and any(p.glob("seed-*")))
+    return sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != WARM_START and any(p.glob("seed-*")))
+
+
+def warm_start_config(base: TrainConfig, steps: int, seed: int, path: Path) -> TrainConfig:
+    """The shared warm start of a comparison (module docstring): ``steps`` steps of single-turn RL from
+    ``base``'s model, evaluated at the end on the validation split where the task has one."""
+    from dataclasses import asdict
+
+    from .config import from_dict
+    from .tasks import accepts_option, load_task
+
+    data = {**asdict(base), "method": "single-turn", "iterations": 1, "stage1_steps": 0, "stage2_steps": steps,
+            "seed": seed, "out": str(path), "overwrite": True, "eval_every": 0, "test_every": 0, "probe": False}
+    if accepts_option(base.task, "split") and "split" not in base.task_options:
+        splits = load_task(base.task, **{**base.task_options, "split": base.train_split}).splits
+        if base.validation_split in splits:          # never read the test split to make a starting point
+            data.update(eval_task="", eval_task_options={}, eval_split=base.validation_split,
+                        allow_train_test_overlap=True)
+    return from_dict(TrainConfig, data, "warm start")
+
+
+def _train_or_reuse(path: Path, config: TrainConfig, train: Callable[[Trainer], Any],
+                    on_run: Callable[[str, int, str], None] | None, label: str) -> None:
+    """Train the run in ``path`` -- or skip it (finished) or resume it (checkpointed); see the module docstring."""
+    _same_settings(path, config)              # an earlier run in `out` is reused only if it is this one
+    if (path / "eval" / "metrics.json").is_file():
+        if on_run:
+            on_run(label, config.seed, "finished earlier: skipped")
+        return
+    if list_checkpoints(path):
+        if on_run:
+            on_run(label, config.seed, "resuming")
+        trainer = Trainer.resume(path)
+    else:
+        if on_run:
+            on_run(label, config.seed, "training")
+        trainer = Trainer.create(config)
+    train(trainer)
 
 
 def seed_samples(out: Path, method: str, seeds: Sequence[int]) -> list[dict[str, Any]] | None:
@@ -78,35 +126,30 @@ def seed_samples(out: Path, method: str, seeds: Sequence[int]) -> list[dict[str,
 
 def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: Path,
                 train: Callable[[Trainer], Any] | None = None,
-                on_run: Callable[[str, int, str], None] | None = None) -> dict[str, Any]:
-    """Train/evaluate every (method, seed) not finished yet, then write the comparison; returns table.json."""
+                on_run: Callable[[str, int, str], None] | None = None, warm_start_steps: int = 0) -> dict[str, Any]:
+    """Train/evaluate every (method, seed) not finished yet, then write the comparison; returns table.json.
+    ``warm_start_steps``: the shared warm start of the module docstring (0 = none)."""
     unknown = [m for m in methods if method_spec(m)[0] not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if not methods or not seeds:
         raise ConfigError("compare needs at least one method and one seed")
+    if not isinstance(warm_start_steps, int) or warm_start_steps < 0:
+        raise ConfigError(f"warm_start_steps must be an integer >= 0, got {warm_start_steps!r}")
     configs = {m: method_config(base, m) for m in methods}        # a bad override: one line, before any run
+    warm = {seed: warm_start_config(base, warm_start_steps, seed, out / WARM_START / f"seed-{seed}")
+            for seed in seeds} if warm_start_steps else {}
     check_output_dir(out)
     train = train or (lambda trainer: trainer.train())
+    for seed, config in warm.items():
+        _train_or_reuse(Path(config.out), config, train, on_run, WARM_START)
     for method in methods:
         for seed in seeds:
             path = run_dir(out, method, seed)
-            config = dataclasses.replace(configs[method], seed=seed, out=str(path), overwrite=True)
-            _same_settings(path, config)              # an earlier run in `out` is reused only if it is this one
-            if (path / "eval" / "metrics.json").is_file():
-                if on_run:
-                    on_run(method, seed, "finished earlier: skipped")
-                continue
-            if list_checkpoints(path):
-                if on_run:
-                    on_run(method, seed, "resuming")
-                trainer = Trainer.resume(path)
-            else:
-                if on_run:
-                    on_run(method, seed, "training")
-                trainer = Trainer.create(config)
-            train(trainer)
-    return write_comparison(out, methods, seeds)
+            start = {"model": str(Path(warm[seed].out) / f"checkpoint-{warm_start_steps}")} if warm else {}
+            config = dataclasses.replace(configs[method], seed=seed, out=str(path), overwrite=True, **start)
+            _train_or_reuse(path, config, train, on_run, method)
+    return write_comparison(out, methods, seeds, warm_start_steps=warm_start_steps)
 
 
 def _same_settings(path: Path, config: TrainConfig) -> None:
@@ -188,10 +231,13 @@ def format_budget(methods: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int],
+                     warm_start_steps: int = 0) -> dict[str, Any]:
     """Pool each method's eval episodes over seeds and write table.md/json and the plots."""
     summaries: dict[str, dict[str, Any]] = {}
     table: dict[str, Any] = {"methods": {}, "seeds": list(seeds)}
+    if warm_start_steps:
+        table["warm_start"] = {"method": "single-turn", "steps": warm_start_steps, "runs": f"{WARM_START}/seed-S"}
     curves: dict[str, dict[str, list[float]]] = {}
     browsed: list[dict[str, Any]] = []                # every run's episodes for report.html, tagged by run
     for method in methods:
@@ -225,6 +271,9 @@ def write_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int]) ->
                  f"{', '.join(map(str, seeds))}; greedy)\n\n"
                  + (f"Problems: {report.split_note(where, where.get('evaluated'))}, the same for every run; "
                     "each run evaluated once, at its end.\n\n" if where else "")
+                 + (f"Every method starts from the same warm start of its seed ({warm_start_steps} steps of "
+                    f"single-turn RL, `{WARM_START}/seed-S`), which is also its π_ref; the warm start's episodes "
+                    "are not in the budget below.\n\n" if warm_start_steps else "")
                  + f"{report.format_table(summaries)}\n"
                  f"\n## Self-verification (attempt 1 → 2)\n\n{report.format_self_verification(summaries)}\n"
                  f"\n{format_budget(table['methods'])}\n")

@@ -216,3 +216,35 @@ def test_a_compare_row_may_change_settings_of_its_own_runs():
         method_config(base, "star:sft_keep=E")
     with pytest.raises(ConfigError, match="unknown method"):
         run_compare(base, ["ppo:lr=1"], [0], Path("/nonexistent/never-created"))
+
+
+def test_compare_with_a_shared_warm_start(tiny_model_dir, tmp_path, parity_task):
+    from safetensors.torch import load_file
+
+    from selfcorrect.compare import methods_in
+    from selfcorrect.config import load_yaml
+
+    base = _config(tiny_model_dir, tmp_path / "unused", parity_task)
+    out = tmp_path / "cmp"
+    events = []
+    table = run_compare(base, ["score", "single-turn"], [0], out, warm_start_steps=2,
+                        on_run=lambda m, s, what: events.append((m, s, what)))
+    assert events == [("warm-start", 0, "training"), ("score", 0, "training"), ("single-turn", 0, "training")]
+    warm = out / "warm-start" / "seed-0"
+    warm_config = load_yaml(warm / "config.yaml")
+    assert warm_config["method"] == "single-turn" and warm_config["stage2_steps"] == 2
+    assert warm_config["eval_split"] == "validation"                 # a starting point never reads test
+    checkpoint = warm / "checkpoint-2"
+    moved = load_file(str(checkpoint / "model.safetensors"))
+    initial = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert any(not torch.equal(moved[k], initial[k]) for k in initial)
+    for method in ("score", "single-turn"):                          # every method starts there: its π_ref
+        assert load_yaml(out / method / "seed-0" / "config.yaml")["model"] == str(checkpoint)
+    assert methods_in(out) == ["score", "single-turn"]
+    assert table["warm_start"]["steps"] == 2 and "same warm start" in (out / "table.md").read_text()
+    events.clear()
+    run_compare(base, ["score", "single-turn"], [0], out, warm_start_steps=2,
+                on_run=lambda m, s, what: events.append((m, s, what)))
+    assert [e[2] for e in events] == ["finished earlier: skipped"] * 3
+    with pytest.raises(ConfigError, match="warm_start_steps"):
+        run_compare(base, ["score"], [0], out, warm_start_steps=-1)
