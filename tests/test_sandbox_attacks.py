@@ -48,6 +48,34 @@ pytestmark = pytest.mark.skipif(LEVEL != "full", reason="the hostile suite targe
 
 
 # --------------------------------------------------------------------------- the host, before and after
+# Only what this test process's own sandbox runs can leave is counted: other programs (a second test suite
+# beside this one) run sandboxes of their own on the same host.  Ours are told apart by the parent's pid,
+# which names every run's cgroups and scratch directory; a candidate cannot leave its cgroup, and whatever
+# it starts is in the cgroup too.
+OURS = f"selfcorrect-{os.getpid()}-"
+
+
+def _ancestors(pid: int) -> set[int]:
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return seen
+
+
+def _ours(pid: int) -> bool:
+    """A process of this test's sandbox runs: in one of its cgroups, or below this process."""
+    try:
+        if OURS in Path(f"/proc/{pid}/cgroup").read_text():
+            return True
+    except OSError:
+        return False
+    return os.getpid() in _ancestors(pid)
+
+
 def _sandbox_pids() -> set[int]:
     pids = set()
     for status in glob.glob("/proc/[0-9]*/status"):
@@ -55,31 +83,38 @@ def _sandbox_pids() -> set[int]:
             with open(status) as f:
                 for line in f:
                     if line.startswith("Uid:"):
-                        if int(line.split()[1]) == NOBODY:
-                            pids.add(int(status.split("/")[2]))
+                        pid = int(status.split("/")[2])
+                        if int(line.split()[1]) == NOBODY and _ours(pid):
+                            pids.add(pid)
                         break
         except OSError:
             pass
     return pids
 
 
+def _owned_by_nobody(rows, uid_column: int) -> tuple:
+    return tuple(r for r in rows if len(r.split()) > uid_column and r.split()[uid_column] == str(NOBODY))
+
+
 def _sysv_ipc() -> tuple:
+    """SysV IPC objects owned by nobody (a candidate's; the host's own users make theirs)."""
     rows = []
-    for kind in ("shm", "msg", "sem"):
+    for kind, uid_column in (("shm", 7), ("msg", 7), ("sem", 4)):
         try:
-            rows.append(tuple(Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:]))
+            rows.append(_owned_by_nobody(Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:], uid_column))
         except OSError:
             rows.append(())
     return tuple(rows)
 
 
 def _listening() -> frozenset:
+    """Listening TCP sockets owned by nobody."""
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
-                if fields[3] == "0A":  # LISTEN
+                if fields[3] == "0A" and fields[7] == str(NOBODY):  # LISTEN, uid
                     ports.add(fields[1])
         except OSError:
             pass
@@ -89,16 +124,28 @@ def _listening() -> frozenset:
 def _cgroups() -> frozenset:
     found = set()
     for base in sandbox_info()["cgroup"]:
-        found.update(glob.glob(os.path.join(base, "selfcorrect-*")))
+        found.update(glob.glob(os.path.join(base, f"{OURS}*")))
     return frozenset(found)
+
+
+def _shm() -> set[str]:
+    """/dev/shm entries owned by nobody."""
+    found = set()
+    for name in os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else ():
+        try:
+            if os.lstat(os.path.join("/dev/shm", name)).st_uid == NOBODY:
+                found.add(name)
+        except OSError:
+            pass
+    return found
 
 
 def _host_state() -> dict:
     return {
         "processes of nobody": _sandbox_pids() if IS_ROOT else set(),
-        "scratch dirs": set(glob.glob(os.path.join(tempfile.gettempdir(), "selfcorrect-sandbox-*"))),
+        "scratch dirs": set(glob.glob(os.path.join(tempfile.gettempdir(), f"selfcorrect-sandbox-{os.getpid()}-*"))),
         "marker files": {p for p in HOST_MARKERS if os.path.lexists(p)},
-        "/dev/shm": set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set(),
+        "/dev/shm": _shm(),
         "SysV IPC": _sysv_ipc(),
         "listening sockets": _listening(),
         "cgroups": _cgroups(),

@@ -335,7 +335,8 @@ def _run_once(code: str, tests: str, entry_point: str | None, context: str, limi
                                     f"({limits.max_message_mb:g} MiB)")
     plan = _cgroup_limits(limits)
     cgroups = _make_cgroups(plan)
-    scratch = tempfile.mkdtemp(prefix="selfcorrect-sandbox-")
+    # Named after this process, like the cgroups: a host check can tell its own runs from another program's.
+    scratch = tempfile.mkdtemp(prefix=f"selfcorrect-sandbox-{os.getpid()}-")
     try:
         if as_root:
             os.chown(scratch, limits.uid, limits.gid)
