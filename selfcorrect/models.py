@@ -100,7 +100,8 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
     if isinstance(dtype, torch.dtype):
         return dtype
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+             "float64": torch.float64}    # float64: parity tests, where reduction order must be the only difference
     if dtype in table:
         return table[dtype]
     if dtype != "auto":
