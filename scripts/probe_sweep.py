@@ -40,18 +40,18 @@ def _first() -> dict[str, dict]:
 
 
 def _search() -> dict[str, dict]:
-    """Candidate settings for a learnable correction signal: worked examples (answer form), spaced source
-    strings, lengths, and temperature."""
+    """Candidates for a learnable correction signal on the default model: a solved example (answer form),
+    the `redo` correction turn (solve again instead of rewrite), spaced sources, lengths, operations."""
     grid: dict[str, dict] = {}
-    for model, spec in (("smollm2", SMOL), ("gemma3", GEMMA)):
-        for op in ("copy", "reverse", "sort", "count"):
-            for length in (3, 5, 8):
-                for phrasing in ("plain", "spaced"):
-                    grid[f"{model}/{op}-{length}-{phrasing}-1shot"] = {
-                        **spec, **_strings(op, length=length, phrasing=phrasing, shots=1)}
-        grid[f"{model}/arithmetic-1shot"] = {**spec, **_arith(shots=1)}
-        grid[f"{model}/arithmetic-nocarry-1shot"] = {**spec, **_arith(carry="none", shots=1)}
-        grid[f"{model}/arithmetic-1digit-1shot"] = {**spec, **_arith(digits=1, shots=1)}
+    for name, op, options in (
+            ("copy-5-1shot", "copy", {}), ("copy-5-1shot-redo", "copy", {"correction": "redo"}),
+            ("copy-5-spaced-1shot-redo", "copy", {"correction": "redo", "phrasing": "spaced"}),
+            ("copy-8-1shot-redo", "copy", {"length": 8, "correction": "redo"}),
+            ("reverse-3-1shot-redo", "reverse", {"length": 3, "correction": "redo"}),
+            ("sort-3-1shot-redo", "sort", {"length": 3, "correction": "redo"}),
+            ("count-5-1shot-redo", "count", {"correction": "redo"})):
+        grid[f"smollm2/{name}"] = {**SMOL, **_strings(op, shots=1, **options)}
+    grid["smollm2/arithmetic-1shot"] = {**SMOL, **_arith(shots=1)}
     return grid
 
 

@@ -176,6 +176,8 @@ def pooled_summary(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, A
         group_ids=[r["id"] for r in rows],
         formatted=None if any(a.get("formatted") is None for r in rows for a in r["attempts"]) else
         np.array([[a["formatted"] for a in r["attempts"]] for r in rows], dtype=bool),
+        lenient=None if any(a.get("lenient") is None for r in rows for a in r["attempts"]) else
+        np.array([[a["lenient"] for a in r["attempts"]] for r in rows], dtype=float),
         seed=seed,
     )
 

@@ -134,6 +134,8 @@ def summarize_episodes(episodes: Sequence[Episode], seed: int = 0) -> dict[str, 
         group_ids=[ep.problem.id for ep in episodes],
         formatted=None if any(a.formatted is None for ep in episodes for a in ep.attempts) else
         np.array([[a.formatted for a in ep.attempts] for ep in episodes], dtype=bool),
+        lenient=None if any(a.lenient is None for ep in episodes for a in ep.attempts) else
+        np.array([[a.lenient for a in ep.attempts] for ep in episodes], dtype=float),
         seed=seed,
     )
 
@@ -147,7 +149,8 @@ def episode_record(ep: Episode) -> dict[str, Any]:
         "gold": ep.problem.answer,
         "attempts": [
             {"text": a.text, "answer": a.answer, "reward": a.reward, "reason": a.reason, "tokens": len(a.ids),
-             "truncated": a.truncated, "formatted": a.formatted}
+             "truncated": a.truncated, "formatted": a.formatted,
+             **({} if a.lenient is None else {"lenient": a.lenient})}      # tasks with a lenient reader only
             for a in ep.attempts
         ],
     }

@@ -72,8 +72,9 @@ def episode_view(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def table(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The paper's table (``report.md``'s cells): ``{"columns": [...], "rows": [[name, cell, ...], ...]}``."""
-    return {"columns": ["Method", *report.COLUMNS],
-            "rows": [[name, *report.row_cells(s)] for name, s in summaries.items()],
+    split = any(s.get("answer_corrections") is not None for s in summaries.values())
+    return {"columns": ["Method", *report.columns(dict(summaries))] if summaries else ["Method", *report.COLUMNS],
+            "rows": [[name, *report.row_cells(s, split=split)] for name, s in summaries.items()],
             "n": {name: s.get("n") for name, s in summaries.items()},
             "verification_columns": ["Method", *report.SELF_VERIFICATION_COLUMNS],
             "verification": report.self_verification_rows(dict(summaries))}

@@ -16,6 +16,21 @@ COLUMNS = ["Acc@t1", "Acc@t2", "Δ(t1,t2)", "Δ^{i→c}(t1,t2)", "Δ^{c→i}(t1,
            "Format@t1", "Format@t2"]
 """The table's columns; ``Format@t`` is the share of attempts t that state the answer in the instructed form."""
 
+SPLIT_COLUMNS = ["Answer corr.", "Form repairs"]
+"""Inserted after Δ^{i→c} when the summaries split it (tasks with a lenient reader): wrong → right pairs whose
+attempt 1 was wrong in every reading (the answer corrected) vs right outside the instructed form (only the
+form repaired)."""
+
+
+def _splits(rows: Sequence[tuple[Any, Mapping[str, Any]]]) -> bool:
+    return any(s.get("answer_corrections") is not None for _, s in rows)
+
+
+def columns(summary: Mapping[str, Any]) -> list[str]:
+    """The columns of :func:`format_table` for ``summary`` (one summary or ``name -> summary``)."""
+    _, rows = _rows(summary)
+    return COLUMNS[:4] + SPLIT_COLUMNS + COLUMNS[4:] if _splits(rows) else list(COLUMNS)
+
 
 def _pct(x: float | None) -> str | None:
     if x is None:
@@ -33,7 +48,8 @@ def _cell(value: float | None, ci: Sequence[float | None] | None, with_ci: bool 
     return v
 
 
-def row_cells(summary: Mapping[str, Any], with_ci: bool = True) -> list[str]:
+def row_cells(summary: Mapping[str, Any], with_ci: bool = True, split: bool = False) -> list[str]:
+    """One row's cells under :data:`COLUMNS` (``split``: with :data:`SPLIT_COLUMNS` after Δ^{i→c})."""
     acc = summary.get("accuracy") or []
     cis = summary.get("ci95") or {}
     acc_ci = cis.get("accuracy") or []
@@ -48,6 +64,8 @@ def row_cells(summary: Mapping[str, Any], with_ci: bool = True) -> list[str]:
         _cell(at(acc, 1), at(acc_ci, 1), with_ci),
         _cell(summary.get("delta"), cis.get("delta"), with_ci),
         _cell(summary.get("delta_i2c"), cis.get("delta_i2c"), with_ci),
+        *([_cell(summary.get("answer_corrections"), cis.get("answer_corrections"), with_ci),
+           _cell(summary.get("form_repairs"), cis.get("form_repairs"), with_ci)] if split else []),
         _cell(summary.get("delta_c2i"), cis.get("delta_c2i"), with_ci),
         _cell(summary.get("edit_distance_ratio"), cis.get("edit_distance_ratio"), with_ci),
         _cell(summary.get("copy_rate"), cis.get("copy_rate"), with_ci),
@@ -68,7 +86,8 @@ def format_table(summary: Mapping[str, Any], with_ci: bool = True) -> str:
 
     Columns: ``Acc@t1``, ``Acc@t2``, ``Δ(t1,t2)``, ``Δ^{i→c}(t1,t2)``,
     ``Δ^{c→i}(t1,t2)``, ``Edit ratio`` (mean edit distance ratio, 1 → 2),
-    ``Copy rate`` and ``Format@t1``/``Format@t2`` (answers in the instructed form).  Values are percentages with one decimal, followed by the
+    ``Copy rate`` and ``Format@t1``/``Format@t2`` (answers in the instructed form); where the summaries
+    split Δ^{i→c} (a task with a lenient reader), ``Answer corr.`` and ``Form repairs`` follow it.  Values are percentages with one decimal, followed by the
     95% interval, e.g. ``52.6 [48.1, 57.0]``; missing values show ``–``.
 
     ``summary`` is one :func:`selfcorrect.metrics.summarize` result, or a mapping ``name ->
@@ -76,13 +95,14 @@ def format_table(summary: Mapping[str, Any], with_ci: bool = True) -> str:
     column).
     """
     named, rows = _rows(summary)
-    header = (["Method"] if named else []) + COLUMNS
+    split, names = _splits(rows), columns(summary)
+    header = (["Method"] if named else []) + names
     lines = [
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * (1 if named else 0) + ["---:"] * len(COLUMNS)) + "|",
+        "|" + "|".join(["---"] * (1 if named else 0) + ["---:"] * len(names)) + "|",
     ]
     for name, s in rows:
-        cells = ([name] if named else []) + row_cells(s, with_ci)
+        cells = ([name] if named else []) + row_cells(s, with_ci, split)
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -98,10 +118,10 @@ def rich_table(summary: Mapping[str, Any], title: str | None = "Self-correction 
     table = Table(title=title)
     if named:
         table.add_column("Method", justify="left")
-    for col in COLUMNS:
+    for col in columns(summary):
         table.add_column(col, justify="right")
     for name, s in rows:
-        table.add_row(*(([name] if named else []) + row_cells(s, with_ci)))
+        table.add_row(*(([name] if named else []) + row_cells(s, with_ci, _splits(rows))))
     return table
 
 

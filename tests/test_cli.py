@@ -348,9 +348,10 @@ def test_tasks_lists_builtin_tasks(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines() if line and not line[0].isspace()]
-    assert names == ["arithmetic", "math", "gsm8k", "humaneval", "mbpp"]
+    assert names == ["arithmetic", "strings", "math", "gsm8k", "humaneval", "mbpp"]
     assert "options: split, n, digits" in out  # arithmetic's options
     assert "options: path, dataset" in out  # math's options
+    assert "options: split, n, operation, length" in out  # the string tasks' options
 
 
 def test_eval_help_mentions_every_field(capsys):

@@ -458,3 +458,21 @@ def test_format_rate_per_attempt_with_its_interval():
     cells = row_cells(s)
     assert cells[-2:] == [f"50.0 [{100 * wilson_interval(2, 4)[0]:.1f}, {100 * wilson_interval(2, 4)[1]:.1f}]",
                           f"75.0 [{100 * wilson_interval(3, 4)[0]:.1f}, {100 * wilson_interval(3, 4)[1]:.1f}]"]
+
+
+def test_wrong_to_right_pairs_split_into_answer_corrections_and_form_repairs():
+    from selfcorrect import report
+
+    rewards = np.array([[0, 1], [0, 1], [1, 0], [0, 0], [1, 1]])
+    lenient = np.array([[0, 1], [1, 1], [1, 0], [0, 0], [1, 1]])     # episode 2 held the answer, not the form
+    s = summarize(rewards, lenient=lenient)
+    assert s["delta_i2c"] == pytest.approx(2 / 5)
+    assert s["answer_corrections"] == pytest.approx(1 / 5) and s["form_repairs"] == pytest.approx(1 / 5)
+    assert s["answer_corrections"] + s["form_repairs"] == pytest.approx(s["delta_i2c"])
+    assert s["ci95"]["answer_corrections"] is not None
+    table = report.format_table({"m": s})
+    assert "| Answer corr. | Form repairs |" in table and "| 20.0 [" in table
+    plain = summarize(rewards)                                          # no lenient reader: no split, no columns
+    assert plain["answer_corrections"] is None and "Answer corr." not in report.format_table({"m": plain})
+    with pytest.raises(SelfCorrectError, match="lenient has shape"):
+        summarize(rewards, lenient=lenient[:, :1])

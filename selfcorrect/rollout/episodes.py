@@ -61,6 +61,9 @@ class Attempt:
     formatted: bool | None = None
     """Whether ``text`` states its answer in the instructed form (``Task.follows_format``; ``None`` when the
     task has no such form)."""
+    lenient: float | None = None
+    """The reward under the task's lenient reader (``Task.lenient_verify``: the answer whatever its form), or
+    ``None`` where the task has none; tells an answer correction from a form repair, never trained on."""
     offline: bool = False
     """Sampled by another model than the policy (the base model's first attempts of ``base_first_attempts``):
     a prompt for the next attempt, never trained on."""

@@ -107,6 +107,9 @@ def extend_episodes(backend: GenerationBackend, builder: ConversationBuilder, ta
             attempt.reason += " (cut off at the token limit)"
         attempt.answer = task.extract_answer(attempt.text)
         attempt.formatted = None if task.follows_format is None else bool(task.follows_format(attempt.text))
+    if task.lenient_verify is not None:
+        for ep, attempt in zip(episodes, attempts):
+            attempt.lenient = float(task.lenient_verify(attempt.text, ep.problem))
 
 
 def sample_episodes(backend: GenerationBackend, builder: ConversationBuilder, task: Task,

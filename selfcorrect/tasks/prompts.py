@@ -98,3 +98,11 @@ STRING_CORRECTION = (
 )
 """Self-correction instruction for the string tasks: the paper's MATH wording, our answer form.  Like the
 paper's, it says nothing about whether attempt 1 was right."""
+
+STRING_CORRECTION_REDO = (
+    "There might be an error in the solution above. Read the question again and solve it from the start. "
+    "End your reply with \"The final answer is S.\" where S is the string."
+)
+"""The string tasks' ``correction="redo"`` turn (ours): like the paper's it never says whether attempt 1 was
+right, but it asks for the work again instead of a rewrite, which a small model otherwise answers by
+copying its first answer, mistakes included."""

@@ -38,13 +38,14 @@ from ..errors import ConfigError
 from .answers import extract_stated_answer
 from .arithmetic import extract_integer_answer, extract_strict_answer, solved_examples, split_of
 from .base import Problem, Task
-from .prompts import STRING_CORRECTION, STRING_INSTRUCTION
+from .prompts import STRING_CORRECTION, STRING_CORRECTION_REDO, STRING_INSTRUCTION
 
 SPLITS = ("train", "validation", "test")
 OPERATIONS = ("copy", "reverse", "sort", "count")
 ALPHABETS = {"digits": "0123456789", "letters": "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
 ANSWER_FORMATS = ("strict", "lenient")
 PHRASINGS = ("plain", "spaced")
+CORRECTIONS = {"paper": STRING_CORRECTION, "redo": STRING_CORRECTION_REDO}
 _QUESTIONS = {
     "copy": "Copy this string exactly: {s}",
     "reverse": "Write this string backwards: {s}",
@@ -109,7 +110,9 @@ def _draw(rng: random.Random, operation: str, chars: str, low: int, high: int) -
 
 
 def _check_options(split: str, n: int | None, operation: str, length: int, min_length: int | None,
-                   alphabet: str, shots: int, answer_format: str, phrasing: str) -> int:
+                   alphabet: str, shots: int, answer_format: str, phrasing: str, correction: str) -> int:
+    if correction not in CORRECTIONS:
+        raise ConfigError(f"strings: correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
     if split not in SPLITS:
         raise ConfigError(f"strings: unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     if operation not in OPERATIONS:
@@ -145,6 +148,7 @@ def make_task(
     correction_instruction: str | None = None,
     answer_format: str = "strict",
     phrasing: str = "plain",
+    correction: str = "paper",
 ) -> Task:
     """Copy, reverse, sort or count the characters of a string (errors are slips; see the module docstring).
 
@@ -164,8 +168,12 @@ def make_task(
         answer_format: ``strict`` (only "The final answer is S." / ``\\boxed{S}``) or ``lenient`` (else the
             last run of the alphabet's characters).
         phrasing: ``plain`` (``48213``) or ``spaced`` (``4 8 2 1 3``).
+        correction: the default correction turn: ``paper`` (the paper's "... correct the error, if any, and
+            rewrite the solution") or ``redo`` ("... read the question again and solve it from the start");
+            neither says whether attempt 1 was right.  ``correction_instruction`` replaces both.
     """
-    low = _check_options(split, n, operation, length, min_length, alphabet, shots, answer_format, phrasing)
+    low = _check_options(split, n, operation, length, min_length, alphabet, shots, answer_format, phrasing,
+                         correction)
     chars = ALPHABETS[alphabet]
     capacity = sum(len(chars) ** size for size in range(low, length + 1)) * (len(chars) if operation == "count" else 1)
     wanted = n if n is not None else (2000 if split == "train" else 500)
@@ -215,14 +223,14 @@ def make_task(
     def verify_lenient(completion: str, p: Problem) -> float:
         return 1.0 if lenient(completion) == p.answer else 0.0
 
-    correction = STRING_CORRECTION
+    turn = CORRECTIONS[correction]
     if number:
-        correction = correction.replace("S is the string", "N is the number").replace("is S.", "is N.")
+        turn = turn.replace("S is the string", "N is the number").replace("is S.", "is N.")
     return Task(
         name="strings",
         problems=problems,
         format_prompt=format_prompt,
-        correction_instruction=correction if correction_instruction is None else correction_instruction,
+        correction_instruction=turn if correction_instruction is None else correction_instruction,
         verify=verify,
         extract_answer=extract,
         follows_format=lambda completion: strict(completion) is not None,
@@ -230,5 +238,6 @@ def make_task(
         lenient_answer=lenient,
         splits=SPLITS,
         options=dict(split=split, n=n, operation=operation, length=length, min_length=min_length,
-                     alphabet=alphabet, seed=seed, shots=shots, answer_format=answer_format, phrasing=phrasing),
+                     alphabet=alphabet, seed=seed, shots=shots, answer_format=answer_format, phrasing=phrasing,
+                     correction=correction),
     )
