@@ -149,6 +149,9 @@ def main(argv=None) -> int:
             f"({args.problems} training problems x 4 samples x 2 attempts per setting, the demo config otherwise: "
             "T = 0.7, strict reward; CIs: cluster bootstrap over problems). Rates per 100 episodes; "
             "P(right | changed wrong) and re-sample in %; ceilings in accuracy points.\n\n" + table(rows))
+    missing = [name for name in grid if name not in rows]
+    if missing:
+        text += f"\nNot run yet: {', '.join(missing)}.\n"
     (args.table / f"{args.grid}.md").write_text(text)
     (args.table / f"{args.grid}.json").write_text(json.dumps(rows, indent=1) + "\n")
     print(text)

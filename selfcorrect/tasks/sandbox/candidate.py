@@ -19,6 +19,7 @@ arguments after the call, for the copy-back of in-place mutation), ``raise``
 cross).
 """
 
+import builtins
 import marshal
 import os
 import sys
@@ -92,13 +93,35 @@ def _reply_to_call(ns, request):
     try:
         args = decode(request["args"])  # noqa: F821 (wire.py)
         kwargs = decode(request["kwargs"])  # noqa: F821
+        _realias(args, kwargs, request.get("alias") or [])
         result = fn(*args, **kwargs)
     except BaseException as exc:  # the program's exception is its answer
-        return {"t": "raise", "type": _hexstr(type(exc).__name__), "message": _message(exc)}
+        return {"t": "raise", "type": _hexstr(_type_name(exc)), "message": _message(exc)}
     try:
         return {"t": "return", "value": encode(result), "args": encode([list(args), kwargs])}  # noqa: F821
     except BaseException as exc:
         return {"t": "unencodable", "reason": _message(exc)}
+
+
+def _realias(args, kwargs, alias):
+    """Make arguments that were one object in the judge one object here again (top level only)."""
+    keys = list(kwargs)
+    values = args + [kwargs[k] for k in keys]
+    for j, i in enumerate(alias[:len(values)]):
+        if 0 <= i < j:
+            values[j] = values[i]
+    args[:] = values[:len(args)]
+    for k, v in zip(keys, values[len(args):]):
+        kwargs[k] = v
+
+
+def _type_name(exc):
+    """The builtin's name for a builtin exception; a qualified name for the program's own classes, so a
+    class that merely shares a builtin's name (``class ValueError(Exception)``) never arrives as it."""
+    kind = type(exc)
+    if getattr(builtins, kind.__name__, None) is kind:
+        return kind.__name__
+    return "%s.%s" % (getattr(kind, "__module__", "?"), getattr(kind, "__qualname__", kind.__name__))
 
 
 def _hexstr(text):

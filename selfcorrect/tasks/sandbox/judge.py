@@ -51,6 +51,9 @@ PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
 _TAIL = 4096
 _SETUP_RC = 121
+_DEADLINE_REPEAT_S = 0.05   # the run's alarm repeats this often once it fired ...
+_SWALLOWED_DEADLINES = 40   # ... and the judge gives up after this many swallowed (~2 s past the limit)
+_JUDGE_MEMORY_MB = 1024     # the judge's own address-space limit beyond the candidate's (decoding floods)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -95,6 +98,28 @@ def _tmpfs(target, data, noexec=False):
     _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | (MS_NOEXEC if noexec else 0), data)
 
 
+# Files of a fresh /proc that are global to the host, not to the run's namespaces: counters that one run
+# moves (forks, CPU time, interrupts, page faults, memory, I/O, open files) and the next or a concurrent
+# one reads are a channel between runs, and /proc/locks lists every lock on the host.  Each is covered by
+# /dev/null (reads give nothing); per-process files (/proc/self) and the run's own namespaces stay.
+_HOST_COUNTERS = ("stat", "loadavg", "uptime", "vmstat", "meminfo", "interrupts", "softirqs", "diskstats",
+                  "schedstat", "locks", "buddyinfo", "zoneinfo", "pagetypeinfo", "swaps", "timer_list",
+                  "key-users", "keys", "slabinfo", "vmallocinfo", "partitions", "cgroups", "sched_debug",
+                  "sys/fs/file-nr", "sys/fs/inode-nr", "sys/fs/inode-state", "sys/fs/dentry-state",
+                  "sys/kernel/random/entropy_avail", "sys/kernel/random/uuid", "sys/kernel/random/boot_id")
+_HOST_COUNTER_DIRS = ("pressure", "irq", "tty", "sys/fs/quota")
+
+
+def _mask_host_counters(proc):
+    for name in _HOST_COUNTERS:
+        if os.path.isfile(proc + "/" + name):
+            _mount("/dev/null", proc + "/" + name, None, MS_BIND)
+    for name in _HOST_COUNTER_DIRS:
+        if os.path.isdir(proc + "/" + name):
+            _mount("tmpfs", proc + "/" + name, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV,
+                   "size=4k,nr_inodes=2,mode=0555")
+
+
 def _build_root(job, settings):
     """Mount the candidate's root at ``job["root"]`` (inside our own mount namespace) and enter it."""
     root = job["root"]
@@ -131,6 +156,7 @@ def _build_root(job, settings):
     _tmpfs(root + "/sandbox", "size=%dm,nr_inodes=4096,mode=0700%s" % (job["disk_mb"], owner), noexec=True)
     os.makedirs(root + "/proc", mode=0o555, exist_ok=True)
     _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mask_host_counters(root + "/proc")
     _limit_ipc(root + "/proc/sys/kernel", job)
     try:  # per PID namespace (Linux >= 6.3): 2 = no executable memfd at all
         with open(root + "/proc/sys/vm/memfd_noexec", "w") as f:
@@ -164,32 +190,66 @@ def _limit_ipc(sysctl, job):
 # is per *user* (a program could leave itself notes across runs and learn the tests by trial), io_uring
 # bypasses syscall filtering, a memfd is writable memory that dlopen can map executable (the writable
 # mounts are noexec), and the rest are attack surface (perf side channels, bpf, userfaultfd, new
-# namespaces).  Denied with EPERM; a foreign syscall ABI (i386, x32 on x86_64) kills the process.
+# namespaces).  The second group reads or sets state of the host's *page cache* of the read-only view,
+# which every run shares: which pages of a file are cached is a store one run can write and the next read
+# (cross-run channel, docs/sandbox.md).  mincore, cachestat and preadv2 (RWF_NOWAIT) read residency;
+# fadvise (DONTNEED) and madvise (COLD, PAGEOUT) evict, readahead fills without reading.  flock and the
+# fcntl lock commands set locks on view files that other runs and the host see (and that block the host).
+# Denied with EPERM; a foreign syscall ABI (i386, x32 on x86_64) kills the process.
 _SECCOMP = {
     "x86_64": (0xC000003E, {"add_key": 248, "request_key": 249, "keyctl": 250, "io_uring_setup": 425,
                             "io_uring_enter": 426, "io_uring_register": 427, "perf_event_open": 298,
                             "bpf": 321, "userfaultfd": 323, "unshare": 272, "setns": 308,
-                            "memfd_create": 319}),
+                            "memfd_create": 319,
+                            "mincore": 27, "cachestat": 451, "preadv2": 327, "pwritev2": 328,
+                            "fadvise64": 221, "readahead": 187, "flock": 73}),
     "aarch64": (0xC00000B7, {"add_key": 217, "request_key": 218, "keyctl": 219, "io_uring_setup": 425,
                              "io_uring_enter": 426, "io_uring_register": 427, "perf_event_open": 241,
                              "bpf": 280, "userfaultfd": 282, "unshare": 97, "setns": 268,
-                             "memfd_create": 279}),
+                             "memfd_create": 279,
+                             "mincore": 232, "cachestat": 451, "preadv2": 286, "pwritev2": 287,
+                             "fadvise64": 223, "readahead": 213, "flock": 32}),
+}
+
+# Syscalls denied only for some arguments: (argument index, mask, denied values of ``arg & mask``).
+# W^X: no mapping that is writable and executable at once (PROT_WRITE | PROT_EXEC = 6): with the
+# writable mounts noexec and memfds gone, such a mapping is the only way left to run native code of its
+# own.  madvise COLD (20) and PAGEOUT (21) evict page-cache pages of a file mapping.  fcntl's lock
+# commands: F_GETLK/F_SETLK/F_SETLKW (5, 6, 7) and their open-file-description forms (36, 37, 38).
+_WX = (2, 6, (6,))
+_SECCOMP_ARGS = {
+    "x86_64": {"mmap": (9, _WX), "mprotect": (10, _WX), "pkey_mprotect": (329, _WX),
+               "madvise": (28, (2, 0xFFFFFFFF, (20, 21))), "fcntl": (72, (1, 0xFFFFFFFF, (5, 6, 7, 36, 37, 38)))},
+    "aarch64": {"mmap": (222, _WX), "mprotect": (226, _WX), "pkey_mprotect": (288, _WX),
+                "madvise": (233, (2, 0xFFFFFFFF, (20, 21))), "fcntl": (25, (1, 0xFFFFFFFF, (5, 6, 7, 36, 37, 38)))},
 }
 
 
 def seccomp_program(machine):
-    """The classic-BPF seccomp filter for ``machine`` (bytes of struct sock_filter), or None."""
+    """The classic-BPF seccomp filter for ``machine`` (bytes of struct sock_filter), or None.
+
+    Layout: check the ABI; then one test per denied syscall number (match: deny); then, per syscall
+    with argument rules, a block entered on its number that loads the argument's low 32 bits (struct
+    seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 i, little-endian), masks it and denies the
+    listed values, else allows; anything else is allowed.
+    """
     import struct
     if machine not in _SECCOMP:
         return None
     arch, denied = _SECCOMP[machine]
-    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    ld_abs, jeq, jge, alu_and, ret = 0x20, 0x15, 0x35, 0x54, 0x06
     allow, deny, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000   # ALLOW, ERRNO(EPERM), KILL_PROCESS
     ops = [(ld_abs, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, kill), (ld_abs, 0, 0, 0)]
     if machine == "x86_64":
         ops += [(jge, 0, 1, 0x40000000), (ret, 0, 0, kill)]         # the x32 ABI
     for number in sorted(denied.values()):
         ops += [(jeq, 0, 1, number), (ret, 0, 0, deny)]             # match: the next op denies; else skip it
+    for number, (index, mask, values) in sorted(_SECCOMP_ARGS.get(machine, {}).values()):
+        block = [(ld_abs, 0, 0, 16 + 8 * index), (alu_and, 0, 0, mask)]
+        for value in values:
+            block += [(jeq, 0, 1, value), (ret, 0, 0, deny)]
+        block.append((ret, 0, 0, allow))
+        ops += [(jeq, 0, len(block), number)] + block               # not this syscall: jump over its block
     ops.append((ret, 0, 0, allow))
     return b"".join(struct.pack("HBBI", *op) for op in ops)
 
@@ -325,7 +385,8 @@ class Channel:
 
     def call(self, name, args, kwargs):
         try:
-            request = {"t": "call", "name": name, "args": encode(list(args)), "kwargs": encode(kwargs)}  # noqa: F821
+            request = {"t": "call", "name": name, "args": encode(list(args)), "kwargs": encode(kwargs),  # noqa: F821
+                       "alias": _aliases(list(args) + list(kwargs.values()))}
         except BoundaryError as exc:  # noqa: F821 (wire.py)
             self.fail("boundary", "argument of %s(): %s" % (name, exc))
         self.send(request)
@@ -355,6 +416,13 @@ def unhex(text, limit=2000):
 
 
 _MUTABLE = (list, dict, set, bytearray)
+
+
+def _aliases(values):
+    """For each argument, the position of an earlier argument that is the same mutable object, else -1:
+    ``f(x, x)`` must reach the program as one list twice, as it would in one interpreter."""
+    return [next((i for i in range(j) if values[i] is value), -1) if type(value) in _MUTABLE else -1
+            for j, value in enumerate(values)]
 
 
 def _copy_back(channel, name, originals, after):
@@ -437,8 +505,8 @@ def _judge(job, channel):
     try:
         exec(compile(job["tests"], "<tests>", "exec"), ns)
         check = ns.get("check")
-        if entry and callable(check):
-            check(proxies[entry])
+        if entry and callable(check) and check not in proxies.values():  # HumanEval's check(candidate),
+            check(proxies[entry])                                       # not a program's own check()
     except (CandidateFailure, _Deadline):
         raise
     except BaseException as exc:
@@ -475,6 +543,16 @@ def _reap(pid, seconds):
         time.sleep(0.002)
 
 
+def say_bye(requests_w):
+    """Tell the program the run is over, without blocking: the alarm is off by now, and a program that
+    shrank its request pipe and stopped reading would otherwise hold the judge (and itself) forever."""
+    try:
+        os.set_blocking(requests_w, False)
+        os.write(requests_w, frame(marshal.dumps({"t": "bye"})))  # noqa: F821 (wire.py)
+    except OSError:
+        pass
+
+
 def run_job(job, settings):
     """One program, start to verdict: a dict for the parent."""
     start = time.monotonic()
@@ -482,12 +560,19 @@ def run_job(job, settings):
     pid, status, reason = None, "timeout", "the run exceeded %.1f s" % job["timeout_s"]
     stdout = stderr = ""
     channel = None
+    fired = []
 
     def on_alarm(signum, frame):
+        # Recorded before it is raised: trusted test code with a bare ``except:`` may swallow the
+        # exception, never the record.  The timer repeats, so swallowing it once does not buy time;
+        # code that keeps swallowing it is ended here, and the run fails (the parent sees no verdict).
+        fired.append(time.monotonic())
+        if len(fired) > _SWALLOWED_DEADLINES:
+            os._exit(_SETUP_RC)
         raise _Deadline()
 
     signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, job["timeout_s"])
+    signal.setitimer(signal.ITIMER_REAL, job["timeout_s"], _DEADLINE_REPEAT_S)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             requests_r, requests_w = os.pipe()
@@ -519,12 +604,11 @@ def run_job(job, settings):
             signal.setitimer(signal.ITIMER_REAL, 0)
         if channel is not None and channel.failure is not None and status == "passed":
             status, reason = channel.failure  # a swallowed candidate failure still fails
+        if fired and status == "passed":  # a deadline swallowed by the tests still fails
+            status, reason = "timeout", "the run exceeded %.1f s" % job["timeout_s"]
         if pid:
             if channel is not None:  # let the program flush its output, then end it
-                try:
-                    os.write(channel.requests_w, frame(marshal.dumps({"t": "bye"})))  # noqa: F821 (wire.py)
-                except OSError:
-                    pass
+                say_bye(channel.requests_w)
             child = _reap(pid, 0.05 if status == "passed" else 0.0)
             if status == "crashed":
                 status, reason = _child_status(child)
@@ -539,13 +623,24 @@ def _serve(fd, settings):
     sock = socket.socket(fileno=fd)
     try:
         job = read_json_frame(sock)  # noqa: F821 (wire.py)
+        # The judge runs the dataset's tests on values the program chose (a set() of hash-colliding
+        # numbers, a huge repetition): its own limits bound that work.  CPU: the run's limit and a margin
+        # (past it the kernel kills the judge and the parent records the run as failed); memory: an
+        # address-space cap; wall clock: the repeating run alarm in run_job, and a plain alarm below for
+        # everything after it.
         resource.setrlimit(resource.RLIMIT_CPU, (int(job["timeout_s"]) + 5, int(job["timeout_s"]) + 6))
+        limit = (job["memory_mb"] + _JUDGE_MEMORY_MB) << 20
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard == resource.RLIM_INFINITY or hard > limit:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         try:
             verdict = run_job(job, settings)
         except _Deadline:  # the alarm fired between run_job's own handlers
             verdict = {"status": "timeout", "reason": "the run exceeded %.1f s" % job["timeout_s"]}
         except BaseException as exc:  # never "setup": that status is the candidate set-up pipe's alone
             verdict = {"status": "failed", "reason": "judge: %r" % (exc,)}
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # from here on an alarm ends the judge outright
+        signal.alarm(5)
         sock.sendall(pack_json(verdict))  # noqa: F821 (wire.py)
     except BaseException:
         pass
@@ -558,6 +653,74 @@ PRELOAD = ("typing", "math", "re", "collections", "itertools", "functools", "str
            "operator", "fractions", "decimal", "statistics", "random", "hashlib", "copy", "datetime")
 
 
+def _view_files(view):
+    """Every regular file a candidate can read in the view (masked parts and symlinks left out)."""
+    masked = {path for kind, path, _ in view if kind in ("mask-dir", "mask-file")}
+    for kind, path, _ in view:
+        if kind == "file" and path not in masked:
+            yield path
+        elif kind == "dir":
+            for top, dirs, files in os.walk(path):
+                dirs[:] = [d for d in dirs if os.path.join(top, d) not in masked]
+                for name in files:
+                    if os.path.join(top, name) not in masked:
+                        yield os.path.join(top, name)
+
+
+def _pin_view(view):
+    """Keep every page of the view in the page cache for as long as this zygote lives.
+
+    The view's files are the host's, and so is their page cache: *which* pages are cached is state that
+    one run sets (by reading a page) and a later or concurrent run reads (by timing a read), a channel
+    that lets a program learn a problem's answer by resubmission.  With every page resident the store
+    holds one constant value: reading sets nothing, timing learns nothing, and the syscalls that evict
+    or report residency are denied by the seccomp filter.  A forked pinner maps every file and locks
+    the mappings (mlockall, where CAP_IPC_LOCK allows); where it cannot lock, it touches every page
+    once a second, so a page the host evicts comes back within that second.  The zygote serves no run
+    before the first pass is done.
+    """
+    import mmap
+    ready_r, ready_w = os.pipe()
+    if os.fork():
+        os.close(ready_w)
+        os.read(ready_r, 1)
+        os.close(ready_r)
+        return
+    try:  # the pinner
+        os.close(ready_r)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        maps = []
+        for path in _view_files(view):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                info = os.fstat(fd)
+                if (info.st_mode & 0o170000) == 0o100000 and info.st_size > 0:
+                    maps.append(mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ))
+            except (OSError, ValueError):
+                pass
+            finally:
+                os.close(fd)
+        pinned = _libc.mlockall(1) == 0  # MCL_CURRENT: fault every mapped page in and lock it
+        while True:
+            if not pinned:
+                for m in maps:
+                    for offset in range(0, len(m), mmap.PAGESIZE):
+                        m[offset]
+            if ready_w is not None:
+                os.write(ready_w, b"1" if pinned else b"0")
+                os.close(ready_w)
+                ready_w = None
+            if pinned:
+                signal.pause()
+            else:
+                time.sleep(1.0)
+    finally:
+        os._exit(0)
+
+
 def _zygote():
     for name in PRELOAD:
         try:
@@ -565,6 +728,7 @@ def _zygote():
         except ImportError:
             pass
     settings = json.loads(sys.stdin.readline())
+    _pin_view(settings["view"])
     control = socket.socket(fileno=settings["control_fd"])
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # judges are reaped by the kernel
     while True:

@@ -14,6 +14,11 @@ from collections.abc import Iterable
 
 from ...errors import ConfigError
 
+# Parts of the standard library no program needs (its own test suite, GUI and IDE packages, the build
+# configuration with the static library): masked, which keeps the view small enough to be pinned in the
+# page cache whole (judge.py: the view is a store no run can write only if all of it stays resident).
+_MASKED_STDLIB = ("test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "config-*")
+
 # Extension modules that reach around the OS limits or the interpreter; masked in the view.
 _MASKED_EXTENSIONS = ("_ctypes", "_ctypes_test", "_posixsubprocess", "_xxsubinterpreters", "_xxinterpchannels",
                       "_interpreters", "_interpchannels", "_interpqueues", "_testcapi", "_testinternalcapi",
@@ -101,6 +106,11 @@ class _View:
                     hit = os.path.normpath(hit)
                     if os.path.isdir(hit) and not os.path.islink(hit) and ["mask-dir", hit, ""] not in masks:
                         masks.append(["mask-dir", hit, ""])
+            if os.path.isfile(os.path.join(d, "os.py")):  # the standard library
+                for pattern in _MASKED_STDLIB:
+                    for hit in sorted(glob.glob(os.path.join(d, pattern))):
+                        if os.path.isdir(hit) and not os.path.islink(hit):
+                            masks.append(["mask-dir", os.path.normpath(hit), ""])
             for dynload in glob.glob(os.path.join(d, "**", "lib-dynload"), recursive=True) + [d]:
                 for name in _MASKED_EXTENSIONS:
                     for hit in sorted(glob.glob(os.path.join(dynload, name + ".*so"))):
@@ -124,9 +134,20 @@ def _filesystem_view(python: str) -> tuple[tuple[str, str, str], ...]:
     loader = _elf_interpreter(python)
     if loader:
         view.add(loader, as_dir=False)
-    for mapped in probe["maps"]:
-        if os.path.isfile(mapped) and not mapped.startswith(("/proc/", "/dev/", "/memfd:")):
-            view.add(os.path.dirname(mapped), as_dir=True)
+    # Shared libraries file by file (a library directory can hold a gigabyte), with the symlinks the
+    # loader finds them by (libz.so.1 -> libz.so.1.2.13); locale data directory by directory.
+    mapped = {m for m in probe["maps"] if os.path.isfile(m) and not m.startswith(("/proc/", "/dev/", "/memfd:"))}
+    real = {os.path.realpath(m) for m in mapped}
+    for path in sorted(mapped):
+        if os.path.basename(os.path.dirname(os.path.dirname(path))) == "locale":
+            view.add(os.path.dirname(path), as_dir=True)
+            continue
+        view.add(path, as_dir=False)
+        directory = os.path.dirname(path)
+        for name in sorted(os.listdir(directory)):
+            link = os.path.join(directory, name)
+            if os.path.islink(link) and os.path.realpath(link) in real:
+                view.add(link, as_dir=False)
     for entry in probe["path"]:
         if os.path.isdir(entry):
             view.add(entry, as_dir=True)
