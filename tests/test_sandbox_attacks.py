@@ -805,7 +805,7 @@ def test_hash_flooded_results_fail_closed_fast(no_trace):
     built = "def f():\n    return {k * (2 ** 61 - 1) for k in range(1, 3000)}\n"
     forged = ("import sys\n_m = sys.modules['__main__']\n_orig = _m.encode\n"
               "_node = ['S', [['i', format(k * (2**61 - 1), 'x')] for k in range(1, 200000)]]\n"
-              "_m.encode = lambda v, depth=0: _node if v == 'FLOOD' else _orig(v, depth)\n"
+              "_m.encode = lambda v, depth=0, handles=None: _node if v == 'FLOOD' else _orig(v, depth, handles)\n"
               "def f():\n    return 'FLOOD'\n")
     for code in (built, forged):
         start = time.monotonic()

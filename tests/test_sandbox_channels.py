@@ -262,3 +262,32 @@ def test_the_same_list_passed_twice_stays_one_list():
     tests = "x = []\nassert f(x, x) == 1 and x == [1]\nd = {}\nassert f(a=[], b=[]) == 0\n"
     result = run_tests(code, tests, "f", SandboxLimits(timeout_s=TIMEOUT))
     assert result.passed, result
+
+
+def test_objects_the_tests_build_stay_in_the_program_and_compare_by_identity(no_trace):
+    """An object the tests build by calling the program's class stays in the candidate; the judge holds
+    a handle that is equal only to itself.  So a class whose __eq__ says True to everything gets no
+    pass from comparisons, and an entry point that returns such an object still fails closed."""
+    evil = ("class Pair:\n    def __init__(self, a, b):\n        self.a, self.b = a, b\n"
+            "    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n"
+            "def f(p):\n    return Pair(0, 0)\n")
+    result = attack(evil, "assert Pair(1, 2) == Pair(3, 4)\n", "f")
+    assert result.status == "failed", result
+    result = attack(evil, "assert f(Pair(1, 2)) == 5\n", "f")
+    assert result.status == "boundary", result
+    honest = run_tests(evil.replace("return Pair(0, 0)", "return p.a + p.b"),
+                       "p = Pair(1, 2)\nassert f(p) == 3 and f(p) == 3\nassert p is p and p != Pair(1, 2)\n",
+                       "f", SandboxLimits(timeout_s=TIMEOUT))
+    assert honest.passed, honest
+
+
+def test_a_forged_handle_is_an_opaque_object(no_trace):
+    """A program that answers with a handle number of its own making gets an object equal to nothing."""
+    forged = ("import sys\n_main = sys.modules['__main__']\n"
+              "_real = _main.encode\n"
+              "def _forge(value, depth=0, handles=None):\n"
+              "    return ['h', '0'] if type(value) is int and value == 5 else _real(value, depth, handles)\n"
+              "_main.encode = _forge\n"
+              "def f():\n    return 5\n")
+    result = attack(forged, "assert f() == 5\n", "f", audit=False)
+    assert result.status == "failed", result

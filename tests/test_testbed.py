@@ -39,7 +39,7 @@ def test_warm_start_writes_a_model_from_training_problems_only(tiny_model_dir, t
                                          out=str(tmp_path / "m")), log=lambda line: None)
     assert load_model(str(out), dtype="float32") is not None
     record = json.loads((out / "testbed.json").read_text())
-    assert record["fix_rate"] == 0.25 and "doubled pair" in record["rule"]
+    assert record["fix_rate"] == 0.4 and "doubled pair" in record["rule"]
     train = {p.meta["source"] for p in load_task("strings", operation="copy", length=6, split="train").problems}
     held_out = {p.meta["source"] for s in ("validation", "test")
                 for p in load_task("strings", operation="copy", length=6, split=s).problems}

@@ -88,19 +88,55 @@ def _audit_hook():
     sys.addaudithook(hook)
 
 
+class _Objects:
+    """Objects the tests built by calling one of the program's classes, kept here and known to the judge
+    by number only (``wire.Handle``); kept alive so that their numbers stay valid."""
+
+    def __init__(self):
+        self.by_number, self.by_id = [], {}
+
+    def add(self, value):
+        if id(value) not in self.by_id:
+            self.by_id[id(value)] = len(self.by_number)
+            self.by_number.append(value)
+
+    def number_of(self, value):
+        return self.by_id.get(id(value))
+
+    def resolve(self, number):
+        if 0 <= number < len(self.by_number):
+            return self.by_number[number]
+        raise BoundaryError("no object #%d" % number)  # noqa: F821 (wire.py)
+
+
+_OBJECTS = _Objects()
+
+
 def _reply_to_call(ns, request):
     fn = ns.get(request["name"])
     try:
-        args = decode(request["args"])  # noqa: F821 (wire.py)
-        kwargs = decode(request["kwargs"])  # noqa: F821
+        args = decode(request["args"], 0, _OBJECTS)  # noqa: F821 (wire.py)
+        kwargs = decode(request["kwargs"], 0, _OBJECTS)  # noqa: F821
         _realias(args, kwargs, request.get("alias") or [])
         result = fn(*args, **kwargs)
     except BaseException as exc:  # the program's exception is its answer
         return {"t": "raise", "type": _hexstr(_type_name(exc)), "message": _message(exc)}
     try:
-        return {"t": "return", "value": encode(result), "args": encode([list(args), kwargs])}  # noqa: F821
+        if isinstance(fn, type) and isinstance(result, fn):
+            _keep_unless_plain(result)  # the tests built an object of the program's class
+        return {"t": "return", "value": encode(result, 0, _OBJECTS),  # noqa: F821 (wire.py)
+                "args": encode([list(args), kwargs], 0, _OBJECTS)}  # noqa: F821 (wire.py)
     except BaseException as exc:
         return {"t": "unencodable", "reason": _message(exc)}
+
+
+def _keep_unless_plain(result):
+    """Keep ``result`` here, the judge holding its number, unless it crosses as plain data anyway (an
+    instance of an ``int`` subclass, say)."""
+    try:
+        encode(result, 0, _OBJECTS)  # noqa: F821 (wire.py)
+    except BaseException:
+        _OBJECTS.add(result)
 
 
 def _realias(args, kwargs, alias):

@@ -343,6 +343,7 @@ class Channel:
         self.requests_w, self.answers_r = requests_w, answers_r
         self.deadline, self.call_timeout_s, self.max_bytes = deadline, call_timeout_s, max_bytes
         self.failure = None  # (status, reason) once the candidate misbehaved
+        self.handles = _Handles()
 
     def fail(self, status, reason):
         if self.failure is None:
@@ -385,7 +386,8 @@ class Channel:
 
     def call(self, name, args, kwargs):
         try:
-            request = {"t": "call", "name": name, "args": encode(list(args)), "kwargs": encode(kwargs),  # noqa: F821
+            request = {"t": "call", "name": name, "args": encode(list(args), 0, self.handles),  # noqa: F821
+                       "kwargs": encode(kwargs, 0, self.handles),  # noqa: F821 (wire.py)
                        "alias": _aliases(list(args) + list(kwargs.values()))}
         except BoundaryError as exc:  # noqa: F821 (wire.py)
             self.fail("boundary", "argument of %s(): %s" % (name, exc))
@@ -394,8 +396,8 @@ class Channel:
         kind = answer["t"]
         if kind == "return":
             try:
-                value = decode(answer["value"])  # noqa: F821 (wire.py)
-                after = decode(answer["args"])  # noqa: F821 (wire.py)
+                value = decode(answer["value"], 0, self.handles)  # noqa: F821 (wire.py)
+                after = decode(answer["args"], 0, self.handles)  # noqa: F821 (wire.py)
             except (BoundaryError, KeyError) as exc:  # noqa: F821 (wire.py)
                 self.fail("boundary", "value returned by %s(): %s" % (name, exc))
             _copy_back(self, name, list(args) + list(kwargs.values()), after)
@@ -405,6 +407,27 @@ class Channel:
         if kind == "unencodable":
             self.fail("boundary", "%s() returned a value that cannot cross: %s" % (name, unhex(answer.get("reason"))))
         self.fail("boundary", "unexpected answer %r from the program" % kind)
+
+
+class _Handles:
+    """The judge's side of the objects that stay in the candidate: one :class:`Handle` per number, so an
+    object keeps its identity across calls.  At most ``LIMIT``: a program cannot flood the judge."""
+
+    LIMIT = 100000
+
+    def __init__(self):
+        self.by_number = {}
+
+    def number_of(self, value):
+        return value.number if type(value) is Handle else None  # noqa: F821 (wire.py)
+
+    def resolve(self, number):
+        handle = self.by_number.get(number)
+        if handle is None:
+            if len(self.by_number) >= self.LIMIT:
+                raise BoundaryError("more than %d objects of the program" % self.LIMIT)  # noqa: F821
+            handle = self.by_number[number] = Handle(number)  # noqa: F821 (wire.py)
+        return handle
 
 
 def unhex(text, limit=2000):

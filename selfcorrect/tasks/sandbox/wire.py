@@ -39,6 +39,23 @@ class BoundaryError(Exception):
     """A value cannot cross the boundary (type, size, depth or a malformed message)."""
 
 
+class Handle:
+    """In the judge: an object of the program's own class that stays in the candidate, held by number.
+
+    Tests that build the program's classes (MBPP's ``Pair(5, 24)``) get one back from the constructor
+    and can pass it to the program's functions, where it is the real object again.  In the judge it is
+    opaque: equal only to itself, no attributes, so comparing it runs no code the program wrote.
+    """
+
+    __slots__ = ("number",)
+
+    def __init__(self, number):
+        self.number = number
+
+    def __repr__(self):
+        return "<object #%d of the program>" % self.number
+
+
 def _hex(value):
     return format(value, "x")  # hex is exempt from the int/str digit limit
 
@@ -47,8 +64,11 @@ def _text(value):
     return str.__str__(value).encode("utf-8", "surrogatepass").hex()
 
 
-def encode(value, depth=0):
-    """``value`` as a node: nested lists whose leaves are tags and hex tokens (BoundaryError otherwise)."""
+def encode(value, depth=0, handles=None):
+    """``value`` as a node: nested lists whose leaves are tags and hex tokens (BoundaryError otherwise).
+
+    ``handles`` (a table with ``number_of(value)``) lets objects that stay on one side cross as
+    ``["h", number]``: the judge's :class:`Handle` objects, the candidate's objects built by the tests."""
     if depth > MAX_DEPTH:
         raise BoundaryError("nested deeper than %d levels" % MAX_DEPTH)
     d = depth + 1
@@ -69,17 +89,25 @@ def encode(value, depth=0):
     if isinstance(value, bytearray):
         return ["a", bytes(value).hex()]
     if isinstance(value, deque):
-        return ["q", [encode(v, d) for v in list(value)]]
+        return ["q", [encode(v, d, handles) for v in list(value)]]
     if isinstance(value, list):
-        return ["l", [encode(v, d) for v in list.__iter__(value)]]
+        return ["l", [encode(v, d, handles) for v in list.__iter__(value)]]
     if isinstance(value, tuple):
-        return ["t", [encode(v, d) for v in tuple.__iter__(value)]]
+        return ["t", [encode(v, d, handles) for v in tuple.__iter__(value)]]
     if isinstance(value, frozenset):
-        return ["F", [encode(v, d) for v in frozenset.__iter__(value)]]
+        return ["F", [encode(v, d, handles) for v in frozenset.__iter__(value)]]
     if isinstance(value, set):
-        return ["S", [encode(v, d) for v in set.__iter__(value)]]
+        return ["S", [encode(v, d, handles) for v in set.__iter__(value)]]
     if isinstance(value, dict):
-        return ["d", [[encode(k, d), encode(v, d)] for k, v in dict.items(value)]]
+        return ["d", [[encode(k, d, handles), encode(v, d, handles)] for k, v in dict.items(value)]]
+    number = None if handles is None else handles.number_of(value)
+    if number is not None:
+        return ["h", _hex(number)]
+    kind = type(value)
+    if hasattr(kind, "__next__") and getattr(kind, "__iter__", None) is not None and iter(value) is value:
+        # An iterator (map, filter, a generator) crosses drained, as an iterator over its items: list(it)
+        # works as in one interpreter, and it == [...] stays False as it would be there.
+        return ["I", [encode(v, d, handles) for v in value]]
     raise BoundaryError("a value of type %s cannot cross the sandbox boundary" % type(value).__name__)
 
 
@@ -89,10 +117,10 @@ def node_text(node):
     return repr(node).replace("'", '"')
 
 
-def _items(payload, depth):
+def _items(payload, depth, handles):
     if not isinstance(payload, list):
         raise BoundaryError("malformed container")
-    return [decode(v, depth + 1) for v in payload]
+    return [decode(v, depth + 1, handles) for v in payload]
 
 
 FLOOD_CHECK_SIZE = 1000
@@ -115,8 +143,9 @@ def _hashable(items, what, keys=None):
         raise BoundaryError("unhashable element in a %s: %s" % (what.__name__, exc)) from None
 
 
-def decode(node, depth=0):
-    """The exact-builtin value of a ``node`` (raises BoundaryError when malformed)."""
+def decode(node, depth=0, handles=None):
+    """The exact-builtin value of a ``node`` (raises BoundaryError when malformed); ``["h", number]``
+    only with a ``handles`` table (``resolve(number)``)."""
     if depth > MAX_DEPTH:
         raise BoundaryError("nested deeper than %d levels" % MAX_DEPTH)
     if type(node) is not list or not node or type(node[0]) is not str:
@@ -136,13 +165,17 @@ def decode(node, depth=0):
             return complex(float.fromhex(node[1]), float.fromhex(node[2]))
         if tag == "s" and leaf:
             return bytes.fromhex(node[1]).decode("utf-8", "surrogatepass")
+        if tag == "h" and leaf and handles is not None:
+            return handles.resolve(int(node[1], 16))
         if tag in ("y", "a") and leaf:
             raw = bytes.fromhex(node[1])
             return raw if tag == "y" else bytearray(raw)
-        if n == 2 and tag in ("l", "t", "q", "S", "F"):
-            items = _items(node[1], depth)
+        if n == 2 and tag in ("l", "t", "q", "S", "F", "I"):
+            items = _items(node[1], depth, handles)
             if tag == "l":
                 return items
+            if tag == "I":
+                return iter(items)
             if tag == "t":
                 return tuple(items)
             if tag == "q":
@@ -153,7 +186,7 @@ def decode(node, depth=0):
             for pair in node[1]:
                 if type(pair) is not list or len(pair) != 2:
                     raise BoundaryError("malformed dict item")
-                pairs.append((decode(pair[0], depth + 1), decode(pair[1], depth + 1)))
+                pairs.append((decode(pair[0], depth + 1, handles), decode(pair[1], depth + 1, handles)))
             return _hashable(pairs, dict, [k for k, _ in pairs])
     except (ValueError, OverflowError, UnicodeDecodeError) as exc:
         raise BoundaryError("malformed %r value: %s" % (tag, exc)) from None
