@@ -362,6 +362,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import run_compare
     from .trainer import TrainConfig
 
+    if not args.out.strip():
+        raise ConfigError("--out is empty: give the comparison's directory (an unset shell variable?)")
     config = build_config(TrainConfig, {**vars(args), "overwrite": True}, args.config)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
@@ -369,7 +371,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     console = _console()
-    out = Path(getattr(args, "out", None) or "runs/compare")   # --out: the comparison directory
+    out = Path(args.out)
 
     def on_run(method: str, seed: int, what: str) -> None:
         console.print(f"[bold]{method}[/] seed {seed}: {what}")
@@ -377,7 +379,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     table = run_compare(config, methods, seeds, out, train=lambda trainer: _live_train(trainer, console),
                         on_run=on_run, warm_start_steps=args.warm_start_steps)
     console.print((out / "table.md").read_text())
-    console.print(f"wrote {out.resolve()} (table.md, table.json, edit_ratio.png, training_curves.png, delta.png)")
+    console.print(f"wrote {out.resolve()} (table.md, table.json, report.html, edit_ratio.png, training_curves.png, "
+                  "delta.png)")
     return 0 if table else 1
 
 
@@ -464,7 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-start-steps", type=int, default=0, metavar="N",
                    help="first train N steps of single-turn RL once per seed (OUT/warm-start/seed-S); every "
                         "method then starts from that model, which is also its π_ref (default: 0, none)")
-    add_arguments(p, TrainConfig, skip=("method", "seed", "overwrite"))
+    p.add_argument("--out", default="runs/compare",
+                   help="the comparison's directory: OUT/METHOD/seed-S per run, table.md/json, plots, "
+                        "report.html (default: %(default)s)")
+    add_arguments(p, TrainConfig, skip=("method", "seed", "overwrite", "out"))
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="SCoRe on the embedded model, then base vs trained (what `make demo` runs)")

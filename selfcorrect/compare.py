@@ -110,7 +110,7 @@ def _train_or_reuse(path: Path, config: TrainConfig, train: Callable[[Trainer], 
         trainer = Trainer.resume(path)
     else:
         if on_run:
-            on_run(label, config.seed, "training")
+            on_run(label, config.seed, "training" if config.total_steps else "evaluating (no training steps)")
         trainer = Trainer.create(config)
     train(trainer)
 

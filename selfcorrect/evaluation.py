@@ -84,6 +84,8 @@ class EvalConfig(SamplingSettings):
     """Sampling temperature of the scaling study (the paper samples at 0.7)."""
 
     def __post_init__(self) -> None:
+        if not str(self.out).strip():
+            raise ConfigError("out is empty: give an output directory (an unset shell variable?)")
         if self.chat_template:
             from .models import chat_template_text
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import tempfile
 import shutil
 import socket
 import uuid
@@ -44,6 +45,10 @@ def check_output_dir(path: Path, what: str = "--out") -> None:
         raise ConfigError(f"{what} {path}: cannot be created, {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} {path}: cannot write in {probe} (permission denied)")
+    try:  # access() says yes to root everywhere (/proc, read-only mounts): make and remove a directory
+        os.rmdir(tempfile.mkdtemp(prefix=".selfcorrect-check-", dir=probe))
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot write in {probe} ({exc.strerror or exc})") from None
 
 
 class RunLock:

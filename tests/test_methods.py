@@ -129,7 +129,7 @@ def test_compare_end_to_end_and_resumable(tiny_model_dir, tmp_path, parity_task)
     events = []
     methods = ["score", "star", "pair-sft", "prompting"]
     table = run_compare(base, methods, [0, 1], out, on_run=lambda m, s, what: events.append((m, s, what)))
-    assert [e[2] for e in events] == ["training"] * 8
+    assert [e[2] for e in events] == ["training"] * 6 + ["evaluating (no training steps)"] * 2   # prompting
     assert set(table["methods"]) == set(methods)
     for m in methods:
         entry = table["methods"][m]

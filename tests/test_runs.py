@@ -209,8 +209,11 @@ def test_compare_never_reuses_runs_made_with_other_settings(tiny_model_dir, tmp_
 def test_unusable_output_paths_are_one_line_before_any_work(command, tiny_model_dir, tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    for out, message in ((a_file, "exists and is not a directory"),
-                         (a_file / "sub", "is not a directory")):
+    cases = [(a_file, "exists and is not a directory"), (a_file / "sub", "is not a directory"),
+             ("", "is empty")]                                     # an unset shell variable
+    if command != "demo" and os.path.isdir("/proc"):
+        cases.append(("/proc/selfcorrect-x", "cannot write in /proc"))   # access() says yes to root there
+    for out, message in cases:
         args = {"train": ["train", "--model", str(tiny_model_dir), "--out", str(out)],
                 "eval": ["eval", "--model", str(tiny_model_dir), "--out", str(out)],
                 "demo": ["demo", "--out", str(out)],

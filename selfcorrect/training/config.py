@@ -212,6 +212,7 @@ class TrainConfig(SamplingSettings):
                 raise ConfigError(msg)
 
         need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        need(bool(str(self.out).strip()), "out is empty: give a run directory (an unset shell variable?)")
         if self.chat_template:
             from ..models import chat_template_text
 
