@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import os
@@ -256,7 +257,6 @@ def _live_train(trainer, console) -> dict[str, Any]:
 
 def _run_training(config, console, compare_base: bool) -> int:
     from .evaluation import write_eval_outputs
-    from .report import format_table
     from .trainer import Trainer
 
     trainer = Trainer.create(config)
@@ -284,14 +284,28 @@ def _run_training(config, console, compare_base: bool) -> int:
     result = _live_train(trainer, console)
     if result["final_eval"] is None:           # not the main process of a multi-process run: it reports nothing
         return 0
-    summaries[f"{config.method} ({trainer.step} steps)"] = result["final_eval"]
+    _finish_training(trainer, console, result["final_eval"], base=summaries.get("base (prompting only)"))
+    return 0
+
+
+def _finish_training(trainer, console, final: dict[str, Any], base: dict[str, Any] | None = None) -> None:
+    """What every run ends with, fresh or resumed: the held-out table (the base model's beside it when the
+    run evaluated it, now or when it started), comparison.md, report.html, the run directory."""
+    from .report import format_table
+
+    config, run = trainer.config, trainer.run_dir
+    if base is None and (run / "eval-base" / "metrics.json").is_file():
+        base = json.loads((run / "eval-base" / "metrics.json").read_text())
+    summaries = {"base (prompting only)": base} if base is not None else {}
+    summaries[f"{config.method} ({trainer.step} steps)"] = final
+    test = split_note(trainer.splits.sources["test"], final.get("n_groups") or final.get("n"))
     _print_table(console, summaries, f"{test}, greedy, 95% CIs")
-    if compare_base:
-        (trainer.run_dir / "comparison.md").write_text(
+    if base is not None:
+        (run / "comparison.md").write_text(
             f"# {config.model} on {config.task}: base vs trained\n\n{format_table(summaries)}\n")
     _run_report(trainer, summaries)
-    console.print(f"run directory: {trainer.run_dir.resolve()} (eval/ plots, training_curves.png, checkpoints)")
-    return 0
+    console.print(f"wrote {(run / 'report.html').resolve()}")
+    console.print(f"run directory: {run.resolve()} (eval/ plots, training_curves.png, checkpoints)")
 
 
 def _eval_progress(console, live=None) -> Callable[[str, int], Callable[[int], None]]:
@@ -351,8 +365,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         trainer = Trainer.resume(args.resume, overrides=flag_values(TrainConfig, args))
         trainer.eval_progress = _eval_progress(console)
+        final = trainer.run_dir / "eval" / "metrics.json"
+        if trainer.step >= trainer.config.total_steps and final.is_file():
+            # Complete already: show its results again instead of re-running the test evaluation.
+            console.print(f"{args.resume} is complete ({trainer.step}/{trainer.config.total_steps} steps): "
+                          "nothing to train")
+            _finish_training(trainer, console, json.loads(final.read_text()))
+            return 0
         console.print(f"resuming {args.resume} at step {trainer.step}/{trainer.config.total_steps}")
-        _live_train(trainer, console)
+        result = _live_train(trainer, console)
+        if result["final_eval"] is not None:
+            _finish_training(trainer, console, result["final_eval"])
         return 0
     config = build_config(TrainConfig, args, args.config)   # no --config: the defaults --help shows
     return _run_training(config, console, compare_base=args.compare_base)

@@ -243,7 +243,14 @@ def test_cli_train_resume_and_errors(tiny_model_dir, tmp_path, parity_task, caps
             "--autocast", "none"]
     assert main(args) == 0
     assert (run / "checkpoint-2" / "config.json").is_file()
+    (run / "report.html").unlink()
+    evaluated = (run / "eval" / "metrics.json").stat().st_mtime_ns
+    capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 0           # already complete: nothing to redo
+    out = " ".join(capsys.readouterr().err.split())            # the console (stderr) wraps at 80 columns
+    assert "is complete (2/2 steps): nothing to train" in out and "Acc@t1" in out and "wrote" in out, out
+    assert (run / "report.html").is_file()                      # ends like a run: its table and report
+    assert (run / "eval" / "metrics.json").stat().st_mtime_ns == evaluated   # the test split not re-run
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     capsys.readouterr()
     for bad, message in [(["--lr", "-1"], "lr must be a positive"), (["--method", "star2"], "method"),
