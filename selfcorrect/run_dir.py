@@ -117,8 +117,13 @@ def clear_run(run_dir: Path) -> None:
 
 
 def has_run_files(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds anything besides a lock file (an earlier run, or someone's files)."""
-    return run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
+    """Whether ``run_dir`` holds anything besides a lock file (an earlier run, or someone's files).
+
+    A ``config.yaml`` alone is a start that failed before its first step wrote anything (a logger that
+    could not start, say): there is nothing to resume or protect, so a new run may take the directory."""
+    if not run_dir.is_dir():
+        return False
+    return bool({p.name for p in run_dir.iterdir()} - {LOCK_FILE, "config.yaml"})
 
 
 def write_config(run_dir: Path, config) -> None:

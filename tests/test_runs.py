@@ -223,6 +223,36 @@ def test_unusable_output_paths_are_one_line_before_any_work(command, tiny_model_
         assert "Loading weights" not in done.stderr               # refused before the model loaded
 
 
+def test_a_start_that_failed_after_writing_its_config_can_be_started_again(tiny_model_dir, tmp_path, parity_task):
+    """What a start that died before its first step leaves (config.yaml and the lock) is not a run to
+    protect: the same command starts it again, no --overwrite needed; a real run's files still refuse."""
+    from selfcorrect.errors import ConfigError
+    from selfcorrect.run_dir import LOCK_FILE
+    from selfcorrect.trainer import Trainer
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("model: default\n")
+    (out / LOCK_FILE).write_text("")
+    trainer = Trainer.create(_config(tiny_model_dir, out, parity_task))
+    assert (out / "config.yaml").read_text() != "model: default\n"     # the new run's settings
+    trainer.lock.release()
+    (out / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(ConfigError, match="not empty"):
+        Trainer.create(_config(tiny_model_dir, out, parity_task))
+
+
+def test_wandb_without_wandb_is_refused_before_anything(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    out = tmp_path / "run"
+    done = _cli(["train", "--report-to", "wandb", "--out", str(out)], timeout=120)
+    assert done.returncode == 2 and "wandb is not installed" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
 def test_a_failed_start_leaves_nothing(tmp_path):
     out = tmp_path / "new-run"
     done = _cli(["train", "--model", str(tmp_path / "no-such-model"), "--out", str(out)], timeout=120)

@@ -213,6 +213,11 @@ class TrainConfig(SamplingSettings):
 
         need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         need(bool(str(self.out).strip()), "out is empty: give a run directory (an unset shell variable?)")
+        if "wandb" in self.report_to:                 # before any directory or model: not after the first step
+            import importlib.util
+
+            need(importlib.util.find_spec("wandb") is not None,
+                 "report_to includes wandb but wandb is not installed: pip install wandb")
         if self.chat_template:
             from ..models import chat_template_text
 
