@@ -305,7 +305,9 @@ def _finish_training(trainer, console, final: dict[str, Any], base: dict[str, An
             f"# {config.model} on {config.task}: base vs trained\n\n{format_table(summaries)}\n")
     _run_report(trainer, summaries)
     console.print(f"wrote {(run / 'report.html').resolve()}")
-    console.print(f"run directory: {run.resolve()} (eval/ plots, training_curves.png, checkpoints)")
+    size = sum(p.stat().st_size for p in run.rglob("*") if p.is_file() and not p.is_symlink())
+    console.print(f"run directory: {run.resolve()} (eval/ plots, training_curves.png, checkpoints; "
+                  f"{size / 1e9:.2f} GB on disk)")
 
 
 def _eval_progress(console, live=None) -> Callable[[str, int], Callable[[int], None]]:
@@ -401,7 +403,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     table = run_compare(config, methods, seeds, out, train=lambda trainer: _live_train(trainer, console),
                         on_run=on_run, warm_start_steps=args.warm_start_steps)
-    console.print((out / "table.md").read_text())
+    text = (out / "table.md").read_text()
+    if console.is_terminal:
+        console.print(text)
+    else:                        # a log file: markdown as written, never wrapped at rich's 80 columns
+        print(text, file=console.file, flush=True)
     console.print(f"wrote {out.resolve()} (table.md, table.json, report.html, edit_ratio.png, training_curves.png, "
                   "delta.png)")
     return 0 if table else 1
