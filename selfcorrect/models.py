@@ -155,12 +155,27 @@ def chat_template_text(value: str) -> str:
     if value in CHAT_TEMPLATES:
         return CHAT_TEMPLATES[value]
     if "{{" in value or "{%" in value:
-        return value
+        return _checked_template(value, "the inline chat_template")
     path = Path(value).expanduser()
     if path.is_file():
-        return path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"chat_template {path}: cannot read it ({exc})") from None
+        return _checked_template(text, f"chat_template {path}")
     raise ConfigError(f"chat_template {value!r}: not a built-in template ({', '.join(CHAT_TEMPLATES)}), "
                       "a Jinja file, or an inline template")
+
+
+def _checked_template(text: str, where: str) -> str:
+    """``text`` if it parses as Jinja (as transformers will compile it, after the model has loaded)."""
+    import jinja2
+
+    try:
+        jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"{where}: not a valid Jinja template (line {exc.lineno}: {exc.message})") from None
+    return text
 
 
 def gemma3_gguf() -> Path:

@@ -174,6 +174,13 @@ def test_a_bad_chat_template_is_one_line_before_any_model_loads(tmp_path: Path) 
     template = tmp_path / "t.jinja"
     template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     assert TrainConfig(chat_template=str(template)).chat_template == str(template)
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}{{ m.content }\n")     # an unclosed expression
+    for cls in (TrainConfig, EvalConfig):
+        with pytest.raises(ConfigError, match=r"broken.jinja: not a valid Jinja template \(line 1: unexpected '}'\)"):
+            cls(chat_template=str(broken))
+        with pytest.raises(ConfigError, match="the inline chat_template: not a valid Jinja template"):
+            cls(chat_template="{% if x %}{{ y }}")
 
 
 @pytest.mark.slow
