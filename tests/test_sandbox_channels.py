@@ -62,8 +62,10 @@ def f():
 
 
 def test_the_learner_counts_runs_on_the_host(tmp_path):
-    """On uncached files outside the sandbox the store works: three runs count 0, 1, 2 (so the test
-    below would see a pass if the view's page cache were a store)."""
+    """On uncached files outside the sandbox the store works: a later run reads what an earlier one set
+    (so the test below would see a pass if the view's page cache were a store).  Exactly 0, 1, 2 where the
+    kernel reads nothing ahead; on a loaded machine the kernel may cache more pages than were read (seen:
+    0, 5, 5), which still carries state from one run to the next."""
     store = []
     for i in range(5):
         path = tmp_path / f"page-{i}"
@@ -78,7 +80,7 @@ def test_the_learner_counts_runs_on_the_host(tmp_path):
     counts = [ns["count"](store) for _ in range(3)]
     if counts[0] != 0:
         pytest.skip(f"{tmp_path} keeps its pages cached (tmpfs?): counts {counts}")
-    assert counts == [0, 1, 2]
+    assert counts[1] > counts[0] == 0 and counts[2] >= counts[1], counts
 
 
 def test_twenty_resubmissions_learn_nothing(no_trace):
