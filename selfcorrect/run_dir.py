@@ -20,9 +20,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import tempfile
 import shutil
 import socket
+import tempfile
 import uuid
 from pathlib import Path
 

@@ -122,21 +122,17 @@ def _reply_to_call(ns, request):
     except BaseException as exc:  # the program's exception is its answer
         return {"t": "raise", "type": _hexstr(_type_name(exc)), "message": _message(exc)}
     try:
-        if isinstance(fn, type) and isinstance(result, fn):
-            _keep_unless_plain(result)  # the tests built an object of the program's class
-        return {"t": "return", "value": encode(result, 0, _OBJECTS),  # noqa: F821 (wire.py)
+        try:
+            value = encode(result, 0, _OBJECTS)  # noqa: F821 (wire.py)
+        except BoundaryError:  # noqa: F821 (wire.py)
+            if not (isinstance(fn, type) and isinstance(result, fn)):
+                raise
+            _OBJECTS.add(result)  # the tests built an object of the program's class: it stays here
+            value = encode(result, 0, _OBJECTS)  # noqa: F821 (wire.py)
+        return {"t": "return", "value": value,
                 "args": encode([list(args), kwargs], 0, _OBJECTS)}  # noqa: F821 (wire.py)
     except BaseException as exc:
         return {"t": "unencodable", "reason": _message(exc)}
-
-
-def _keep_unless_plain(result):
-    """Keep ``result`` here, the judge holding its number, unless it crosses as plain data anyway (an
-    instance of an ``int`` subclass, say)."""
-    try:
-        encode(result, 0, _OBJECTS)  # noqa: F821 (wire.py)
-    except BaseException:
-        _OBJECTS.add(result)
 
 
 def _realias(args, kwargs, alias):
