@@ -7,9 +7,10 @@
   ``selfcorrect eval --model RUN/checkpoint-N``;
 * ``trainer_state.pt`` — optimizer, scheduler, RNG states (python, numpy,
   torch, CUDA), data position, step, stage, iteration, best score;
-* ``anchor.safetensors`` — only when the Stage I anchor differs from the
-  initial model (iterations after the first), so a resumed Stage I pins
-  attempt 1 to the very same weights;
+* ``anchor.safetensors`` — only when a resume from here continues a Stage I
+  whose anchor is not the initial model (inside Stage I of iterations after
+  the first), so the resumed steps pin attempt 1 to the very same weights;
+  elsewhere the anchor is rebuilt before it is read again;
 * ``deepspeed/`` — only for DeepSpeed runs: its per-process checkpoint (fp32
   master weights and partitioned Adam state).
 

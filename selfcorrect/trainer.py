@@ -250,7 +250,7 @@ class Trainer(SupervisedSteps):
 
     def save(self) -> Path:
         """``checkpoint-<step>`` (every process takes part: the engine may gather weights)."""
-        anchor = None if self.anchor is self.reference else self.anchor
+        anchor = self.anchor if self._anchor_read_after_resume() else None
         parts = self.engine.checkpoint_parts(self.run_dir, self.step, anchor)
         state = {"optimizer": parts.optimizer, **parts.layout, "scheduler": self.scheduler.state_dict(),
                  "data": self.stream.state(), "step": self.step, "best": self.best, "skipped": self.skipped,
@@ -265,6 +265,16 @@ class Trainer(SupervisedSteps):
             prune_checkpoints(self.run_dir, self.config.keep_last, protect)
         self.dist.barrier()
         return self.run_dir / f"checkpoint-{self.step}"
+
+    def _anchor_read_after_resume(self) -> bool:
+        """Whether a resume from the step just taken reads the current Stage I anchor: only when the next step
+        is inside (not at the start of) a Stage I whose anchor is not π_ref.  Anywhere else the anchor is π_ref,
+        rebuilt before it is read, or never read again, so the checkpoint leaves it out (a whole model's
+        weights: 538 MB for the 135M model in float32)."""
+        if self.anchor is self.reference or self.step >= self.config.total_steps:
+            return False
+        _, phase, offset = self.config.phase_at(self.step)
+        return phase.kind == "rl" and phase.objective.anchored and offset > 0
 
     # ---- one step
 

@@ -98,16 +98,21 @@ def test_a_problem_drawn_twice_in_a_step_is_two_groups_with_their_own_seeds(tiny
     assert sorted(len(x) for x in batches) == [2, 2, 2]                 # never one merged group of 4
 
 
-def test_resume_after_interrupt_equals_straight_run(tiny_model_dir, tmp_path, parity_task, interrupt_training):
-    """6 steps straight vs 4 steps + Ctrl-C + resume: identical weights (resumed inside iteration 2's Stage I)."""
+@pytest.mark.parametrize("stop, phase, anchor", [(4, (2, 1), True), (5, (2, 2), False)])
+def test_resume_after_interrupt_equals_straight_run(stop, phase, anchor, tiny_model_dir, tmp_path, parity_task,
+                                                    interrupt_training):
+    """6 steps straight vs ``stop`` steps + Ctrl-C + resume: identical weights, resumed inside iteration 2's
+    Stage I (its checkpoint holds the anchor attempt 1 is pinned to) or its Stage II (no anchor is saved: the
+    next iteration rebuilds it, and the final checkpoint leaves it out too)."""
     straight = Trainer.create(_config(tiny_model_dir, tmp_path / "a", parity_task))
     straight.train()
+    assert not (tmp_path / "a" / "checkpoint-6" / "anchor.safetensors").exists()
 
     interrupted = Trainer.create(_config(tiny_model_dir, tmp_path / "b", parity_task))
-    interrupt_training(interrupted, 4)
-    assert (tmp_path / "b" / "checkpoint-4" / "anchor.safetensors").is_file()  # Stage I anchor of iteration 2
+    interrupt_training(interrupted, stop)
+    assert (tmp_path / "b" / f"checkpoint-{stop}" / "anchor.safetensors").is_file() == anchor
     resumed = Trainer.resume(tmp_path / "b")
-    assert resumed.step == 4 and resumed.config.phase(resumed.step) == (2, 1)
+    assert resumed.step == stop and resumed.config.phase(resumed.step) == phase
     resumed.train()
 
     a, b = _weights(tmp_path / "a" / "checkpoint-6"), _weights(tmp_path / "b" / "checkpoint-6")
