@@ -311,8 +311,10 @@ def _generation_config(source: str):
     """The model's generation config (its own end-of-turn tokens), or None where it has none."""
     from transformers import GenerationConfig
 
+    from .hub import hub_unreachable
+
     try:
-        return GenerationConfig.from_pretrained(source)
+        return GenerationConfig.from_pretrained(source, local_files_only=hub_unreachable())
     except OSError:
         return None
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, SelfCorrectError
+from .hub import OFFLINE_HINT, hub_unreachable
 
 DEFAULT_MODEL = "default"
 GEMMA3_MODEL = "gemma3-270m"
@@ -213,15 +214,17 @@ def _resolve(spec: str) -> tuple[str | Path, dict]:
         raise SelfCorrectError(f"model path {spec} is a file but not a .gguf file")
     if spec.startswith((".", "/", "~")):  # clearly meant as a path, not a hub id
         raise SelfCorrectError(f"model path not found: {spec}")
-    return spec, {}
+    # a hub id: from the local cache only when the hub cannot be reached (no retries; selfcorrect.hub)
+    return spec, {"local_files_only": True} if hub_unreachable() else {}
 
 
 def _hub_error(spec: str, err: Exception) -> SelfCorrectError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    hint = " (HF_HUB_OFFLINE is set: only models already in the local HF cache load)" if offline else ""
+    if hub_unreachable() and not Path(spec).expanduser().exists():
+        return SelfCorrectError(f"unknown model {spec!r}: not 'default', a .gguf file or a local model directory, "
+                                f"and as a hub id: {OFFLINE_HINT}")
     return SelfCorrectError(
         f"unknown model {spec!r}: not 'default', a .gguf file, a local model directory, "
-        f"or a loadable Hugging Face hub id{hint}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        f"or a loadable Hugging Face hub id: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     )
 
 

@@ -173,3 +173,24 @@ def load_script():
         spec.loader.exec_module(module)
         return module
     return load
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    """``unreachable_hub(cache)``: a hub endpoint that refuses connections (this machine's discard port) and
+    ``cache`` as the HF hub cache, with no offline switch set: an offline machine without HF_HUB_OFFLINE."""
+    import functools
+
+    import huggingface_hub.constants
+
+    from selfcorrect import hub
+
+    def make(cache: Path) -> None:
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+        monkeypatch.setattr(hub, "_probe", functools.lru_cache(maxsize=1)(hub._probe.__wrapped__))
+
+    return make

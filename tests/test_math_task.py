@@ -85,6 +85,20 @@ def test_local_dataset_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         make_task(dataset=str(data_dir), split="train")
 
 
+def test_an_uncached_dataset_with_the_hub_unreachable_fails_at_once(tmp_path: Path, unreachable_hub) -> None:
+    """No retries: the load runs in the libraries' offline mode and says why, in one line."""
+    datasets = pytest.importorskip("datasets")
+    from selfcorrect.hub import CACHE_ONLY
+
+    unreachable_hub(tmp_path / "hub")
+    switch = datasets.config.HF_HUB_OFFLINE
+    with pytest.raises(DataError) as exc:
+        make_gsm8k(dataset="selfcorrect-tests/no-such-dataset", config_name="main")
+    assert one_line(exc).startswith(f"selfcorrect-tests/no-such-dataset/main[test]: could not load dataset "
+                                    f"({CACHE_ONLY}: ")
+    assert datasets.config.HF_HUB_OFFLINE is switch                    # the switch is put back
+
+
 def test_field_mapping_ids_and_limit(tmp_path: Path) -> None:
     rows = [
         {"q": "A?", "final": 3, "uid": "p-a"},
@@ -136,6 +150,33 @@ def test_gsm8k(tmp_path: Path) -> None:
     assert task.reward("She sold 72 clips.\nFinal Answer: The final answer is $72$. I hope it is correct.", task.problems[0]) == 1.0
     assert task.reward(r"\boxed{1250}", task.problems[1]) == 1.0
     assert task.reward(r"\boxed{71}", task.problems[0]) == 0.0
+
+
+def test_an_answer_field_holding_a_math_solution_gives_its_boxed_answer(tmp_path: Path) -> None:
+    """``answer_field=solution`` (a whole MATH solution as the answer): the gold is the last box, read once at
+    load, so reasons and samples show it; scoring is what math-verify gave the whole solution before."""
+    from selfcorrect.tasks.answers import math_reward
+
+    solutions = [r"$3^2 = \boxed{9}$", r"First $x=2$, so $\boxed{\frac{1}{2}}$.", r"We get \boxed{1,000}.",
+                 r"Sets: $\boxed{\{1, 2\}}$"]
+    rows = [{"problem": f"Q{i}", "solution": text} for i, text in enumerate(solutions)]
+    task = make_task(write_jsonl(tmp_path / "m.jsonl", rows), answer_field="solution", solution_field=None)
+    assert [p.answer for p in task.problems] == ["9", r"\frac{1}{2}", "1,000", r"\{1, 2\}"]
+    completions = [r"\boxed{9}", "The final answer is 9.", r"\boxed{0.5}", r"\boxed{1000}", r"\boxed{2}",
+                   r"\boxed{\{2, 1\}}", "no answer", r"\boxed{3^2}"]
+    for problem, whole in zip(task.problems, solutions):
+        assert [task.reward(c, problem) for c in completions] == [math_reward(c, whole) for c in completions]
+    assert sum(task.reward(c, p) for p in task.problems for c in completions) >= 5   # not all zero
+    plain = make_task(write_jsonl(tmp_path / "p.jsonl", [{"problem": "Q", "answer": r"x^2 + 1"}]))
+    assert plain.problems[0].answer == "x^2 + 1"                       # a plain answer stays as it is
+
+
+@pytest.mark.parametrize("answer", ["She sold 48 clips in April and 24 in May.", "24 in May\n72 in all"])
+def test_a_gsm8k_answer_without_its_marker_is_refused(tmp_path: Path, answer: str) -> None:
+    rows = [{"question": "Q0", "answer": "#### 5"}, {"question": "Q1", "answer": answer}]
+    with pytest.raises(DataError) as exc:
+        make_gsm8k(write_jsonl(tmp_path / "g.jsonl", rows))
+    assert one_line(exc).startswith(f"{tmp_path / 'g.jsonl'}:2: answer field 'answer' holds text without a '#### <answer>' line")
 
 
 # ---------------------------------------------------------------- bad input

@@ -6,8 +6,10 @@ loads the real default model (SmolLM2-135M-Instruct).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import torch
 
 from selfcorrect import models
 from selfcorrect.errors import SelfCorrectError
+from selfcorrect.hub import OFFLINE_HINT
 from selfcorrect.models import (
     cache_dir,
     default_gguf_path,
@@ -72,11 +75,49 @@ def test_unknown_hub_id_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     _go_offline(monkeypatch)
     spec = "selfcorrect-tests/no-such-model"
     for load in (load_tokenizer, load_model):
-        with pytest.raises(SelfCorrectError, match="unknown model") as info:
+        with pytest.raises(SelfCorrectError) as info:
             load(spec)
         message = str(info.value)
-        assert repr(spec) in message
-        assert "HF_HUB_OFFLINE" in message
+        assert message == (f"unknown model {spec!r}: not 'default', a .gguf file or a local model directory, "
+                           f"and as a hub id: {OFFLINE_HINT}")
+
+
+def test_an_unreachable_hub_loads_a_cached_model_and_refuses_an_uncached_one_at_once(
+        unreachable_hub, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """No retries (51 s of them before): the uncached id fails in one line naming the cause, the cached id
+    loads from the cache without asking the hub for its files."""
+    from selfcorrect import hub
+
+    snapshot = tmp_path / "hub" / "models--selfcorrect-tests--cached" / "snapshots" / "0123abc"
+    shutil.copytree(tiny_model_dir, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    unreachable_hub(tmp_path / "hub")
+    assert hub.hub_unreachable()
+    model, tokenizer = load_model("selfcorrect-tests/cached"), load_tokenizer("selfcorrect-tests/cached")
+    assert model.num_parameters() > 0 and tokenizer.pad_token is not None
+    for load in (load_tokenizer, load_model):
+        with pytest.raises(SelfCorrectError) as info:
+            load("selfcorrect-tests/not-cached")
+        assert str(info.value).startswith("unknown model 'selfcorrect-tests/not-cached': ")
+        assert str(info.value).endswith(f"and as a hub id: {OFFLINE_HINT}")
+
+
+def test_a_reachable_hub_is_asked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any HTTP answer counts as reachable (no offline switch), and the process asks only once."""
+    import huggingface_hub.constants
+    import requests
+
+    from selfcorrect import hub
+
+    calls = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.example")
+    monkeypatch.setattr(requests, "head", lambda url, **kw: calls.append((url, kw["timeout"])))
+    monkeypatch.setattr(hub, "_probe", functools.lru_cache(maxsize=1)(hub._probe.__wrapped__))
+    assert not hub.hub_unreachable() and not hub.hub_unreachable()
+    assert calls == [("https://hub.example", hub.PROBE_TIMEOUT_S)]
 
 
 def test_missing_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -97,6 +97,13 @@ def extract_gsm8k_answer(text: str) -> str | None:
     return matches[-1].strip() or None
 
 
+def extract_boxed_answer(text: str) -> str | None:
+    """Rule 1 of :func:`extract_final_answer` alone: the content of the last complete ``\\boxed{...}`` or
+    ``\\fbox{...}`` (or a brace-less ``\\boxed x``), or ``None``.  Reads a MATH-style reference solution's
+    answer without mistaking its working for one."""
+    return _last_boxed(text)
+
+
 def _last_boxed(text: str) -> str | None:
     """Content of the last complete ``\\boxed{}``/``\\fbox{}`` (or ``\\boxed x``)."""
     best_start, best_answer = -1, None

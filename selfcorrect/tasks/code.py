@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
+from ..hub import CACHE_ONLY, datasets_offline_if_unreachable
 from .base import Problem, Task, Verdict
 from .prompts import CODE_CORRECTION, CODE_INSTRUCTION, mbpp_three_shot
 from .sandbox import WEAKER_LEVEL_WARNING, SandboxLimits, SandboxResult, run_many, sandbox_isolation
@@ -314,12 +315,14 @@ def _mbpp_rows_from_hub(dataset: str, config: str | None, split: str) -> list[tu
         import datasets  # lazy: optional dependency
     except ImportError as exc:
         raise ConfigError("loading MBPP by dataset name needs `pip install datasets`") from exc
+    offline = False
     try:
-        data = datasets.load_dataset(dataset, config, split=split)
+        with datasets_offline_if_unreachable(dataset) as offline:
+            data = datasets.load_dataset(dataset, config, split=split)
     except Exception as exc:  # the library raises many types; the message names the cause
-        raise DataError(
-            f"dataset {dataset!r} (config {config!r}, split {split!r}): cannot load ({exc})"
-        ) from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        cause = f"{CACHE_ONLY}: {first}" if offline else first
+        raise DataError(f"dataset {dataset!r} (config {config!r}, split {split!r}): cannot load ({cause})") from exc
     return [(dict(row), f"dataset {dataset!r} split {split!r} row {i}") for i, row in enumerate(data)]
 
 

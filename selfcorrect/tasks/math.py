@@ -8,11 +8,15 @@ Problems come from a local file or a Hugging Face dataset:
 * ``dataset="owner/name"`` — anything :func:`datasets.load_dataset` accepts
   (a hub name or a local dataset directory), with ``config_name`` and ``split``.
 
-The oracle answer of a row is its ``answer_field`` when that is present and
-non-empty, otherwise the final answer read from its ``solution_field`` with
+The oracle answer of a row is read once, at load, and is what scoring, samples
+and reasons all use: its ``answer_field`` when that is present and non-empty,
+otherwise the final answer read from its ``solution_field`` with
 :func:`~selfcorrect.tasks.answers.extract_final_answer` (``\\boxed{...}``).
+An answer field holding a whole MATH solution gives its last ``\\boxed{}``.
 For GSM8K the answer field holds a worked solution ending in ``#### 72``, of
-which only ``72`` is kept.
+which only ``72`` is kept, or the answer alone; longer text without ``####``
+is refused (its whole solution would otherwise stand as the answer).
+docs/data.md lists every task's input format.
 
 Problem ids are the ``id_field`` value when one is named, otherwise
 ``"{source}-{row}"``: ``source`` is the file's stem (``test.jsonl`` → ``test``)
@@ -45,8 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from .answers import (answers_equivalent, extract_final_answer, extract_gsm8k_answer, extract_stated_answer,
-                      math_reward)
+from ..hub import CACHE_ONLY, datasets_offline_if_unreachable
+from .answers import (answers_equivalent, extract_boxed_answer, extract_final_answer, extract_gsm8k_answer,
+                      extract_stated_answer, math_reward)
 from .base import Problem, Task
 from .prompts import MATH_CORRECTION, MATH_INSTRUCTION
 
@@ -142,7 +147,8 @@ def make_gsm8k(
 
     The answer field may hold the full GSM8K solution (``"... #### 72"``):
     the text after the last ``####`` is the answer.  A value without ``####``
-    is used as it is.  For the hub copy use ``dataset="openai/gsm8k",
+    is used as it is when it is one line of at most :data:`GSM8K_PLAIN_WORDS`
+    words, and refused otherwise.  For the hub copy use ``dataset="openai/gsm8k",
     config_name="main"``.
     """
     return _build_task(
@@ -160,13 +166,27 @@ def make_gsm8k(
 
 
 def _plain_answer(text: str) -> str | None:
-    return text.strip() or None
+    """A MATH answer field: the answer itself (``"\\frac{1}{2}"``), or a whole solution holding a
+    ``\\boxed{}``, of which the last box is the answer (so reasons and samples show ``9``, not
+    ``"$3^2 = \\boxed{9}$"``; math-verify already scored the two alike)."""
+    return extract_boxed_answer(text) or text.strip() or None
+
+
+GSM8K_PLAIN_WORDS = 3
+"""A GSM8K answer field without ``####`` is taken as the answer itself only up to this many words, on one line;
+longer text is a solution whose answer cannot be read, and the row is refused."""
 
 
 def _gsm8k_answer(text: str) -> str | None:
+    """A GSM8K answer field: a worked solution ending in ``#### 72`` (the text after the last marker), or the
+    answer alone (``"72"``).  Raises ValueError for other text: its whole solution would be the gold answer."""
     if "####" in text:
         return extract_gsm8k_answer(text)
-    return _plain_answer(text)
+    plain = text.strip()
+    if "\n" in plain or len(plain.split()) > GSM8K_PLAIN_WORDS:
+        raise ValueError("holds text without a '#### <answer>' line (a GSM8K solution ends with '#### 72'): "
+                         "give the final answer alone or the solution with its '####' line")
+    return plain or None
 
 
 # --------------------------------------------------------------------------
@@ -306,7 +326,10 @@ def _answer(row: _Row, fields: _Fields, answer_parser: AnswerParser) -> str:
         value = row.data.get(fields.answer)
         if value is not None:
             text = _scalar_text(row, fields.answer, value, "answer")
-            answer = answer_parser(text)
+            try:
+                answer = answer_parser(text)
+            except ValueError as exc:
+                raise DataError(f"{row.where}: answer field {fields.answer!r} {exc}") from None
             if answer:
                 return answer
     if fields.solution is not None:
@@ -531,10 +554,13 @@ def _read_dataset(dataset: str, config_name: str | None, split: str, limit: int 
             f"dataset={dataset!r} needs the 'datasets' package (pip install datasets)"
         ) from exc
     where = f"{dataset}[{split}]" if config_name is None else f"{dataset}/{config_name}[{split}]"
+    offline = False
     try:
-        data = datasets.load_dataset(dataset, config_name, split=split)
+        with datasets_offline_if_unreachable(dataset) as offline:
+            data = datasets.load_dataset(dataset, config_name, split=split)
     except Exception as exc:  # not found, offline, bad split/config, ...: all user-fixable
-        raise DataError(f"{where}: could not load dataset ({_first_line(exc)})") from exc
+        cause = f"{CACHE_ONLY}: {_first_line(exc)}" if offline else _first_line(exc)
+        raise DataError(f"{where}: could not load dataset ({cause})") from exc
     if limit is not None:
         data = data.select(range(min(limit, len(data))))
     rows = [_Row(i, f"{where} row {i}", record) for i, record in enumerate(data)]
