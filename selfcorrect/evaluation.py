@@ -30,7 +30,7 @@ import numpy as np
 from . import metrics, plots, report
 from .config import to_dict
 from .errors import ConfigError
-from .rollout import ConversationBuilder, Episode, SamplingParams, extend_episodes, new_episodes
+from .rollout import ConversationBuilder, Episode, SamplingParams, attempt_progress, extend_episodes, new_episodes
 from .rollout import make_backend as rollout_backend
 from .rollout.settings import SamplingSettings
 
@@ -359,7 +359,7 @@ def run_eval(config: EvalConfig, progress_factory: Callable[[str, int], Any] | N
 
     started = time.perf_counter()
     episodes = new_episodes(builder, task, problems, config.samples)
-    advance = progress("generating", len(episodes) * config.attempts)
+    advance = attempt_progress(progress, "generating", len(episodes), config.attempts, len(problems))
     for k in range(config.attempts):   # per-row seeds: samples do not depend on --batch-size
         extend_episodes(backend, builder, task, episodes, config.sampling_params(), advance, seed=config.seed,
                         more=k + 1 < config.attempts)

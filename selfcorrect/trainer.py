@@ -46,8 +46,8 @@ from .engines import frozen, frozen_copy, make_engine
 from .errors import ConfigError
 from .logprobs import dropout_disabled
 from .lora import apply_lora, export_merged, load_adapter, merged_weights
-from .rollout import (ConversationBuilder, Episode, SamplingParams, extend_episodes, make_backend, new_episodes,
-                      sample_episodes)
+from .rollout import (ConversationBuilder, Episode, SamplingParams, attempt_progress, extend_episodes, make_backend,
+                      new_episodes, sample_episodes)
 from .rollout.sampling import ProblemStream, draw_indices
 from .run_dir import RunLock, check_output_dir, claim_run_dir, write_config
 from .algorithms.score import adapt_beta2
@@ -450,8 +450,8 @@ class Trainer(SupervisedSteps):
         builder = ConversationBuilder(self.tokenizer, task.correction_instruction)
         progress = None
         if self.eval_progress is not None:
-            progress = self.eval_progress(f"{split} evaluation at step {self.step}",
-                                          len(problems) * self.config.attempts)
+            progress = attempt_progress(self.eval_progress, f"{split} evaluation at step {self.step}",
+                                        len(problems), self.config.attempts)
         with self._generation_autocast():
             episodes = sample_episodes(self.backend, builder, task, problems, samples=1,
                                        attempts=self.config.attempts,

@@ -55,8 +55,12 @@ def test_the_page_is_self_contained_and_never_embeds_model_text_as_html(tmp_path
     plot = tmp_path / "accuracy.png"
     plt.figure(figsize=(2, 2)).savefig(plot)
     page = render("a run", {"base": _summary(0.25, 0.5), "trained": _summary(0.5, 0.75)}, _records(), [plot])
-    for cell in row_cells(_summary(0.5, 0.75)):
-        assert f"<td>{cell}</td>" in page
+    for cell in row_cells(_summary(0.5, 0.75)):                  # a CI goes under its value
+        value, _, ci = cell.partition(" [")
+        assert (f'<td>{value}<span class="ci">[{ci}</span></td>' if ci else f"<td>{cell}</td>") in page
+    assert sum(" [" in cell for cell in row_cells(_summary(0.5, 0.75))) >= 3
+    boxed = page.count('<div class="table-box"><table class="metrics"')      # wide tables scroll in a box
+    assert boxed >= 1 and boxed == page.count('<table class="metrics"')
     assert "data:image/png;base64," in page and "accuracy.png" in page
     assert "http://" not in page and "https://" not in page and "<link" not in page   # nothing fetched
     assert "<img src=x" not in page and "<script>document" not in page                 # escaped in the JSON

@@ -144,6 +144,28 @@ def test_sampling_is_reproducible_and_top_k_1_is_greedy(tiny_model):
     assert [g.ids for g in top1] == [g.ids for g in greedy]
 
 
+def test_attempt_progress_counts_problems_per_attempt():
+    """Generations arrive in batches that may straddle attempts (5 episodes, batches of 2 and 4): each
+    attempt gets its own display counting its episodes, and the counts add up per attempt."""
+    from selfcorrect.rollout import attempt_progress
+
+    bars: dict[str, list[int]] = {}
+    totals: dict[str, int] = {}
+
+    def factory(description, total):
+        bars[description], totals[description] = [], total
+        return bars[description].append
+
+    advance = attempt_progress(factory, "test evaluation", episodes=5, attempts=2)
+    for n in (2, 4, 4):
+        advance(n)
+    assert bars == {"test evaluation, attempt 1/2": [2, 3], "test evaluation, attempt 2/2": [1, 4]}
+    assert totals == {"test evaluation, attempt 1/2": 5, "test evaluation, attempt 2/2": 5}
+    sampled = attempt_progress(factory, "generating", episodes=6, attempts=2, problems=3)
+    sampled(6)
+    assert bars["generating, attempt 1/2 (3 problems × 2 samples)"] == [6]
+
+
 def test_sample_episodes_k3_shapes_rewards_and_exact_ids(tiny_model):
     model, tok = tiny_model
     problems = [Problem(id=f"p{i}", question=f"Say {i}", answer=str(i)) for i in range(3)]

@@ -427,9 +427,9 @@ def test_a_run_whose_output_is_a_file_prints_a_plain_line_per_step(tiny_model_di
     assert done.returncode == 0, done.stderr[-3000:]
     # the evaluations inside the run report progress too: the base model's, then the final one
     evaluations = [line for line in done.stderr.splitlines() if line.startswith("test evaluation at step")]
-    assert [e.split("  ")[0] for e in evaluations] == [       # one line per batch of generations (per attempt)
-        "test evaluation at step 0: 1/2 (50%)", "test evaluation at step 0: 2/2 (100%)",
-        "test evaluation at step 3: 1/2 (50%)", "test evaluation at step 3: 2/2 (100%)"]
+    assert [e.split("  ")[0] for e in evaluations] == [       # one line per batch, counting problems per attempt
+        "test evaluation at step 0, attempt 1/2: 1/1 (100%)", "test evaluation at step 0, attempt 2/2: 1/1 (100%)",
+        "test evaluation at step 3, attempt 1/2: 1/1 (100%)", "test evaluation at step 3, attempt 2/2: 1/1 (100%)"]
     assert all("elapsed, ETA" in e for e in evaluations)
     # the base-vs-trained table comes as markdown, its ten columns whole (a rich table would cut them)
     assert "| Method | Acc@t1 | Acc@t2 |" in done.stderr and "| Format@t1 | Format@t2 |" in done.stderr

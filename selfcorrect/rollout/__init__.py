@@ -10,10 +10,10 @@
 
 from .backends import Generation, GenerationBackend, SamplingParams, TransformersBackend, make_backend
 from .episodes import Attempt, ConversationBuilder, Episode, collate, end_of_turn_ids
-from .sampling import extend_episodes, new_episodes, sample_episodes
+from .sampling import attempt_progress, extend_episodes, new_episodes, sample_episodes
 
 __all__ = [
-    "Attempt", "ConversationBuilder", "Episode", "Generation", "GenerationBackend", "SamplingParams",
+    "Attempt", "ConversationBuilder", "attempt_progress", "Episode", "Generation", "GenerationBackend", "SamplingParams",
     "TransformersBackend", "collate", "end_of_turn_ids", "extend_episodes", "make_backend", "new_episodes",
     "sample_episodes",
 ]

@@ -112,6 +112,33 @@ def extend_episodes(backend: GenerationBackend, builder: ConversationBuilder, ta
             attempt.lenient = float(task.lenient_verify(attempt.text, ep.problem))
 
 
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+"""``(description, total) -> advance(n)``: one progress display (a rich bar, or plain lines off a terminal)."""
+
+
+def attempt_progress(factory: ProgressFactory, description: str, episodes: int, attempts: int,
+                     problems: int | None = None) -> Callable[[int], None]:
+    """An ``advance(n)`` for rollouts that finish attempt 1 of every episode, then attempt 2, ...: it counts
+    finished generations into one display per attempt, ``"{description}, attempt k/K"``, each counting
+    ``episodes`` — problems, what a user counts, when there is one sample per problem (``problems`` given and
+    different: the description says ``N problems × S samples``)."""
+    unit = "" if problems in (None, episodes) else f" ({problems} problems × {episodes // problems} samples)"
+    shown: list[Callable[[int], None]] = []
+    done = [0]
+
+    def advance(n: int) -> None:
+        while n > 0:
+            attempt, within = divmod(done[0], episodes)
+            if attempt >= len(shown):
+                shown.append(factory(f"{description}, attempt {attempt + 1}/{attempts}{unit}", episodes))
+            step = min(n, episodes - within)
+            shown[attempt](step)
+            done[0] += step
+            n -= step
+
+    return advance
+
+
 def sample_episodes(backend: GenerationBackend, builder: ConversationBuilder, task: Task,
                     problems: Sequence[Problem], *, samples: int = 1, attempts: int = 2,
                     params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
