@@ -12,7 +12,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup setup-vllm setup-browser setup-gemma test test-fast demo bench gpu-check clean
+.PHONY: setup setup-vllm setup-browser setup-gemma test test-fast lint demo bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ setup-browser:
 
 test: setup
 	$(PY) -m pytest -q
+
+# ruff's checks (pyproject.toml) and no backslash continuations; run by .ci/run before the tests.
+LINTED := selfcorrect tests scripts benchmarks
+lint: setup
+	$(VENV)/bin/ruff check $(LINTED)
+	$(PY) scripts/lint_continuations.py $(LINTED)
 
 # Skips the tests that load the real default model.
 test-fast: setup

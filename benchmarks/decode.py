@@ -86,8 +86,8 @@ def main() -> None:
         for name, run in modes.items():
             try:
                 run(args.steps)                                     # warm-up: allocation, compilation, capture
-                one = _timed(lambda: run(1), device)
-                full = _timed(lambda: run(args.steps), device)
+                one = _timed(lambda run=run: run(1), device)
+                full = _timed(lambda run=run: run(args.steps), device)
             except Exception as error:                              # report and go on with the other modes
                 print(f"{name:<28}: failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
                 continue

@@ -368,13 +368,13 @@ def main() -> None:
             print("TRL comparison skipped: pip install -e '.[bench]'")
         else:
             single = _in_process(_ours_single_turn_worker, args.steps, args.out + "-single", args.precision)
-            trl = _in_process(_trl_worker, args.steps, args.out + "-trl", args.precision)
-            for name, r in (("selfcorrect single-turn", single), ("TRL RLOOTrainer", trl)):
+            theirs = _in_process(_trl_worker, args.steps, args.out + "-trl", args.precision)
+            for name, r in (("selfcorrect single-turn", single), ("TRL RLOOTrainer", theirs)):
                 print(f"{name:<24}: {r['seconds_per_step']:6.1f} s/step  {r['tokens_per_s']:6.1f} tokens/s  "
                       f"peak RSS while training {r['peak_rss_mb']:.0f} MB")
                 print(f"  by phase (s/step)     : {_phase_line(r['phases'])}")
             ratios.append(f"ratio tokens/s (selfcorrect / TRL RLOO)       : "
-                          f"{single['tokens_per_s'] / trl['tokens_per_s']:.2f}x  (target >= 4)")
+                          f"{single['tokens_per_s'] / theirs['tokens_per_s']:.2f}x  (target >= 4)")
     for line in ratios:
         print(line)
 

@@ -101,8 +101,8 @@ def main() -> None:
                                             for k in range(2)],
                            "vllm": [sum(ep.attempts[k].reward for ep in served) / len(served) for k in range(2)]},
     }
-    report["weight_sync_matches_transformers"] = \
-        report["identical_attempts_after_sync_vs_transformers_on_synced_weights"] >= 0.9 * n
+    report["weight_sync_matches_transformers"] = (
+        report["identical_attempts_after_sync_vs_transformers_on_synced_weights"] >= 0.9 * n)
     with open(args.out, "w") as fh:
         json.dump(report, fh, indent=1)
     print(json.dumps(report, indent=1))

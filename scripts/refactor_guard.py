@@ -91,8 +91,8 @@ def fingerprint(run: Path) -> dict[str, str]:
 
     from selfcorrect.checkpoint import latest_checkpoint
 
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()] \
-        if (run / "metrics.jsonl").is_file() else []
+    rows = ([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        if (run / "metrics.jsonl").is_file() else [])
     clean = [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
     out = {"rows": str(len(clean)), "metrics": hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()}
     try:

@@ -74,8 +74,8 @@ def plain_progress(stream) -> Callable[[str, int], Callable[[int], None]]:
 
 def _progress_bar(console, *extra, elapsed: bool = True, transient: bool = False):
     """A rich progress display: description, bar, n/total, [elapsed,] time left, then ``extra`` columns."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+        TimeRemainingColumn)
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                *([TimeElapsedColumn()] if elapsed else []), TimeRemainingColumn(), *extra]

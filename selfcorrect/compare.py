@@ -141,7 +141,7 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
             for seed in seeds} if warm_start_steps else {}
     check_output_dir(out)
     train = train or (lambda trainer: trainer.train())
-    for seed, config in warm.items():
+    for config in warm.values():
         _train_or_reuse(Path(config.out), config, train, on_run, WARM_START)
     for method in methods:
         for seed in seeds:

@@ -326,8 +326,8 @@ def make_backend(config: EvalConfig, model, tokenizer):
     if config.rollout_backend == "transformers":
         return rollout_backend("transformers", model, tokenizer, batch_size=config.generation_batch_size,
                                decode=config.decode)
-    base = json.loads((Path(config.model) / "adapter_config.json").read_text())["base_model_name_or_path"] \
-        if model is not None else config.model
+    base = (json.loads((Path(config.model) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        if model is not None else config.model)
     source = engine_source(base)
     backend = rollout_backend("vllm", None, tokenizer, source=source, generation_config=_generation_config(source),
                               dtype=config.dtype, weight_dtype=None if config.dtype == "auto" else
@@ -373,8 +373,8 @@ def run_eval(config: EvalConfig, progress_factory: Callable[[str, int], Any] | N
     extra = {"task": task.name, "model": config.model, "config": to_dict(config),
              "timing": {"seconds": round(seconds, 2), "generated_tokens": generated,
                         "tokens_per_second": round(generated / max(seconds, 1e-9), 1)}}
-    title = f"{config.model} on {task.name} (greedy)" if config.temperature == 0 else \
-        f"{config.model} on {task.name} (T={config.temperature})"
+    title = (f"{config.model} on {task.name} (greedy)" if config.temperature == 0 else
+        f"{config.model} on {task.name} (T={config.temperature})")
     write_eval_outputs(out, summary, episodes, title, extra)
 
     if config.scaling:

@@ -89,8 +89,8 @@ def outcomes_from_episodes(episodes: Sequence[Any], task) -> list[EpisodeOutcome
     out = []
     for ep in episodes:
         texts = [a.text for a in ep.attempts]
-        lenient = None if task.lenient_verify is None else \
-            tuple(float(task.lenient_verify(t, ep.problem)) for t in texts)
+        lenient = (None if task.lenient_verify is None else
+            tuple(float(task.lenient_verify(t, ep.problem)) for t in texts))
         out.append(EpisodeOutcome(ep.problem.id, tuple(float(a.reward) for a in ep.attempts), lenient,
                                   tuple(read(t) for t in texts)))
     return out
@@ -179,8 +179,8 @@ def analyze(outcomes: Sequence[EpisodeOutcome], *, budget: int, min_corrections:
             others = [j for j in members if j != i]
             resample[i] = r1[others].mean()
             mine = outcomes[i].answers[0] if outcomes[i].answers else None
-            agreement[i] = 0.0 if mine is None else \
-                float(np.mean([outcomes[j].answers[0] == mine for j in others]))
+            agreement[i] = (0.0 if mine is None else
+                float(np.mean([outcomes[j].answers[0] == mine for j in others])))
     changed = np.array([bool(o.answers) and o.answers[1] != o.answers[0] for o in outcomes])
     changed_wrong = (r1 == 0) & changed
     anchoring = {
@@ -277,8 +277,8 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     lines.append(f"anchoring: attempt 2 right when it changed a wrong answer {_ci(_pct(cw))}% (n={cw['n']}) vs an "
                  f"independent re-sample of the same problems {_ci(_pct(anchoring['resample_right_same_episodes']))}%"
                  f" (all wrong first attempts: {_ci(_pct(anchoring['resample_right_wrong_first']))}%)")
-    auc = "n/a" if sc["auroc"] is None else f"{sc['auroc']:.2f}" + \
-        (f" [{sc['auroc_ci95'][0]:.2f}, {sc['auroc_ci95'][1]:.2f}]" if sc["auroc_ci95"] else "")
+    auc = ("n/a" if sc["auroc"] is None else f"{sc['auroc']:.2f}" +
+        (f" [{sc['auroc_ci95'][0]:.2f}, {sc['auroc_ci95'][1]:.2f}]" if sc["auroc_ci95"] else ""))
     lines.append(f"self-consistency of attempt 1 as a detector of its correctness: AUROC {auc}; "
                  f"'keep if >= half the other samples agree, else re-answer' Δ ceiling {_ci(sc['policy_delta'])} "
                  f"points (keeps {100 * sc['keep_share']:.0f}%), oracle re-answer ceiling {_ci(sc['oracle_delta'])}")

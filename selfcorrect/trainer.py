@@ -38,8 +38,8 @@ from typing import Any
 import torch
 
 from . import faults
-from .checkpoint import has_anchor, intact_checkpoint, load_state, prune_checkpoints, save_checkpoint, \
-    set_rng_state, write_best
+from .checkpoint import (has_anchor, intact_checkpoint, load_state, prune_checkpoints, save_checkpoint,
+    set_rng_state, write_best)
 from .config import from_dict, load_yaml
 from .distributed import DataParallel, StopRequest, TrainingStopped
 from .engines import frozen, frozen_copy, make_engine
@@ -112,8 +112,8 @@ class Trainer(SupervisedSteps):
         if config.gradient_checkpointing and config.lora_r:
             self.policy.enable_input_require_grads()     # frozen embeddings: let checkpointed layers get grads
         if config.gradient_checkpointing:
-            enable = getattr(self.policy, "activation_checkpointing_enable", None) or \
-                self.policy.gradient_checkpointing_enable              # renamed in transformers 5.x
+            enable = (getattr(self.policy, "activation_checkpointing_enable", None) or
+                self.policy.gradient_checkpointing_enable)              # renamed in transformers 5.x
             enable()
         self.policy.config.use_cache = True
         self.policy.train()
@@ -167,8 +167,8 @@ class Trainer(SupervisedSteps):
 
     def _generation_autocast(self):
         """bf16 autocast around our own decode loop; an inference engine keeps its own precision."""
-        return autocast(self.config, self.device) if self.config.rollout_backend == "transformers" else \
-            contextlib.nullcontext()
+        return (autocast(self.config, self.device) if self.config.rollout_backend == "transformers" else
+            contextlib.nullcontext())
 
     @classmethod
     def create(cls, config: TrainConfig) -> Trainer:
@@ -282,8 +282,8 @@ class Trainer(SupervisedSteps):
         """One optimizer step of the current phase; returns its log row."""
         index, phase, offset = self.config.phase_at(self.step)
         if phase.kind == "rl":
-            if phase.objective.anchored and phase.iteration > 1 and offset == 0 and \
-                    self.config.stage1_anchor == "iteration":
+            if (phase.objective.anchored and phase.iteration > 1 and offset == 0 and
+                    self.config.stage1_anchor == "iteration"):
                 # Stage I of iteration ≥ 2: attempt 1 is pinned to the policy as it is now.
                 self.anchor = self.engine.new_anchor(self.anchor, self.reference, self._base_model)
             row = self._rl_step(phase)
@@ -413,8 +413,8 @@ class Trainer(SupervisedSteps):
         beta2 = {}
         if phase.objective.anchored:                      # Stage I: the β2 this step used, then the next one
             # KL(attempt 1 ‖ π_ref) beside the anchor's kl_t1 (the same number while the anchor is π_ref)
-            ref_kl = kl[:, 0] if self.anchor is self.reference else \
-                torch.cat(self.dist.gather([torch.cat(kl_refs) if kl_refs else torch.empty(0)]))
+            ref_kl = (kl[:, 0] if self.anchor is self.reference else
+                torch.cat(self.dist.gather([torch.cat(kl_refs) if kl_refs else torch.empty(0)])))
             beta2 = {"beta2": self.beta2, "kl_ref_t1": float(ref_kl.nanmean()) if len(ref_kl) else float("nan")}
             if config.adaptive_beta2 and not skipped and advantages:
                 second = torch.cat(self.dist.gather([torch.cat(advantages)]))[:, 1:]     # [B, K-1], whole step
@@ -528,8 +528,8 @@ class Trainer(SupervisedSteps):
                 minutes = config.save_every_minutes
                 timed = self.dist.max(int(main and minutes > 0 and time.monotonic() - saved_at >= 60 * minutes))
                 saved = None
-                if (timed or config.save_every and self.step % config.save_every == 0) \
-                        and self.step < config.total_steps:
+                if ((timed or config.save_every and self.step % config.save_every == 0)
+                        and self.step < config.total_steps):
                     saved, saved_at = self._save_keeping_best(evaluated), time.monotonic()
                 signum = stop.agreed()
                 if signum:                # every process is between the same two steps

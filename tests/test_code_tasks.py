@@ -313,8 +313,8 @@ def test_mbpp_default_prompt_is_austin_et_al_three_shot(tmp_path):
             "assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)\n")
     assert prompt.startswith(head)
     assert prompt.count("[BEGIN]\n") == prompt.count("\n[DONE]\n") == 3
-    assert [p.split(" Your code")[0] for p in prompt.split("here is your task: ")[1:]] == \
-        [text for text, _, _ in MBPP_SHOTS] + [task.problems[0].question]
+    assert ([p.split(" Your code")[0] for p in prompt.split("here is your task: ")[1:]] ==
+        [text for text, _, _ in MBPP_SHOTS] + [task.problems[0].question])
     assert prompt.endswith("Your code should pass these tests:\n\nassert add(1, 2) == 3\nassert add(-1, 1) == 0\n")
     # Each example's reference code passes its own asserts (the shots are a correct transcription).
     for _, tests, code in MBPP_SHOTS:

@@ -406,8 +406,8 @@ def test_ctrl_c_stops_a_sharded_run_between_steps_with_a_checkpoint(tiny_model_d
     step = load_state(checkpoint)["step"]
     assert 2 <= step < 200 and checkpoint.name == f"checkpoint-{step}"
     assert len((out / "metrics.jsonl").read_text().splitlines()) == step        # every finished step logged
-    assert load_file(str(checkpoint / "model.safetensors")).keys() == \
-        load_file(str(tiny_model_dir / "model.safetensors")).keys()
+    assert (load_file(str(checkpoint / "model.safetensors")).keys() ==
+        load_file(str(tiny_model_dir / "model.safetensors")).keys())
 
 
 def test_sharded_lora_equals_one_process_and_resume(tiny_model_dir, tmp_path, parity_task):

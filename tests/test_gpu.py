@@ -97,8 +97,8 @@ def test_static_and_graph_decode_on_cuda_match_hf_generate(tiny_model, decode):
     dynamic = TransformersBackend(model, tok, batch_size=6, eos_token_ids=stops).generate(prompts, hot, seeds=seeds)
     alone = [TransformersBackend(model, tok, batch_size=1, eos_token_ids=stops, decode=decode)
              .generate([p], hot, seeds=[s])[0] for p, s in zip(prompts, seeds)]
-    assert [g.ids for g in backend.generate(prompts, hot, seeds=seeds)] == [g.ids for g in dynamic] == \
-        [g.ids for g in alone]
+    assert ([g.ids for g in backend.generate(prompts, hot, seeds=seeds)] == [g.ids for g in dynamic] ==
+        [g.ids for g in alone])
 
 
 def test_shared_prefix_scoring_and_attempt_cache_on_cuda(tiny_model):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import textwrap
 from pathlib import Path
 
 import pytest

@@ -30,7 +30,7 @@ def _config(model_dir, out, task, **overrides) -> TrainConfig:
 def _episode(pid: str, rewards: list[float], ids: list[list[int]] | None = None) -> Episode:
     ids = ids or [[10 + k] for k in range(len(rewards))]
     attempts, start = [], 3
-    for k, (r, a) in enumerate(zip(rewards, ids)):
+    for r, a in zip(rewards, ids):
         attempts.append(Attempt(ids=a, start=start, text=str(a), truncated=False, reward=r, answer=str(a)))
         start += len(a) + 2
     return Episode(problem=Problem(id=pid, question=pid), sample=0, tokens=[0] * start, attempts=attempts)
@@ -138,8 +138,8 @@ def test_compare_end_to_end_and_resumable(tiny_model_dir, tmp_path, parity_task)
     md = (out / "table.md").read_text()
     assert all(f"| {m} |" in md for m in methods)
     budgets = {m: table["methods"][m]["budget"] for m in methods}
-    assert {m: (b["sampled_episodes"], b["scheduled_updates"]) for m, b in budgets.items()} == \
-        {"score": (8, 2), "star": (8, 2), "pair-sft": (8, 1), "prompting": (0, 0)}
+    assert ({m: (b["sampled_episodes"], b["scheduled_updates"]) for m, b in budgets.items()} ==
+        {"score": (8, 2), "star": (8, 2), "pair-sft": (8, 1), "prompting": (0, 0)})
     assert all(len(b["applied_updates"]) == 2 for b in budgets.values())
     assert "| pair-sft | 8 | 1 |" in md
     for png in ("edit_ratio.png", "training_curves.png", "delta.png"):
@@ -191,8 +191,8 @@ def test_star_resumed_at_a_round_boundary_equals_a_straight_run(tiny_model_dir, 
     interrupted = Trainer.create(_config(tiny_model_dir, tmp_path / "b", parity_task, **overrides))
     interrupt_training(interrupted, 2)                           # the end of round 1
     Trainer.resume(tmp_path / "b").train()
-    a, b = load_file(str(tmp_path / "a" / "checkpoint-6" / "model.safetensors")), \
-        load_file(str(tmp_path / "b" / "checkpoint-6" / "model.safetensors"))
+    a, b = (load_file(str(tmp_path / "a" / "checkpoint-6" / "model.safetensors")),
+        load_file(str(tmp_path / "b" / "checkpoint-6" / "model.safetensors")))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -353,8 +353,8 @@ def test_rows_past_the_state_budget_are_encoded_in_full(tiny_model):
     prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in ["count with me", "a much longer prompt here"]]
     backend = TransformersBackend(model, tok, batch_size=1)
     first = backend.generate(prompts, SamplingParams(max_new_tokens=3), keep_state=True)
-    one_row = 2 * model.config.num_hidden_layers * model.config.num_key_value_heads * \
-        (model.config.hidden_size // model.config.num_attention_heads) * 4 * (len(prompts[0]) + 2)
+    one_row = (2 * model.config.num_hidden_layers * model.config.num_key_value_heads *
+        (model.config.hidden_size // model.config.num_attention_heads) * 4 * (len(prompts[0]) + 2))
     backend.state_budget_bytes = one_row                       # room for the shorter row's state only
     first = backend.generate(prompts, SamplingParams(max_new_tokens=3), keep_state=True)
     assert first[0].state is not None and first[1].state is None

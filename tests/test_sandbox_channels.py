@@ -83,7 +83,8 @@ def test_the_learner_counts_runs_on_the_host(tmp_path):
     assert counts[1] > counts[0] == 0 and counts[2] >= counts[1], counts
 
 
-def test_twenty_resubmissions_learn_nothing(no_trace):
+@pytest.mark.usefixtures("no_trace")
+def test_twenty_resubmissions_learn_nothing():
     """The program returns how many times it ran before; the answer is 13.  Through a working store it
     would pass at the 14th run; every page of the view is resident for as long as the zygote lives and
     the syscalls that evict or report residency are denied, so every run reads the same count (all 40)."""
@@ -128,7 +129,8 @@ def f():
 '''
 
 
-def test_page_cache_and_lock_syscalls_are_denied(no_trace):
+@pytest.mark.usefixtures("no_trace")
+def test_page_cache_and_lock_syscalls_are_denied():
     """From plain Python: eviction (fadvise, madvise PAGEOUT/COLD), residency (preadv2 RWF_NOWAIT),
     locks on view files (flock, lockf, OFD locks), W+X memory; host-wide counters in /proc read empty.
     Ordinary reads and writable anonymous memory still work."""
@@ -215,7 +217,8 @@ def test_the_judges_last_message_never_blocks(monkeypatch):
     assert returned, "the judge's last write blocked on a full pipe"
 
 
-def test_a_judge_side_hash_flood_is_bounded(no_trace):
+@pytest.mark.usefixtures("no_trace")
+def test_a_judge_side_hash_flood_is_bounded():
     """The program returns a list of ints that share one hash; the tests' set() of it runs in the judge,
     in one C call no alarm interrupts.  The judge's CPU limit ends it; the run fails."""
     flood = "def f():\n    return [1 + i * (2 ** 61 - 1) for i in range(60000)]\n"
@@ -225,7 +228,8 @@ def test_a_judge_side_hash_flood_is_bounded(no_trace):
     assert time.monotonic() - start < 1.0 + 4.0 + BOUND
 
 
-def test_the_judge_has_a_memory_limit(no_trace):
+@pytest.mark.usefixtures("no_trace")
+def test_the_judge_has_a_memory_limit():
     """A value the tests blow up inside the judge (a 1 MiB answer times 4096) meets the judge's own
     address-space limit instead of the host's memory."""
     result = attack("def f():\n    return b'x' * (1 << 20)\n", "assert f() * 4096 is not None\n", "f")
@@ -236,13 +240,15 @@ def test_the_judge_has_a_memory_limit(no_trace):
     "try:\n    f()\nexcept:\n    pass\n",
     "while True:\n    try:\n        f()\n    except BaseException:\n        pass\n",
 ], ids=["swallowed-once", "swallowed-forever"])
-def test_a_deadline_swallowed_by_the_tests_still_fails(tests, no_trace):
+@pytest.mark.usefixtures("no_trace")
+def test_a_deadline_swallowed_by_the_tests_still_fails(tests):
     """A bare ``except:`` in the tests catches the run's deadline; the run still fails, in bounded time."""
     result = attack("import time\ndef f():\n    time.sleep(30)\n", tests, "f")
     assert result.status in ("timeout", "killed"), result
 
 
-def test_an_exception_class_named_like_a_builtin_does_not_pass_as_it(no_trace):
+@pytest.mark.usefixtures("no_trace")
+def test_an_exception_class_named_like_a_builtin_does_not_pass_as_it():
     code = "class ValueError(Exception):\n    pass\ndef f():\n    raise ValueError('spoofed')\n"
     tests = "try:\n    f()\nexcept ValueError:\n    pass\nelse:\n    raise AssertionError\n"
     result = attack(code, tests, "f")
@@ -266,7 +272,8 @@ def test_the_same_list_passed_twice_stays_one_list():
     assert result.passed, result
 
 
-def test_objects_the_tests_build_stay_in_the_program_and_compare_by_identity(no_trace):
+@pytest.mark.usefixtures("no_trace")
+def test_objects_the_tests_build_stay_in_the_program_and_compare_by_identity():
     """An object the tests build by calling the program's class stays in the candidate; the judge holds
     a handle that is equal only to itself.  So a class whose __eq__ says True to everything gets no
     pass from comparisons, and an entry point that returns such an object still fails closed."""
@@ -283,7 +290,8 @@ def test_objects_the_tests_build_stay_in_the_program_and_compare_by_identity(no_
     assert honest.passed, honest
 
 
-def test_a_forged_handle_is_an_opaque_object(no_trace):
+@pytest.mark.usefixtures("no_trace")
+def test_a_forged_handle_is_an_opaque_object():
     """A program that answers with a handle number of its own making gets an object equal to nothing."""
     forged = ("import sys\n_main = sys.modules['__main__']\n"
               "_real = _main.encode\n"

@@ -250,8 +250,8 @@ def test_a_longer_run_at_step_n_is_the_run_that_stops_at_n(tiny_model_dir, tmp_p
     short.train()
     Trainer.create(config("long", 2, test_every=3, save_every=3, keep_last=10)).train()
     long_dir, short_dir = tmp_path / "long", tmp_path / "short"
-    assert (long_dir / "test-evals" / "step-3" / "samples.jsonl").read_text() == \
-        (short_dir / "eval" / "samples.jsonl").read_text()
+    assert ((long_dir / "test-evals" / "step-3" / "samples.jsonl").read_text() ==
+        (short_dir / "eval" / "samples.jsonl").read_text())
     from safetensors.torch import load_file
 
     weights = lambda d: load_file(str(next(d.glob("*.safetensors"))))

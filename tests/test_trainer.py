@@ -480,7 +480,7 @@ def test_wandb_logs_offline_and_a_resume_continues_the_same_run(tiny_model_dir, 
 def test_base_first_attempts_are_prompts_from_the_initial_model_and_never_trained(tiny_model_dir, tmp_path):
     """base_first_attempts (paper §5.3): in Stage II the first attempts of a share of the problems come from
     π_ref; the policy writes every later attempt; the offline attempts get neither gradient nor KL."""
-    from selfcorrect.rollout import SamplingParams, sample_episodes
+    from selfcorrect.rollout import sample_episodes
     from selfcorrect.training.step import step_loss
 
     trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "run", stage1_steps=0, stage2_steps=1,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 

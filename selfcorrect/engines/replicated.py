@@ -38,8 +38,8 @@ class ReplicatedEngine(Engine):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self._reduce_gradients(params)
         limit = self.max_grad_norm if self.max_grad_norm else float("inf")
-        grad_norm = _scalar(torch.nn.utils.clip_grad_norm_(params, limit)) \
-            if any(p.grad is not None for p in params) else torch.tensor(0.0)
+        grad_norm = (_scalar(torch.nn.utils.clip_grad_norm_(params, limit))
+            if any(p.grad is not None for p in params) else torch.tensor(0.0))
         applied = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
         if applied:                       # never let a NaN/inf (or an empty dataset) touch weights or Adam
             self.optimizer.step()

@@ -340,15 +340,15 @@ class TransformersBackend:
                         seeds: Sequence[int] | None = None, states: Sequence[DecodeState | None] | None = None,
                         keep_state: bool = False) -> list[Generation]:
         device = next(self.model.parameters()).device
-        generators = None if seeds is None or params.greedy else \
-            [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        generators = (None if seeds is None or params.greedy else
+            [torch.Generator(device=device).manual_seed(int(s)) for s in seeds])
         warpers = None if params.greedy else self._warpers(params)
         eos = torch.tensor(sorted(self.eos_token_ids), device=device)
         b = len(prompts)
         version = self._weights_version() if keep_state else 0
         logits, cache, attention_mask, last_position = self._prefill(prompts, device, states)   # [b, V], cache, [b, L], [b, 1]
-        decoder = _StaticDecode(self, cache, attention_mask, params.max_new_tokens) if self.decode != "dynamic" \
-            else _DynamicDecode(self, cache, attention_mask)
+        decoder = (_StaticDecode(self, cache, attention_mask, params.max_new_tokens) if self.decode != "dynamic"
+            else _DynamicDecode(self, cache, attention_mask))
         next_position = last_position + 1                     # [slots, 1]
         rows = torch.arange(b, device=device)                 # original row of each slot; -1: finished (static)
         sampled: list[list[int]] = [[] for _ in range(b)]

@@ -351,8 +351,8 @@ def run_splits(config: TrainConfig):
         except (ConfigError, DataError):      # e.g. an MBPP file without the validation task ids: carve instead
             validation = None
     name = config.eval_task or config.task
-    test_options = dict(config.eval_task_options) if config.eval_task else \
-        {**{k: v for k, v in options.items() if k != "split"}, **config.eval_task_options}   # eval_split decides
+    test_options = (dict(config.eval_task_options) if config.eval_task else
+        {**{k: v for k, v in options.items() if k != "split"}, **config.eval_task_options})   # eval_split decides
     if "split" not in test_options and accepts_option(name, "split"):
         test_options["split"] = config.eval_split
     test = load_task(name, **test_options)

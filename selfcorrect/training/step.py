@@ -84,8 +84,8 @@ def step_loss(config, phase: Phase, score: Scorer, policy, reference, anchor, ba
                 ref_logp = score(policy, input_ids, attention_mask, label_mask, **scored)
         else:
             ref_logp = score(reference, input_ids, attention_mask, label_mask, **scored)
-        anchor_logp = ref_logp if anchor is reference or not phase.objective.anchored else \
-            score(anchor, input_ids, attention_mask, label_mask, **scored)
+        anchor_logp = (ref_logp if anchor is reference or not phase.objective.anchored else
+            score(anchor, input_ids, attention_mask, label_mask, **scored))
     with clock("policy_score"):
         with autocast(config, device):
             logp = score(policy, input_ids, attention_mask, label_mask, **scored)
