@@ -109,3 +109,43 @@ def test_the_sample_browser_runs_in_headless_chromium(tmp_path):
     out = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,1600",
                           f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium installed (make setup-browser installs it)")
+def test_a_seven_method_table_never_widens_the_page(tmp_path):
+    """The metrics table of a 7-method comparison (every column, CIs): the page never scrolls sideways at
+    1,000 px (the table scrolls inside its box), and at 1,400 px the table fits whole.  Before, it was
+    1,781 px wide and the page scrolled at both widths."""
+    import random
+    import re
+
+    from selfcorrect.compare import pooled_summary
+
+    rng = random.Random(0)
+
+    def attempt(right):
+        return {"text": "The final answer is 12.", "answer": "12", "reward": float(right), "truncated": False,
+                "tokens": 7, "formatted": True, "lenient": float(right)}
+
+    rows = [{"id": f"p{i}", "attempts": [attempt(rng.random() < 0.6), attempt(rng.random() < 0.8)]}
+            for i in range(200)]
+    summaries = {m: pooled_summary(rows) for m in ("score", "single-turn", "prompting", "stage2-only",
+                                                   "no-shaping", "star:sft_keep=D+", "pair-sft")}
+    write_report(tmp_path / "report.html", "seven methods", summaries, [], [])
+    (tmp_path / "measure.html").write_text(
+        '<!DOCTYPE html><html><body style="margin:0">'
+        '<iframe id="narrow" src="report.html" style="width:1000px;height:600px;border:0"></iframe>'
+        '<iframe id="wide" src="report.html" style="width:1400px;height:600px;border:0"></iframe><script>'
+        'let loaded = 0; for (const id of ["narrow", "wide"]) document.getElementById(id).onload = () => {'
+        ' if (++loaded < 2) return; for (const name of ["narrow", "wide"]) {'
+        ' const d = document.getElementById(name).contentDocument, t = d.getElementById("metrics");'
+        ' document.body.setAttribute("data-" + name, [d.documentElement.scrollWidth,'
+        ' d.documentElement.clientWidth, Math.ceil(t.getBoundingClientRect().width),'
+        ' t.parentElement.clientWidth].join(",")); } };</script></body></html>')
+    dom = _dom(_chromium(), tmp_path / "measure.html")
+    sizes = {name: [int(x) for x in re.search(f'data-{name}="([^"]+)"', dom).group(1).split(",")]
+             for name in ("narrow", "wide")}
+    page, window, table, box = sizes["narrow"]
+    assert page == window and table > box                # the table scrolls in its box, the page does not
+    page, window, table, box = sizes["wide"]
+    assert page == window and table <= box               # and fits whole at 1,400 px
