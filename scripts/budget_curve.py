@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from findings import interval                                  # noqa: E402  (the paired bootstrap)
 from selfcorrect.compare import pooled_summary, run_dir        # noqa: E402
 from selfcorrect.config import from_dict, load_yaml            # noqa: E402
-from selfcorrect.evaluation import read_jsonl                  # noqa: E402
+from selfcorrect.files import read_jsonl                       # noqa: E402
 from selfcorrect.training.config import TrainConfig            # noqa: E402
 
 

@@ -256,7 +256,7 @@ def _live_train(trainer, console) -> dict[str, Any]:
 
 
 def _run_training(config, console, compare_base: bool) -> int:
-    from .evaluation import write_eval_outputs
+    from .results import write_eval_outputs
     from .trainer import Trainer
 
     trainer = Trainer.create(config)
@@ -338,7 +338,7 @@ def _eval_progress(console, live=None) -> Callable[[str, int], Callable[[int], N
 def _run_report(trainer, summaries) -> None:
     """``RUN/report.html``: the held-out table (base and trained), the training curves and the final
     evaluation's plots and episodes."""
-    from .evaluation import read_jsonl
+    from .files import read_jsonl
     from .html_report import write_report
 
     run, config = trainer.run_dir, trainer.config

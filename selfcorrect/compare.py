@@ -36,7 +36,7 @@ import numpy as np
 from . import metrics, plots, report
 from .checkpoint import list_checkpoints
 from .errors import ConfigError
-from .evaluation import atomic_write, read_jsonl, write_json
+from .files import atomic_write, read_jsonl, write_json
 from .run_dir import check_output_dir
 from .trainer import METHODS, TrainConfig, Trainer
 from .training.config import OPERATIONAL, differing_fields

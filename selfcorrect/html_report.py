@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
+from .files import atomic_write
 
 TEMPLATE = "report.html.j2"
 FILTERS = {"all": "all", "wrong-right": "wrong → right", "right-wrong": "right → wrong", "copied": "copied",
@@ -103,8 +104,6 @@ def write_report(path: Path, title: str, summaries: Mapping[str, Mapping[str, An
                  samples: Iterable[Mapping[str, Any]], images: Sequence[Path] = (),
                  notes: Sequence[str] = (), probe: Sequence[str] = ()) -> Path:
     """Write :func:`render`'s page to ``path`` (atomically) and return it."""
-    from .evaluation import atomic_write
-
     page = render(title, summaries, samples, images, notes, probe)
     with atomic_write(Path(path)) as fh:
         fh.write(page)

@@ -113,6 +113,18 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
     return torch.bfloat16
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` where CUDA is available, else ``cpu``; ``cpu``, ``cuda`` and ``cuda:N`` as they are
+    (a CUDA device without CUDA, or any other name, is refused in one line)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    return device
+
+
 def ensure_default_model() -> Path:
     """Dequantise the default GGUF once into the cache; return the cached HF directory.
 

@@ -44,7 +44,10 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
+from .files import write_json, write_jsonl
 from .intervals import bootstrap_interval, ratio_interval
+from .models import resolve_device
+from .results import episode_record
 from .training.config import TrainConfig
 
 PROBE_SEED_OFFSET = 7_777_777
@@ -334,8 +337,6 @@ def write_probe(out: Path, result: dict[str, Any], episodes: Sequence[Any], titl
                 samples_name: str = "samples.jsonl") -> None:
     """probe.json, probe.md and the probe's episodes (``samples_name``: a training run calls them
     probe-samples.jsonl, beside its own samples.jsonl)."""
-    from .evaluation import episode_record, write_json, write_jsonl
-
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / samples_name, [episode_record(ep) for ep in episodes])
     (out / "probe.md").write_text(report_markdown(result, title))
@@ -349,7 +350,6 @@ def run_probe(config: TrainConfig, progress: Callable[[str, int], Callable[[int]
     ``announce(line)`` is told what is sampled once every input has been checked and the model loaded."""
     import torch
 
-    from .evaluation import resolve_device
     from .models import load_model, load_tokenizer
     from .rollout import ConversationBuilder, make_backend
     from .run_dir import check_output_dir

@@ -46,6 +46,8 @@ from .engines import frozen, frozen_copy, make_engine
 from .errors import ConfigError
 from .logprobs import dropout_disabled
 from .lora import apply_lora, export_merged, load_adapter, merged_weights
+from .models import resolve_device
+from .results import summarize_episodes, write_eval_outputs, write_eval_records
 from .rollout import (ConversationBuilder, Episode, SamplingParams, attempt_progress, extend_episodes, make_backend,
                       new_episodes, sample_episodes)
 from .rollout.sampling import ProblemStream, draw_indices
@@ -73,7 +75,6 @@ class Trainer(SupervisedSteps):
 
     def __init__(self, config: TrainConfig, run_dir: Path, checkpoint: Path | None = None,
                  lock: RunLock | None = None):
-        from .evaluation import resolve_device
         from .models import load_model, load_tokenizer
 
         self.config = config
@@ -440,8 +441,6 @@ class Trainer(SupervisedSteps):
     def evaluate(self, split: str = "test") -> tuple[dict[str, Any], list[Episode]]:
         """Greedy K-attempt episodes on the ``validation`` (first ``validation_limit``) or ``test`` (first
         ``eval_limit``) problems, in this process (see :meth:`evaluate_on_main`)."""
-        from .evaluation import summarize_episodes
-
         if split not in ("validation", "test") or (split == "validation" and self.validation_task is None):
             raise ConfigError(f"no {split!r} problems to evaluate in this run")
         task, limit = ((self.validation_task, self.config.validation_limit) if split == "validation" else
@@ -516,8 +515,6 @@ class Trainer(SupervisedSteps):
                     if main:
                         row.update(_eval_columns("test", tested))
                         # Per-problem records, so a curve over seeds gets the same pooled CIs as the table.
-                        from .evaluation import write_eval_records
-
                         write_eval_records(self.run_dir / "test-evals" / f"step-{self.step}", tested,
                                            tested_episodes, {"step": self.step, "splits": self.splits.sources})
                 if main:
@@ -546,8 +543,6 @@ class Trainer(SupervisedSteps):
         if not main:
             self.dist.barrier()                             # wait for the main process's files
             return {**row, "final_eval": None}
-        from .evaluation import write_eval_outputs
-
         write_eval_outputs(self.run_dir / "eval", summary, episodes, f"{config.method} after {self.step} steps",
                            {"step": self.step, "skipped_steps": self.skipped, "splits": self.splits.sources})
         if config.lora_r and self.engine.whole_weights:
@@ -570,6 +565,4 @@ def _eval_columns(split: str, summary: dict[str, Any]) -> dict[str, float]:
 
 def _job(config: TrainConfig) -> DataParallel:
     """This job's processes (the same object the trainer builds: accelerate's state is process-wide)."""
-    from .evaluation import resolve_device
-
     return DataParallel(cpu=resolve_device(config.device) == "cpu")

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from selfcorrect.errors import ConfigError
-from selfcorrect.evaluation import EvalConfig, episode_record, scaling_markdown, scaling_table, summarize_episodes
+from selfcorrect.evaluation import EvalConfig, scaling_markdown, scaling_table
+from selfcorrect.results import episode_record, summarize_episodes
 from selfcorrect.metrics import wilson_interval
 from selfcorrect.rollout.episodes import Attempt, Episode
 from selfcorrect.tasks.base import Problem, Task

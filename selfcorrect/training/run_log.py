@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import to_dict
 from ..errors import ConfigError
+from ..results import episode_record
 
 
 class RunLogger:
@@ -63,8 +64,6 @@ class RunLogger:
 
 def log_samples(run_dir: Path, step: int, episodes: Sequence, count: int = 4) -> None:
     """Append the first ``count`` episodes of a step to ``samples.jsonl``."""
-    from ..evaluation import episode_record
-
     with open(run_dir / "samples.jsonl", "a", encoding="utf-8") as fh:
         for ep in episodes[:count]:
             fh.write(json.dumps({"step": step, **episode_record(ep)}, ensure_ascii=False) + "\n")
