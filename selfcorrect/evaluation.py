@@ -16,7 +16,6 @@ Outputs in ``--out DIR``:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,8 +28,8 @@ from .errors import ConfigError
 from .files import atomic_write, write_json
 from .models import resolve_device
 from .results import summarize_episodes, write_eval_outputs
-from .rollout import ConversationBuilder, Episode, SamplingParams, attempt_progress, extend_episodes, new_episodes
-from .rollout import make_backend as rollout_backend
+from .rollout import (ConversationBuilder, Episode, SamplingParams, attempt_progress, backend_capabilities,
+                      build_backend, extend_episodes, new_episodes)
 from .rollout.settings import SamplingSettings
 
 
@@ -175,39 +174,15 @@ def prepare(config: EvalConfig):
     if not problems:
         raise ConfigError(f"task {config.task!r} has no problems with options {config.task_options}")
     tokenizer = load_tokenizer(config.model, chat_template=config.chat_template)
-    if config.rollout_backend == "vllm" and not is_adapter_dir(config.model):
+    if backend_capabilities(config).loads_own_weights and not is_adapter_dir(config.model):
         return task, problems, None, tokenizer          # the engine loads the weights itself
     model = load_model(config.model, dtype=config.dtype, device=device)
     return task, problems, model, tokenizer
 
 
-def _generation_config(source: str):
-    """The model's generation config (its own end-of-turn tokens), or None where it has none."""
-    from transformers import GenerationConfig
-
-    from .hub import hub_unreachable
-
-    try:
-        return GenerationConfig.from_pretrained(source, local_files_only=hub_unreachable())
-    except OSError:
-        return None
-
-
 def make_backend(config: EvalConfig, model, tokenizer):
-    """The generation backend of an evaluation (a LoRA checkpoint reaches vLLM as merged weights)."""
-    from .models import engine_source, resolve_dtype
-
-    if config.rollout_backend == "transformers":
-        return rollout_backend("transformers", model, tokenizer, batch_size=config.generation_batch_size,
-                               decode=config.decode)
-    base = (json.loads((Path(config.model) / "adapter_config.json").read_text())["base_model_name_or_path"]
-        if model is not None else config.model)
-    source = engine_source(base)
-    backend = rollout_backend("vllm", None, tokenizer, source=source, generation_config=_generation_config(source),
-                              dtype=config.dtype, weight_dtype=None if config.dtype == "auto" else
-                              resolve_dtype(config.dtype), seed=config.seed,
-                              gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-                              max_model_len=config.vllm_max_model_len or None)
+    """The generation backend of an evaluation (a LoRA checkpoint reaches an engine as merged weights)."""
+    backend = build_backend(config, model, tokenizer, model_spec=config.model, dtype=config.dtype, seed=config.seed)
     if model is not None:
         from .lora import merged_weights
 

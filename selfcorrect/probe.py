@@ -351,7 +351,7 @@ def run_probe(config: TrainConfig, progress: Callable[[str, int], Callable[[int]
     import torch
 
     from .models import load_model, load_tokenizer
-    from .rollout import ConversationBuilder, make_backend
+    from .rollout import ConversationBuilder, TransformersBackend
     from .run_dir import check_output_dir
     from .training.config import run_splits
     from .training.step import autocast
@@ -365,8 +365,7 @@ def run_probe(config: TrainConfig, progress: Callable[[str, int], Callable[[int]
     tokenizer = load_tokenizer(config.model, chat_template=config.chat_template)
     model = load_model(config.model, dtype=config.dtype, device=device)
     model.eval()
-    backend = make_backend("transformers", model, tokenizer, batch_size=config.generation_batch_size,
-                           decode=config.decode, generation_config=getattr(model, "generation_config", None))
+    backend = TransformersBackend(model, tokenizer, batch_size=config.generation_batch_size, decode=config.decode)
     builder = ConversationBuilder(tokenizer, task.correction_instruction)
     if announce is not None:
         announce(f"probing {config.model} on {config.task} at T={config.temperature}: "

@@ -48,8 +48,8 @@ from .logprobs import dropout_disabled
 from .lora import apply_lora, export_merged, load_adapter, merged_weights
 from .models import resolve_device
 from .results import summarize_episodes, write_eval_outputs, write_eval_records
-from .rollout import (ConversationBuilder, Episode, SamplingParams, attempt_progress, extend_episodes, make_backend,
-                      new_episodes, sample_episodes)
+from .rollout import (ConversationBuilder, Episode, SamplingParams, TransformersBackend, attempt_progress,
+                      backend_capabilities, build_backend, extend_episodes, new_episodes, sample_episodes)
 from .rollout.sampling import ProblemStream, draw_indices
 from .run_dir import RunLock, check_output_dir, claim_run_dir, write_config
 from .algorithms.score import adapt_beta2
@@ -143,23 +143,14 @@ class Trainer(SupervisedSteps):
     # ---- construction
 
     def _make_backend(self):
-        """The rollout backend; a vLLM engine starts from the base model and gets the policy's weights."""
-        from .models import engine_source, resolve_dtype
-
+        """The rollout backend; an engine that loads its own weights gets the policy's (a resumed or LoRA
+        policy differs from the files on disk)."""
         config = self.config
-        if config.rollout_backend == "vllm" and self.dist.world > 1:
-            raise ConfigError("rollout_backend vllm runs one engine in a single process for now; "
-                              "data-parallel runs use rollout_backend transformers")
-        vllm = config.rollout_backend == "vllm"
-        dtype = "bfloat16" if config.autocast == "bf16" else config.dtype
-        backend = make_backend(
-            config.rollout_backend, self.policy, self.tokenizer, batch_size=config.generation_batch_size,
-            decode=config.decode,
-            source=engine_source(config.model) if vllm else None,
-            generation_config=getattr(self.policy, "generation_config", None), dtype=dtype,
-            weight_dtype=resolve_dtype(dtype) if vllm and dtype != "auto" else None, seed=config.seed,
-            gpu_memory_utilization=config.vllm_gpu_memory_utilization, max_model_len=config.vllm_max_model_len or None)
-        backend.sync_weights(self._policy_weights)        # a resumed (or LoRA) policy differs from the files on disk
+        backend = build_backend(config, self.policy, self.tokenizer, model_spec=config.model,
+                                dtype="bfloat16" if config.autocast == "bf16" else config.dtype, seed=config.seed,
+                                processes=self.dist.world,
+                                generation_config=getattr(self.policy, "generation_config", None))
+        backend.sync_weights(self._policy_weights)
         return backend
 
     def _policy_weights(self):
@@ -168,8 +159,8 @@ class Trainer(SupervisedSteps):
 
     def _generation_autocast(self):
         """bf16 autocast around our own decode loop; an inference engine keeps its own precision."""
-        return (autocast(self.config, self.device) if self.config.rollout_backend == "transformers" else
-            contextlib.nullcontext())
+        return (contextlib.nullcontext() if backend_capabilities(self.config).own_precision else
+                autocast(self.config, self.device))
 
     @classmethod
     def create(cls, config: TrainConfig) -> Trainer:
@@ -337,8 +328,8 @@ class Trainer(SupervisedSteps):
                                 self.dist.shard(draws))
         flags = [flag for flag in self.dist.shard(offline) for _ in range(config.samples)]   # per episode
         if self._base_backend is None:
-            self._base_backend = make_backend("transformers", self.reference, self.tokenizer,
-                                              batch_size=config.generation_batch_size, decode=config.decode)
+            self._base_backend = TransformersBackend(self.reference, self.tokenizer,
+                                                     batch_size=config.generation_batch_size, decode=config.decode)
         params = config.sampling_params()
         base = [ep for ep, flag in zip(episodes, flags) if flag]
         extend_episodes(self._base_backend, self.builder, self.task, base, params, seed=seed)

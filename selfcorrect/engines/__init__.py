@@ -20,6 +20,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import CheckpointParts, Engine, frozen, frozen_copy
+from ..rollout.registry import backend_capabilities
 from .replicated import ReplicatedEngine
 
 __all__ = ["ENGINES", "SHARDINGS", "CheckpointParts", "Engine", "frozen", "frozen_copy", "layout_conflict",
@@ -32,8 +33,9 @@ def layout_conflict(config, sharding: str, engine: str) -> str | None:
         return None
     if config.lora_r and engine == "deepspeed":
         return "LoRA with DeepSpeed sharding is not supported yet (use sharding_engine fsdp, or sharding: none)"
-    if config.rollout_backend != "transformers":
-        return "rollout_backend vllm cannot be combined with sharding yet (use sharding: none)"
+    backend = backend_capabilities(config)
+    if not backend.shardable:
+        return f"rollout_backend {backend.name} cannot be combined with sharding yet (use sharding: none)"
     if config.method == "star" and (engine == "deepspeed" or config.lora_r):
         return ("method star restarts each round from the initial model, which is not supported yet with "
                 f"{'DeepSpeed' if engine == 'deepspeed' else 'LoRA'} sharding (use sharding_engine fsdp "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -64,6 +64,23 @@ class Generation:
     state: object | None = None
     """The backend's KV cache of this conversation (``generate(..., keep_state=True)``): pass it back
     as ``states=`` to continue the conversation without re-encoding it; opaque, ``None`` when not kept."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared on its class (the table in :mod:`selfcorrect.rollout.registry`)."""
+
+    name: str
+    """Its name in ``rollout_backend``."""
+    loads_own_weights: bool
+    """It starts from a model directory and receives the policy's weights by ``sync_weights`` (so it cannot
+    decode an arbitrary in-memory model such as a frozen copy)."""
+    own_precision: bool
+    """It keeps its own precision: no autocast around its generation."""
+    single_process: bool
+    """One engine in one process: data-parallel runs cannot use it."""
+    shardable: bool
+    """It works under the sharded layouts (FSDP2 / DeepSpeed ZeRO: gathered generation)."""
 
 
 class GenerationBackend(Protocol):
@@ -151,6 +168,15 @@ class TransformersBackend:
     state_budget_bytes = 2 * 2**30
     """At most this much KV cache is kept as ``Generation.state`` per :meth:`generate` call; rows past
     it get none (their next attempt re-encodes its prompt, as without states)."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        name="transformers", loads_own_weights=False, own_precision=False, single_process=False, shardable=True)
+
+    @classmethod
+    def from_settings(cls, settings, model, tokenizer, *, model_spec: str, dtype: str, seed: int,
+                      generation_config=None) -> TransformersBackend:
+        """:func:`~selfcorrect.rollout.registry.build_backend`'s constructor: decodes ``model`` itself."""
+        return cls(model, tokenizer, batch_size=settings.generation_batch_size, decode=settings.decode)
 
     def __init__(self, model, tokenizer, batch_size: int = 64, eos_token_ids: set[int] | None = None,
                  decode: str = "dynamic"):
@@ -505,27 +531,3 @@ def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
         if any(s[i] != tok for s in sequences):
             return i
     return n
-
-
-def make_backend(name: str, model, tokenizer, *, batch_size: int = 64, decode: str = "dynamic",
-                 source: str | None = None,
-                 generation_config=None, dtype: str = "auto", weight_dtype: torch.dtype | None = None,
-                 seed: int = 0, gpu_memory_utilization: float = 0.3,
-                 max_model_len: int | None = None) -> GenerationBackend:
-    """The rollout backend ``name`` -- training and evaluation both build theirs here.
-
-    ``transformers`` decodes with ``model`` itself (``batch_size`` sequences at a time, ``decode`` cache).  ``vllm`` starts a
-    colocated engine from the Hugging Face directory (or hub id) ``source`` in ``dtype`` (its parameters
-    as ``weight_dtype``, which synced weights are cast to); ``generation_config`` names its end-of-turn
-    tokens.  Give it the policy's weights with :meth:`GenerationBackend.sync_weights`.
-    """
-    if name == "transformers":
-        return TransformersBackend(model, tokenizer, batch_size=batch_size, decode=decode)
-    if name != "vllm":
-        raise ConfigError(f"unknown rollout backend {name!r}; choose transformers or vllm")
-    from .episodes import end_of_turn_ids
-    from .vllm_backend import VLLMBackend
-
-    return VLLMBackend.create(source, end_of_turn_ids(tokenizer, generation_config), dtype=dtype,
-                              weight_dtype=weight_dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
-                              max_model_len=max_model_len)

@@ -10,8 +10,7 @@ import torch
 
 from ..errors import ConfigError
 from .backends import DECODE_MODES, SamplingParams
-
-BACKENDS = ("transformers", "vllm")
+from .registry import BACKENDS
 
 
 @dataclass

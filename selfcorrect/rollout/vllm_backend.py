@@ -26,15 +26,16 @@ The engine is any object with vLLM's ``LLM`` interface (``generate``,
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ..errors import ConfigError
-from .backends import Generation, SamplingParams
+from .backends import Capabilities, Generation, SamplingParams
 
 
 def _vllm():
@@ -48,6 +49,30 @@ def _vllm():
 
 class VLLMBackend:
     """Batched sampling with a vLLM engine; see the module docstring."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        name="vllm", loads_own_weights=True, own_precision=True, single_process=True, shardable=False)
+
+    @classmethod
+    def from_settings(cls, settings, model, tokenizer, *, model_spec: str, dtype: str, seed: int,
+                      generation_config=None) -> VLLMBackend:
+        """:func:`~selfcorrect.rollout.registry.build_backend`'s constructor: an engine started from the files
+        of ``model_spec`` (a LoRA checkpoint's base model: the caller syncs the merged weights), in ``dtype``,
+        sized by the ``vllm_*`` settings; ``generation_config`` (None: the model's own file) names its
+        end-of-turn tokens."""
+        from ..lora import is_adapter_dir
+        from ..models import engine_source, resolve_dtype
+        from .episodes import end_of_turn_ids
+
+        if is_adapter_dir(model_spec):
+            model_spec = json.loads((Path(model_spec) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        source = engine_source(model_spec)
+        if generation_config is None:
+            generation_config = _generation_config(source)
+        return cls.create(source, end_of_turn_ids(tokenizer, generation_config), dtype=dtype,
+                          weight_dtype=None if dtype == "auto" else resolve_dtype(dtype), seed=seed,
+                          gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+                          max_model_len=settings.vllm_max_model_len or None)
 
     def __init__(self, engine: Any, eos_token_ids: set[int], sampling_params_cls: Callable[..., Any] | None = None,
                  weight_dtype: torch.dtype | None = None):
@@ -160,3 +185,15 @@ def _sampled_logprobs(completion: Any, ids: list[int]) -> list[float] | None:
             return None
         out.append(float(getattr(entry, "logprob", entry)))
     return out
+
+
+def _generation_config(source: str):
+    """The model's generation config (its own end-of-turn tokens), or None where it has none."""
+    from transformers import GenerationConfig
+
+    from ..hub import hub_unreachable
+
+    try:
+        return GenerationConfig.from_pretrained(source, local_files_only=hub_unreachable())
+    except OSError:
+        return None

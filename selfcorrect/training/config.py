@@ -13,6 +13,7 @@ from typing import Any
 from ..algorithms.policy_gradient import BASELINES, KL_PLACEMENTS
 from ..engines import ENGINES, SHARDINGS, layout_conflict
 from ..errors import ConfigError, DataError
+from ..rollout.registry import backend_capabilities
 from ..rollout.settings import SamplingSettings
 from .methods import METHODS, Phase, schedule
 from .sft_data import KEEP
@@ -265,7 +266,7 @@ class TrainConfig(SamplingSettings):
         need(0.0 <= self.base_first_attempts <= 1.0,
              f"base_first_attempts must be in [0, 1], got {self.base_first_attempts!r}")
         if self.base_first_attempts:
-            need(self.lora_r == 0 and self.sharding == "none" and self.rollout_backend == "transformers",
+            need(self.lora_r == 0 and self.sharding == "none" and not backend_capabilities(self).loads_own_weights,
                  "base_first_attempts samples first attempts from a full frozen copy of the initial model on "
                  "the transformers backend: it needs lora_r 0, sharding none and rollout_backend transformers")
         need(0.0 <= self.validation_fraction < 1.0,
