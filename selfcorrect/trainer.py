@@ -49,8 +49,8 @@ from .lora import apply_lora, export_merged, load_adapter, merged_weights
 from .models import resolve_device
 from .results import summarize_episodes, write_eval_outputs, write_eval_records
 from .rollout import (ConversationBuilder, Episode, SamplingParams, TransformersBackend, attempt_progress,
-                      backend_capabilities, build_backend, extend_episodes, new_episodes, sample_episodes)
-from .rollout.sampling import ProblemStream, draw_indices
+                      backend_capabilities, build_backend, sample_episodes)
+from .rollout.sampling import ProblemStream, draw_indices, sample_with_offline_first_attempts
 from .run_dir import RunLock, check_output_dir, claim_run_dir, write_config
 from .algorithms.score import adapt_beta2
 from .training.clock import PhaseClock, untimed
@@ -58,7 +58,7 @@ from .training.config import TrainConfig, resumed_config, run_splits
 from .training.methods import METHODS, Phase
 from .training.run_log import RunLogger, log_samples, plot_curves, truncate_logs
 from .training.sft_steps import SupervisedSteps
-from .training.step import (autocast, batch_metrics, gap_metrics, gap_warning, logprob_gaps, micro_batches,
+from .training.step import (accumulate, autocast, batch_metrics, gap_metrics, gap_warning, logprob_gaps, micro_batches,
                             rloo_group, step_loss)
 
 __all__ = ["METHODS", "Phase", "ProblemStream", "TrainConfig", "Trainer", "micro_batches", "rloo_group"]
@@ -138,6 +138,7 @@ class Trainer(SupervisedSteps):
         self.eval_progress: Callable[[str, int], Callable[[int], None]] | None = None
         """``(description, total) -> advance(n)`` for the held-out evaluations (the CLI shows their progress)."""
         self._sft: tuple[int, dict[str, Any], list[Episode]] | None = None   # (phase index, record, dataset)
+        self._step_lr = float("nan")                      # the rate the last optimizer step applied
         self._initial_adapter_path = run_dir / "sft" / "initial-adapter.pt"  # LoRA STaR: restarts from it
 
     # ---- construction
@@ -324,24 +325,13 @@ class Trainer(SupervisedSteps):
         config = self.config
         count = math.floor(share * len(problems) + 0.5)                                # half up, never to even
         offline = [i < count for i in range(len(problems))]                            # which problems, step-wide
-        episodes = new_episodes(self.builder, self.task, self.dist.shard(problems), config.samples,
-                                self.dist.shard(draws))
-        flags = [flag for flag in self.dist.shard(offline) for _ in range(config.samples)]   # per episode
         if self._base_backend is None:
             self._base_backend = TransformersBackend(self.reference, self.tokenizer,
                                                      batch_size=config.generation_batch_size, decode=config.decode)
-        params = config.sampling_params()
-        base = [ep for ep, flag in zip(episodes, flags) if flag]
-        extend_episodes(self._base_backend, self.builder, self.task, base, params, seed=seed)
-        extend_episodes(self.backend, self.builder, self.task, [ep for ep, flag in zip(episodes, flags) if not flag],
-                        params, seed=seed, more=attempts > 1)
-        for ep in base:
-            ep.attempts[0].offline = True
-            ep.attempts[0].sample_logprobs = None          # π_ref's, not the policy's: nothing to check
-        for k in range(1, attempts):
-            extend_episodes(self.backend, self.builder, self.task, episodes, params, seed=seed,
-                            more=k + 1 < attempts)
-        return episodes
+        return sample_with_offline_first_attempts(
+            self.backend, self._base_backend, self.builder, self.task, self.dist.shard(problems),
+            self.dist.shard(draws), self.dist.shard(offline), samples=config.samples, attempts=attempts,
+            params=config.sampling_params(), seed=seed)
 
     def _rl_step(self, phase: Phase) -> dict[str, Any]:
         config, engine, attempts = self.config, self.engine, phase.attempts
@@ -353,39 +343,30 @@ class Trainer(SupervisedSteps):
             episodes = self._rollout(problems, attempts, base_share)
         generated = time.perf_counter()
 
-        losses, kls, kl_refs, advantages, ordered = [], [], [], [], []
+        kls, kl_refs, advantages, ordered = [], [], [], []
         gaps: list[tuple[list[float], list[float]]] = [([], []) for _ in range(attempts)]
         norm = len(problems) * config.samples             # episodes of the whole step, over all processes
-        batches = micro_batches(episodes, config.micro_batch_problems, config.samples)
-        # In lockstep every process runs as many forward/backward passes (collectives); a problem drawn
-        # twice in one step can leave a process a micro-batch short.
-        passes = engine.passes(len(batches))
+
+        def loss_of(batch):
+            out = step_loss(config, phase, engine.token_logprobs, engine.trained, self.reference, self.anchor,
+                            batch, self.tokenizer.pad_token_id, norm, self.device, clock=clock, beta2=self.beta2)
+            return out.loss, out
+
+        def keep(batch, out):
+            kls.append(out.kl.cpu())
+            if out.kl_reference is not None:
+                kl_refs.append(out.kl_reference.cpu())
+            advantages.append(out.advantages.detach().cpu())
+            ordered.extend(batch)
+            for total, part in zip(gaps, logprob_gaps(batch, out.logp, attempts)):
+                total[0].extend(part[0])
+                total[1].extend(part[1])
+
         # The sampler ran without dropout, so the policy is scored without it -- through the backward pass
         # too, where checkpointed layers recompute their forward (docs/training.md, "Dropout").
         with dropout_disabled(engine.trained):
-            for i in range(passes):
-                padding = i >= len(batches)               # a pass that keeps collectives aligned, adding nothing
-                batch = batches[-1] if padding else batches[i]
-                out = step_loss(config, phase, engine.token_logprobs, engine.trained, self.reference, self.anchor,
-                                batch, self.tokenizer.pad_token_id, norm, self.device, clock=clock,
-                                beta2=self.beta2)
-                faults.point("score")
-                if not torch.isfinite(out.loss) and not engine.lockstep:
-                    losses.append(float("nan"))
-                    break             # (lockstep: every process must run every backward; the step is skipped later)
-                with clock("backward"):
-                    engine.backward(out.loss * (0.0 if padding else engine.loss_scale), last=i == passes - 1)
-                faults.point("backward")
-                if not padding:
-                    losses.append(float(out.loss.detach()))
-                    kls.append(out.kl.cpu())
-                    if out.kl_reference is not None:
-                        kl_refs.append(out.kl_reference.cpu())
-                    advantages.append(out.advantages.detach().cpu())
-                    ordered.extend(batch)
-                    for total, part in zip(gaps, logprob_gaps(batch, out.logp, attempts)):
-                        total[0].extend(part[0])
-                        total[1].extend(part[1])
+            losses = accumulate(engine, micro_batches(episodes, config.micro_batch_problems, config.samples),
+                                loss_of, keep, clock)
         trained = time.perf_counter()
         loss, grad_norm, skipped = self._optimizer_step(losses, clock)
 

@@ -103,6 +103,27 @@ def test_star_trains_only_on_filtered_attempt_two(tiny_model_dir, tmp_path, pari
     assert row["skipped"] == (len(record["episodes"]) == 0)
 
 
+def test_the_sft_steps_use_only_the_trainer_state_their_protocol_lists(tiny_model_dir, tmp_path, parity_task):
+    """SupervisedHost both ways: the trainer has every member, and the mixin's methods touch nothing else
+    (a new ``self.x`` in training/sft_steps.py must be declared there first)."""
+    import ast
+    import inspect
+
+    from selfcorrect.training import sft_steps
+
+    members = set(sft_steps.SupervisedHost.__annotations__) | {
+        name for name, value in vars(sft_steps.SupervisedHost).items() if callable(value) and name.startswith("_")
+        and not name.startswith("__")}
+    tree = ast.parse(inspect.getsource(sft_steps.SupervisedSteps))
+    own = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id == "self"}
+    assert used - own == members
+    trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "run", parity_task, method="star"))
+    assert isinstance(trainer, sft_steps.SupervisedHost)
+    assert all(hasattr(trainer, name) for name in members)
+
+
 def test_single_turn_and_no_shaping_objectives(tiny_model_dir, tmp_path, parity_task, monkeypatch):
     trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "single", parity_task, method="single-turn"))
     trainer.train_step()

@@ -167,3 +167,25 @@ def sample_episodes(backend: GenerationBackend, builder: ConversationBuilder, ta
         extend_episodes(backend, builder, task, episodes, per_attempt[k], progress, seed=per_row_seed,
                         more=k + 1 < attempts)
     return episodes
+
+
+def sample_with_offline_first_attempts(backend: GenerationBackend, base_backend: GenerationBackend,
+                                       builder: ConversationBuilder, task: Task, problems: Sequence[Problem],
+                                       draws: Sequence[int], offline: Sequence[bool], *, samples: int,
+                                       attempts: int, params: SamplingParams, seed: int) -> list[Episode]:
+    """:func:`sample_episodes` (per-row seeds) where the first attempts of the problems flagged ``offline``
+    come from ``base_backend`` (a frozen model: paper §5.3's first attempts from the base model) and every
+    other attempt from ``backend``.  Offline attempts are marked ``offline`` and carry no sampling
+    log-probs (they are not the policy's: nothing to check them against)."""
+    episodes = new_episodes(builder, task, problems, samples, draws)
+    flags = [flag for flag in offline for _ in range(samples)]                        # per episode
+    base = [ep for ep, flag in zip(episodes, flags) if flag]
+    extend_episodes(base_backend, builder, task, base, params, seed=seed)
+    extend_episodes(backend, builder, task, [ep for ep, flag in zip(episodes, flags) if not flag], params,
+                    seed=seed, more=attempts > 1)
+    for ep in base:
+        ep.attempts[0].offline = True
+        ep.attempts[0].sample_logprobs = None
+    for k in range(1, attempts):
+        extend_episodes(backend, builder, task, episodes, params, seed=seed, more=k + 1 < attempts)
+    return episodes

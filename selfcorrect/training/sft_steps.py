@@ -4,17 +4,18 @@ An SFT phase collects its dataset once (its share of the sample budget, rolled
 out by the current model and filtered, or paired: :mod:`.sft_data`), saves it in
 ``RUN/sft/phase-N.pt`` so a resume trains on the same data, then takes
 ``sft_steps`` supervised steps on attempt 2.  A STaR round first restarts from
-the initial model (docs/training.md).  The methods use the trainer's state:
-``config``, ``engine``, ``policy``, ``reference``, ``optimizer``, ``dist``,
-``stream``, ``step``, ``run_dir`` and its rollout and optimizer step.
+the initial model (docs/training.md).  The steps live on the trainer (a mixin) and
+use its state; :class:`SupervisedHost` lists everything they may use, and a test
+checks both that the trainer has it and that these methods use nothing else.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -23,7 +24,37 @@ from ..rollout import Episode
 from ..rollout.sampling import ProblemStream
 from .methods import Phase
 from .sft_data import BUILDERS
-from .step import collected_stats, sft_step_loss
+from .step import accumulate, collected_stats, sft_step_loss
+
+
+@runtime_checkable
+class SupervisedHost(Protocol):
+    """The trainer state the SFT steps read and write (tests/test_methods.py checks it both ways)."""
+
+    config: Any                  # TrainConfig
+    run_dir: Path
+    task: Any                    # the training Task
+    builder: Any                 # ConversationBuilder
+    tokenizer: Any
+    device: torch.device
+    dist: Any                    # DataParallel
+    engine: Any                  # Engine
+    policy: Any
+    reference: Any               # None under LoRA
+    optimizer: torch.optim.Optimizer
+    backend: Any                 # GenerationBackend
+    stream: ProblemStream        # replaced when a resumed phase reloads its dataset's data position
+    step: int
+    last_episodes: list[Episode]
+    _sft: tuple[int, dict[str, Any], list[Episode]] | None
+    _step_lr: float
+    _initial_adapter_path: Path
+
+    def _rollout(self, problems, attempts: int, base_share: float = 0.0) -> list[Episode]: ...
+
+    def _optimizer_step(self, losses: list[float], clock=...) -> tuple[float, float, bool]: ...
+
+    def _policy_weights(self) -> Iterable[tuple[str, torch.Tensor]]: ...
 
 
 class SupervisedSteps:
@@ -99,15 +130,9 @@ class SupervisedSteps:
             picks = [dataset[int(order[(start + i) % len(dataset)])] for i in range(config.sft_batch_episodes)]
             norm = sum(len(ep.attempts[1].ids) for ep in picks)      # trained tokens of the whole step
             picks, size = self.dist.shard(picks), config.micro_batch_problems * config.samples
-            starts = range(0, len(picks), size)
-            for lo in starts:
-                loss = sft_step_loss(config, engine.token_logprobs, engine.trained, picks[lo: lo + size],
-                                     self.tokenizer.pad_token_id, norm, self.device)
-                if not torch.isfinite(loss) and not engine.lockstep:
-                    losses.append(float("nan"))
-                    break
-                engine.backward(loss * engine.loss_scale, last=lo == starts[-1])
-                losses.append(float(loss.detach()))
+            losses = accumulate(engine, [picks[lo: lo + size] for lo in range(0, len(picks), size)],
+                                lambda batch: (sft_step_loss(config, engine.token_logprobs, engine.trained, batch,
+                                                             self.tokenizer.pad_token_id, norm, self.device), None))
         trained = time.perf_counter()
         loss, grad_norm, skipped = self._optimizer_step(losses)
         row = {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self._step_lr,

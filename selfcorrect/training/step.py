@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from .. import metrics
+from .. import faults, metrics
 from ..algorithms.policy_gradient import LossOutput
 from ..algorithms.sft import sft_loss
 from ..lora import base_model_context
@@ -50,6 +51,37 @@ def micro_batches(episodes: Sequence[Episode], per_batch: int, samples: int) -> 
         by_problem.setdefault(rloo_group(ep, samples), []).append(ep)
     groups = sorted(by_problem.values(), key=lambda g: max(len(e.tokens) for e in g))
     return [[ep for g in groups[i:i + per_batch] for ep in g] for i in range(0, len(groups), per_batch)]
+
+
+def accumulate(engine, batches: Sequence[list[Episode]], loss_of: Callable[[list[Episode]], tuple[torch.Tensor, Any]],
+               keep: Callable[[list[Episode], Any], None] | None = None, clock=untimed) -> list[float]:
+    """The micro-batch accumulation loop of every step, RL and SFT: a forward and a backward pass per
+    micro-batch, the engine summing gradients; returns the losses of the passes that count.
+
+    ``loss_of(batch) -> (loss, extra)``; ``keep(batch, extra)`` sees every pass that counts.  In lockstep
+    (sharded engines) every process runs as many passes as the busiest one, each a collective: a process
+    short of micro-batches (a problem drawn twice in one step) repeats its last one with its loss scaled by
+    0, adding nothing.  A non-finite loss ends the loop at once where processes are independent (the step is
+    then skipped); in lockstep every pass still runs and the step is skipped after the reduction.
+    """
+    losses: list[float] = []
+    passes = engine.passes(len(batches))
+    for i in range(passes):
+        padding = i >= len(batches)
+        batch = batches[-1] if padding else batches[i]
+        loss, extra = loss_of(batch)
+        faults.point("score")
+        if not torch.isfinite(loss) and not engine.lockstep:
+            losses.append(float("nan"))
+            break
+        with clock("backward"):
+            engine.backward(loss * (0.0 if padding else engine.loss_scale), last=i == passes - 1)
+        faults.point("backward")
+        if not padding:
+            losses.append(float(loss.detach()))
+            if keep is not None:
+                keep(batch, extra)
+    return losses
 
 
 def step_loss(config, phase: Phase, score: Scorer, policy, reference, anchor, batch: list[Episode], pad_id: int,
