@@ -60,9 +60,10 @@ lint: setup
 	$(VENV)/bin/ruff check $(LINTED)
 	$(PY) scripts/lint_continuations.py $(LINTED)
 
-# Skips the tests that load the real default model.
+# Leaves out the tests that load the real default model (slow) and those that train, launch processes or
+# run the CLI end to end (long): about a minute on 2 CPU cores.  `make test` runs everything.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not long"
 
 demo: setup
 	$(VENV)/bin/selfcorrect demo --out $(DEMO_OUT)

@@ -155,6 +155,7 @@ def test_equivalence_in_worker_thread_matches_main_thread() -> None:
     assert worker == main == [True, False, True]
 
 
+@pytest.mark.long
 def test_pathological_answer_times_out_in_main_thread() -> None:
     """In the main thread math-verify's timeout still guards against sympy blow-ups."""
     assert not answers_equivalent("9^{9^{9^{9}}}", "1")

@@ -61,6 +61,7 @@ def k2_run(tiny_model_dir, tmp_path_factory):
     return code, out
 
 
+@pytest.mark.long
 def test_eval_exits_zero_and_writes_every_file(k2_run):
     code, out = k2_run
     assert code == 0
@@ -156,6 +157,7 @@ def test_eval_one_attempt(tiny_model_dir, tmp_path):
 # ---------------------------------------------------------------- sampling
 
 
+@pytest.mark.long
 def test_eval_samples_with_temperature_are_reproducible(tiny_model_dir, tmp_path):
     flags = ["--limit", "6", "--samples", "2", "--temperature", "1.0", "--seed", "1"]
     assert _eval(tiny_model_dir, tmp_path / "a", *flags) == 0
@@ -184,6 +186,7 @@ def test_eval_several_greedy_samples_is_an_error(tiny_model_dir, tmp_path, capsy
 # ---------------------------------------------------------------- scaling
 
 
+@pytest.mark.long
 def test_eval_scaling(tiny_model_dir, tmp_path):
     out = tmp_path / "scaling"
     assert _eval(tiny_model_dir, out, "--scaling", "--budgets", "4,2", "--limit", "3", "--temperature", "0") == 0
@@ -317,6 +320,7 @@ def test_eval_user_error_is_one_line_and_writes_nothing(case, tiny_model_dir, tm
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.long
 def test_user_error_in_a_subprocess_has_no_traceback(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SELFCORRECT_DEBUG"}
     bad = tmp_path / "bad.jsonl"

@@ -62,6 +62,7 @@ def test_humaneval_options():
         make_humaneval(split="train")
 
 
+@pytest.mark.long
 def test_all_canonical_solutions_pass(humaneval):
     """Every HumanEval reference solution scores 1.0 via the batch reward, in both completion forms."""
     start = time.monotonic()
@@ -74,6 +75,7 @@ def test_all_canonical_solutions_pass(humaneval):
     assert time.monotonic() - start < 240
 
 
+@pytest.mark.long
 def test_plainly_wrong_solutions_fail(humaneval):
     """The stub's empty body (returns None) and a constant answer score 0 on every problem."""
     problems = humaneval.problems

@@ -31,6 +31,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.long
 def test_two_processes_equal_one_process(tiny_model_dir, tmp_path, parity_task):
     args = ["train", "--model", str(tiny_model_dir), "--task", parity_task, "--stage1-steps", "1",
             "--stage2-steps", "1", "--problems-per-step", "4", "--samples", "2", "--max-new-tokens", "4",
@@ -215,6 +216,7 @@ def one_process_run(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("engine", ["fsdp", "deepspeed"])
+@pytest.mark.long
 def test_sharded_two_processes_equal_one_process_and_resume(engine, one_process_run, tiny_model_dir, tmp_path):
     """ZeRO-3 and ZeRO-2 layouts (FSDP2 or DeepSpeed, 2 processes) == 1 replicated process; a sharded resume == straight.
 
@@ -283,6 +285,7 @@ def test_sharded_two_processes_equal_one_process_and_resume(engine, one_process_
 
 
 @pytest.mark.parametrize("engine", ["fsdp", "deepspeed"])
+@pytest.mark.long
 def test_sharded_star_equals_one_process(engine, tiny_model_dir, tmp_path, parity_task):
     """The SFT path (STaR: collect, filter, restart from the initial model, supervised steps) under FSDP2's ZeRO-3
     layout == 1 process; DeepSpeed refuses STaR at start.
@@ -358,6 +361,7 @@ print("RESULT", json.dumps({"first": changed(start, before), "bad_skipped": bad[
 
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.long
 def test_deepspeed_skips_a_step_with_a_non_finite_loss(stage, tiny_model_dir, tmp_path, parity_task):
     """An infinite loss (with finite gradients) leaves weights untouched under DeepSpeed, and the next step trains."""
     pytest.importorskip("deepspeed")
@@ -375,6 +379,7 @@ def test_deepspeed_skips_a_step_with_a_non_finite_loss(stage, tiny_model_dir, tm
     assert not result["good_skipped"] and result["good_change"] > 1e-6    # and left no stale gradients behind
 
 
+@pytest.mark.long
 def test_ctrl_c_stops_a_sharded_run_between_steps_with_a_checkpoint(tiny_model_dir, tmp_path, parity_task):
     """Ctrl-C (SIGINT to the launcher's whole process group, as a terminal sends it) in a 2-process ZeRO-3 run:
     both processes finish their step, checkpoint it together and exit — no hang mid-collective."""
@@ -410,6 +415,7 @@ def test_ctrl_c_stops_a_sharded_run_between_steps_with_a_checkpoint(tiny_model_d
         load_file(str(tiny_model_dir / "model.safetensors")).keys())
 
 
+@pytest.mark.long
 def test_sharded_lora_equals_one_process_and_resume(tiny_model_dir, tmp_path, parity_task):
     """LoRA on FSDP2 ZeRO-3 (2 processes) == LoRA on 1 process: adapters, merged export, a resume.
 
@@ -442,6 +448,7 @@ def test_sharded_lora_equals_one_process_and_resume(tiny_model_dir, tmp_path, pa
             assert torch.allclose(merged_one[key], merged[key], atol=1e-5, rtol=0), (other, key)
 
 
+@pytest.mark.long
 def test_sigterm_stops_a_two_process_run_between_steps_and_it_resumes_exactly(tiny_model_dir, tmp_path,
                                                                               parity_task):
     """A scheduler's SIGTERM reaching one process: both finish the step, checkpoint, exit; the resume is exact."""

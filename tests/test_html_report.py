@@ -82,6 +82,7 @@ def _dom(browser: str, page: Path, fragment: str = "") -> str:
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no Chromium installed (make setup-browser installs it)")
+@pytest.mark.long
 def test_the_sample_browser_runs_in_headless_chromium(tmp_path):
     """Loads with no script error; the filters, search and run selector change what is shown; a
     screenshot is written (committed under docs/ from a real run)."""

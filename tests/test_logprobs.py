@@ -119,6 +119,7 @@ def test_length_buckets_minimise_the_padded_total():
     assert length_buckets([9, 1, 10, 2], max_buckets=2) == [[1, 3], [0, 2]]
 
 
+@pytest.mark.long
 def test_a_training_step_is_the_same_with_and_without_shared_prefixes(tiny_model_dir, tmp_path):
     """Through the trainer: the same rollout, loss and updated weights whether prefixes are shared or not."""
     from selfcorrect.trainer import TrainConfig, Trainer

@@ -29,6 +29,7 @@ def _scores(model, episodes, pad_id):
         return token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["attempt_mask"].any(1))
 
 
+@pytest.mark.long
 def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir, tmp_path, parity_task):
     trainer = _trainer(tiny_model_dir, tmp_path, parity_task)
     assert trainer.reference is None                        # no second copy of the weights
@@ -46,6 +47,7 @@ def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir, t
     assert not torch.allclose(_scores(trainer.policy, episodes, pad), disabled, atol=1e-4)   # the adapter learnt
 
 
+@pytest.mark.long
 def test_lora_checkpoint_loads_merged_and_resumes(tiny_model_dir, tmp_path, parity_task):
     trainer = _trainer(tiny_model_dir, tmp_path, parity_task)
     trainer.train()

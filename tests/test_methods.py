@@ -124,6 +124,7 @@ def test_the_sft_steps_use_only_the_trainer_state_their_protocol_lists(tiny_mode
     assert all(hasattr(trainer, name) for name in members)
 
 
+@pytest.mark.long
 def test_single_turn_and_no_shaping_objectives(tiny_model_dir, tmp_path, parity_task, monkeypatch):
     trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "single", parity_task, method="single-turn"))
     trainer.train_step()
@@ -144,6 +145,7 @@ def test_single_turn_and_no_shaping_objectives(tiny_model_dir, tmp_path, parity_
     assert seen["alpha"] == 0.0
 
 
+@pytest.mark.long
 def test_compare_end_to_end_and_resumable(tiny_model_dir, tmp_path, parity_task):
     base = _config(tiny_model_dir, tmp_path / "unused", parity_task)
     out = tmp_path / "cmp"
@@ -173,6 +175,7 @@ def test_compare_end_to_end_and_resumable(tiny_model_dir, tmp_path, parity_task)
 
 
 @pytest.mark.parametrize("lora_r", [0, 2])
+@pytest.mark.long
 def test_star_rounds_fine_tune_the_initial_model_afresh_on_every_kept_trace(tiny_model_dir, tmp_path, parity_task,
                                                                            monkeypatch, lora_r):
     """STaR's protocol: round r samples with round r-1's model, then fine-tunes the *initial* model (fresh
@@ -202,6 +205,7 @@ def test_star_rounds_fine_tune_the_initial_model_afresh_on_every_kept_trace(tiny
     assert [r["lr"] for r in rows] == pytest.approx([5e-4, 1e-3] * 3)
 
 
+@pytest.mark.long
 def test_star_resumed_at_a_round_boundary_equals_a_straight_run(tiny_model_dir, tmp_path, parity_task,
                                                                interrupt_training):
     from safetensors.torch import load_file
@@ -239,6 +243,7 @@ def test_a_compare_row_may_change_settings_of_its_own_runs():
         run_compare(base, ["ppo:lr=1"], [0], Path("/nonexistent/never-created"))
 
 
+@pytest.mark.long
 def test_compare_with_a_shared_warm_start(tiny_model_dir, tmp_path, parity_task):
     from safetensors.torch import load_file
 

@@ -82,6 +82,7 @@ def test_unknown_hub_id_offline(monkeypatch: pytest.MonkeyPatch) -> None:
                            f"and as a hub id: {OFFLINE_HINT}")
 
 
+@pytest.mark.long
 def test_an_unreachable_hub_loads_a_cached_model_and_refuses_an_uncached_one_at_once(
         unreachable_hub, tmp_path: Path, tiny_model_dir: Path) -> None:
     """No retries (51 s of them before): the uncached id fails in one line naming the cause, the cached id
@@ -179,6 +180,7 @@ def _base_model_dir(tmp_path: Path, tiny_model_dir: Path) -> Path:
     return base
 
 
+@pytest.mark.long
 def test_a_base_model_gets_a_chat_template_and_keeps_it_in_checkpoints(tmp_path: Path, tiny_model_dir: Path,
                                                                        parity_task) -> None:
     """No template: refused with the way out named; with --chat-template plain, episodes are built
@@ -360,6 +362,7 @@ def test_default_config_has_no_quantization(default_tokenizer) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_default_model_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
     _go_offline(monkeypatch)  # the default model never needs the network
     model, tok = load_model_and_tokenizer("default", dtype="float32")

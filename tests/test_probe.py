@@ -126,6 +126,7 @@ def test_probe_command_writes_its_results(tiny_model_dir, tmp_path, capsys):
     assert (out / "probe.md").read_text().startswith("# Probe:")
 
 
+@pytest.mark.long
 def test_probe_command_is_reproducible(tiny_model_dir, tmp_path):
     assert _probe(tiny_model_dir, tmp_path / "a") == 0
     assert _probe(tiny_model_dir, tmp_path / "b") == 0
@@ -145,6 +146,7 @@ def test_probe_bad_input_is_one_line_and_writes_nothing(flags, message, tiny_mod
     assert not out.exists()
 
 
+@pytest.mark.long
 def test_train_with_probe_trains_exactly_as_without(tiny_model_dir, tmp_path, parity_task):
     from selfcorrect.cli import main as cli
 

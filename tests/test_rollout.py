@@ -217,6 +217,7 @@ def test_bad_attempts_and_samples(tiny_model):
         TransformersBackend(model, tok, batch_size=0)
 
 
+@pytest.mark.long
 def test_per_row_seeds_make_samples_independent_of_batching(tiny_model):
     """The same (problem, sample, attempt) samples the same tokens alone, in a batch, or in another batch size."""
     model, tok = tiny_model
@@ -274,6 +275,7 @@ def test_static_decode_matches_generate_across_bucket_changes(default_tokenizer)
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
 
 
+@pytest.mark.long
 def test_static_decode_seeded_sampling_is_batch_invariant(tiny_model):
     """Per-row seeds: the static path samples what the dynamic path samples, at any batch size."""
     model, tok = tiny_model

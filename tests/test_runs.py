@@ -76,6 +76,7 @@ FAULTS = [("rollout", 2, "KILL"), ("score", 3, "KILL"), ("backward", 5, "KILL"),
 
 
 @pytest.mark.parametrize("point, count, signame", FAULTS)
+@pytest.mark.long
 def test_a_run_interrupted_inside_a_step_resumes_to_the_same_result(point, count, signame, straight_run,
                                                                     tiny_model_dir, tmp_path):
     task, (weights, optimizer, rows) = straight_run
@@ -103,6 +104,7 @@ def _config(model_dir, out, task, **overrides) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@pytest.mark.long
 def test_one_writer_per_run_directory(tiny_model_dir, tmp_path, parity_task):
     run = tmp_path / "run"
     first = Trainer.create(_config(tiny_model_dir, run, parity_task))
@@ -136,6 +138,7 @@ def test_another_process_holding_the_lock_is_named(tiny_model_dir, tmp_path, par
     Trainer.create(_config(tiny_model_dir, run, parity_task, overwrite=True))   # its process is gone
 
 
+@pytest.mark.long
 def test_overwrite_is_a_fresh_run(tiny_model_dir, tmp_path, parity_task):
     run = tmp_path / "run"
     Trainer.create(_config(tiny_model_dir, run, parity_task, stage1_steps=2, eval_every=1)).train()
@@ -151,6 +154,7 @@ def test_overwrite_is_a_fresh_run(tiny_model_dir, tmp_path, parity_task):
 
 
 # --------------------------------------------------------------------------- damaged checkpoints and logs
+@pytest.mark.long
 def test_resume_falls_back_to_the_newest_intact_checkpoint(tiny_model_dir, tmp_path, parity_task, capsys):
     run = tmp_path / "run"
     Trainer.create(_config(tiny_model_dir, run, parity_task, stage2_steps=2, keep_last=3)).train()
@@ -173,6 +177,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tiny_model_dir, tmp_p
 
 
 # --------------------------------------------------------------------------- changed settings
+@pytest.mark.long
 def test_resume_refuses_changed_settings_except_the_documented_ones(tiny_model_dir, tmp_path, parity_task):
     run = tmp_path / "run"
     Trainer.create(_config(tiny_model_dir, run, parity_task)).train()
@@ -187,6 +192,7 @@ def test_resume_refuses_changed_settings_except_the_documented_ones(tiny_model_d
         Trainer.resume(star, overrides={"iterations": "2"})
 
 
+@pytest.mark.long
 def test_cli_resume_with_a_changed_flag_is_one_line(tiny_model_dir, tmp_path, parity_task):
     run = tmp_path / "run"
     Trainer.create(_config(tiny_model_dir, run, parity_task)).train()
@@ -194,6 +200,7 @@ def test_cli_resume_with_a_changed_flag_is_one_line(tiny_model_dir, tmp_path, pa
     assert done.returncode == 2 and "lr: 0.001 → 0.5" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.long
 def test_compare_never_reuses_runs_made_with_other_settings(tiny_model_dir, tmp_path, parity_task):
     from selfcorrect.compare import run_compare
 
@@ -206,6 +213,7 @@ def test_compare_never_reuses_runs_made_with_other_settings(tiny_model_dir, tmp_
 
 # --------------------------------------------------------------------------- output paths
 @pytest.mark.parametrize("command", ["train", "eval", "demo", "compare"])
+@pytest.mark.long
 def test_unusable_output_paths_are_one_line_before_any_work(command, tiny_model_dir, tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
@@ -242,6 +250,7 @@ def test_a_start_that_failed_after_writing_its_config_can_be_started_again(tiny_
         Trainer.create(_config(tiny_model_dir, out, parity_task))
 
 
+@pytest.mark.long
 def test_wandb_without_wandb_is_refused_before_anything(tmp_path):
     import importlib.util
 
@@ -253,6 +262,7 @@ def test_wandb_without_wandb_is_refused_before_anything(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.long
 def test_a_failed_start_leaves_nothing(tmp_path):
     out = tmp_path / "new-run"
     done = _cli(["train", "--model", str(tmp_path / "no-such-model"), "--out", str(out)], timeout=120)

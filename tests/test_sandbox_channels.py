@@ -218,6 +218,7 @@ def test_the_judges_last_message_never_blocks(monkeypatch):
 
 
 @pytest.mark.usefixtures("no_trace")
+@pytest.mark.long
 def test_a_judge_side_hash_flood_is_bounded():
     """The program returns a list of ints that share one hash; the tests' set() of it runs in the judge,
     in one C call no alarm interrupts.  The judge's CPU limit ends it; the run fails."""

@@ -110,6 +110,7 @@ def test_eval_every_needs_validation_problems(tiny_model_dir, tmp_path):
     assert not (tmp_path / "run").exists()                       # refused before anything was written
 
 
+@pytest.mark.long
 def test_validation_chooses_the_checkpoint_and_test_is_evaluated_once(tiny_model_dir, tmp_path, monkeypatch):
     config = TrainConfig(model=str(tiny_model_dir), task_options={"n": 6}, out=str(tmp_path / "run"),
                          iterations=1, stage1_steps=2, stage2_steps=1, problems_per_step=2, samples=2,
@@ -191,6 +192,7 @@ def test_a_resume_whose_task_gives_other_training_problems_is_refused(tiny_model
         Trainer.resume(tmp_path / "run")
 
 
+@pytest.mark.long
 def test_the_best_checkpoint_knows_it_is_the_best(tiny_model_dir, tmp_path):
     """best.json and the checkpoint's own state agree, so a resumed run never forgets its best."""
     from selfcorrect.checkpoint import load_state
@@ -205,6 +207,7 @@ def test_the_best_checkpoint_knows_it_is_the_best(tiny_model_dir, tmp_path):
     assert state["best"] == best and (tmp_path / "run" / best["checkpoint"]).is_dir()
 
 
+@pytest.mark.long
 def test_periodic_test_evaluations_keep_per_problem_records_and_leave_training_alone(tiny_model_dir, tmp_path):
     """test_every writes test-evals/step-N/{metrics.json,samples.jsonl} (the budget curve pools them over
     seeds) and changes nothing in training: the curve's run at step N is the run that stops at step N."""
@@ -237,6 +240,7 @@ def test_periodic_test_evaluations_keep_per_problem_records_and_leave_training_a
         assert torch.equal(tensor, curve.policy.state_dict()[name]), name
 
 
+@pytest.mark.long
 def test_a_longer_run_at_step_n_is_the_run_that_stops_at_n(tiny_model_dir, tmp_path):
     """The budget curve's premise: with more iterations, a run's state and test evaluation at step N (its
     checkpoint-N and test-evals/step-N) are those of the run scheduled to end at N."""

@@ -99,6 +99,7 @@ def test_a_problem_drawn_twice_in_a_step_is_two_groups_with_their_own_seeds(tiny
 
 
 @pytest.mark.parametrize("stop, phase, anchor", [(4, (2, 1), True), (5, (2, 2), False)])
+@pytest.mark.long
 def test_resume_after_interrupt_equals_straight_run(stop, phase, anchor, tiny_model_dir, tmp_path, parity_task,
                                                     interrupt_training):
     """6 steps straight vs ``stop`` steps + Ctrl-C + resume: identical weights, resumed inside iteration 2's
@@ -127,6 +128,7 @@ def test_resume_after_interrupt_equals_straight_run(stop, phase, anchor, tiny_mo
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
 
 
+@pytest.mark.long
 def test_run_directory_contents_and_metrics(tiny_model_dir, tmp_path):
     run = tmp_path / "run"
     trainer = Trainer.create(_config(tiny_model_dir, run, iterations=1, stage1_steps=1, stage2_steps=1,
@@ -199,6 +201,7 @@ def _fixture_data(tmp_path, task: str, split: str) -> str:
 
 
 @pytest.mark.parametrize("name", SHIPPED_TRAIN_CONFIGS)
+@pytest.mark.long
 def test_every_shipped_config_runs_a_step(name, tiny_model_dir, tmp_path):
     """The shipped YAML as a user runs it, with only size knobs, the model and its data files swapped in."""
     from pathlib import Path
@@ -238,6 +241,7 @@ def test_shipped_train_configs_are_valid(name):
         assert (config.lr, config.beta2) == ((5e-6, 0.1) if name == "math" else (1e-5, 0.25))
 
 
+@pytest.mark.long
 def test_cli_train_resume_and_errors(tiny_model_dir, tmp_path, parity_task, capsys):
     from selfcorrect.cli import main
 
@@ -299,6 +303,7 @@ def _gap_rows(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.long
 def test_the_sampler_and_the_trainer_agree_at_the_sampling_temperature(tiny_model_dir, tmp_path, capsys):
     run = tmp_path / "run"
     Trainer.create(_config(tiny_model_dir, run, iterations=1, stage1_steps=1, stage2_steps=1,
@@ -311,6 +316,7 @@ def test_the_sampler_and_the_trainer_agree_at_the_sampling_temperature(tiny_mode
     assert "off-policy" not in capsys.readouterr().err
 
 
+@pytest.mark.long
 def test_a_wrong_temperature_fires_the_gap_warning(tiny_model_dir, tmp_path, capsys, monkeypatch):
     """Rollouts sampled at 1.5 but scored at 0.7: the check must catch it, once."""
     from selfcorrect.rollout import SamplingParams
@@ -387,6 +393,7 @@ def test_dropout_disabled_scores_the_eval_model_with_checkpointing_on(kind, tmp_
     assert not torch.allclose(scored()[0], want, atol=1e-3)   # rates restored on exit
 
 
+@pytest.mark.long
 def test_a_dropout_model_is_trained_on_policy(tmp_path, default_tokenizer, capsys):
     """Rollouts are sampled without dropout; training must score them the same way (the gap check sees it)."""
     model_dir = _dropout_model_dir(tmp_path, default_tokenizer, "llama")
@@ -399,6 +406,7 @@ def test_a_dropout_model_is_trained_on_policy(tmp_path, default_tokenizer, capsy
     assert "off-policy" not in capsys.readouterr().err
 
 
+@pytest.mark.long
 def test_adam_and_the_lr_schedule_carry_on_across_stage_and_iteration_boundaries(tiny_model_dir, tmp_path):
     """The choice documented in docs/training.md: one optimizer run over Stage I → II → I → II, no reset."""
     run = tmp_path / "run"
@@ -411,6 +419,7 @@ def test_adam_and_the_lr_schedule_carry_on_across_stage_and_iteration_boundaries
     assert applied >= 5 and {int(s["step"]) for s in trainer.optimizer.state.values()} == {applied}
 
 
+@pytest.mark.long
 def test_a_run_whose_output_is_a_file_prints_a_plain_line_per_step(tiny_model_dir, tmp_path, parity_task):
     """No TTY (a cluster job's log, `make demo > log`): one flushed plain line per step, no rich redraws."""
     import os
@@ -446,6 +455,7 @@ def test_a_run_whose_output_is_a_file_prints_a_plain_line_per_step(tiny_model_di
 
 
 # --------------------------------------------------------------------------- TensorBoard and W&B names
+@pytest.mark.long
 def test_tensorboard_scalars_are_named_like_the_metrics_jsonl_keys(tiny_model_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -477,6 +487,7 @@ def test_wandb_logs_offline_and_a_resume_continues_the_same_run(tiny_model_dir, 
     assert (run / "wandb-id.txt").read_text().strip() == run_id
 
 
+@pytest.mark.long
 def test_base_first_attempts_are_prompts_from_the_initial_model_and_never_trained(tiny_model_dir, tmp_path):
     """base_first_attempts (paper §5.3): in Stage II the first attempts of a share of the problems come from
     π_ref; the policy writes every later attempt; the offline attempts get neither gradient nor KL."""
@@ -533,6 +544,7 @@ def test_base_first_attempts_refuses_layouts_without_a_full_reference():
         TrainConfig(base_first_attempts=1.5)
 
 
+@pytest.mark.long
 def test_adaptive_beta2_moves_and_resumes_exactly(tiny_model_dir, tmp_path, parity_task, interrupt_training):
     """adaptive_beta2: Stage I rows log the β2 they used; it moves from step to step, is checkpointed, and a
     resumed run continues the same sequence; without it β2 stays fixed."""
@@ -556,6 +568,7 @@ def test_adaptive_beta2_moves_and_resumes_exactly(tiny_model_dir, tmp_path, pari
 
 
 @pytest.mark.parametrize("anchor", ["iteration", "reference"])
+@pytest.mark.long
 def test_stage1_anchor_and_the_kl_to_the_reference_beside_it(anchor, tiny_model_dir, tmp_path, parity_task):
     trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "r", parity_task, stage1_anchor=anchor,
                                      stage1_kl_in="loss-k2"))

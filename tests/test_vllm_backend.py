@@ -156,6 +156,7 @@ def test_sampling_requests_carry_the_row_seeds_and_settings(tiny_model):
     assert {sp.top_k for _, sp in backend.engine.requests[-3:]} == {-1}        # vLLM's "off"
 
 
+@pytest.mark.long
 def test_episodes_and_masks_do_not_depend_on_the_backend(tiny_model):
     model, tok = tiny_model
     problems = [Problem(id=f"p{i}", question=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(3)]
@@ -217,6 +218,7 @@ def _patch_engine(monkeypatch, created: list):
 
 
 @pytest.mark.parametrize("lora_r", [0, 4])
+@pytest.mark.long
 def test_trainer_pushes_weights_into_the_engine_after_every_step(tiny_model_dir, tmp_path, parity_task,
                                                                   monkeypatch, lora_r):
     created: list = []
@@ -239,6 +241,7 @@ def test_trainer_pushes_weights_into_the_engine_after_every_step(tiny_model_dir,
     assert engine.requests and len(trainer.last_episodes) == 4
 
 
+@pytest.mark.long
 def test_resumed_run_syncs_the_checkpoint_into_the_engine(tiny_model_dir, tmp_path, parity_task, monkeypatch):
     created: list = []
     _patch_engine(monkeypatch, created)
