@@ -349,7 +349,7 @@ class Trainer(SupervisedSteps):
 
         def loss_of(batch):
             out = step_loss(config, phase, engine.token_logprobs, engine.trained, self.reference, self.anchor,
-                            batch, self.tokenizer.pad_token_id, norm, self.device, clock=clock, beta2=self.beta2)
+                            batch, self.tokenizer.pad_token_id, norm, self.device, self.beta2, clock=clock)
             return out.loss, out
 
         def keep(batch, out):

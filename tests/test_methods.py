@@ -125,6 +125,24 @@ def test_the_sft_steps_use_only_the_trainer_state_their_protocol_lists(tiny_mode
 
 
 @pytest.mark.long
+def test_the_method_table_holds_its_facts():
+    """β2 has one source (the trainer's, given every step: Stage I binds none and refuses a call without it);
+    SFT phases name their dataset builder; the STaR rounds are the phases that restart."""
+    from selfcorrect.training.sft_data import pair_dataset, star_dataset
+
+    stage1 = TrainConfig().schedule()[0].objective
+    assert stage1.per_step == ("beta2",) and "beta2" not in stage1.loss.keywords
+    logp = torch.zeros(2, 3)
+    args = (logp, logp, logp, torch.ones(2, 2, 3, dtype=torch.bool), torch.zeros(2, 2), torch.tensor([0, 0]))
+    with pytest.raises(TypeError, match="per-step hyperparameters"):
+        stage1(*args, norm=2)
+    assert torch.isfinite(stage1(*args, norm=2, beta2=0.1).loss)
+    assert [p.dataset for p in TrainConfig(method="star").schedule()] == [star_dataset] * 3
+    assert [p.dataset for p in TrainConfig(method="pair-sft").schedule()] == [pair_dataset]
+    assert [p.restart for p in TrainConfig(method="star").schedule()] == [True] * 3
+    assert not any(p.restart for m in METHODS if m != "star" for p in TrainConfig(method=m).schedule())
+
+
 def test_single_turn_and_no_shaping_objectives(tiny_model_dir, tmp_path, parity_task, monkeypatch):
     trainer = Trainer.create(_config(tiny_model_dir, tmp_path / "single", parity_task, method="single-turn"))
     trainer.train_step()

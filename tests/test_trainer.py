@@ -525,7 +525,7 @@ def test_base_first_attempts_are_prompts_from_the_initial_model_and_never_traine
 
     phase = trainer.config.schedule()[0]
     out = step_loss(trainer.config, phase, scorer, trainer.policy, trainer.reference, trainer.anchor, episodes,
-                    trainer.tokenizer.pad_token_id, len(episodes), trainer.device)
+                    trainer.tokenizer.pad_token_id, len(episodes), trainer.device, trainer.beta2)
     out.loss.backward()
     grad = kept["logp"].grad                              # [B, T]
     for row, ep in enumerate(episodes):

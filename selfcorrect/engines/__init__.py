@@ -36,7 +36,7 @@ def layout_conflict(config, sharding: str, engine: str) -> str | None:
     backend = backend_capabilities(config)
     if not backend.shardable:
         return f"rollout_backend {backend.name} cannot be combined with sharding yet (use sharding: none)"
-    if config.method == "star" and (engine == "deepspeed" or config.lora_r):
+    if any(phase.restart for phase in config.schedule()) and (engine == "deepspeed" or config.lora_r):
         return ("method star restarts each round from the initial model, which is not supported yet with "
                 f"{'DeepSpeed' if engine == 'deepspeed' else 'LoRA'} sharding (use sharding_engine fsdp "
                 "without LoRA, or sharding: none)")

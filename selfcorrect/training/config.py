@@ -242,8 +242,6 @@ class TrainConfig(SamplingSettings):
         need(self.sharding in SHARDINGS, f"sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
         need(self.sharding_engine in ENGINES,
              f"sharding_engine must be one of {', '.join(ENGINES)}, got {self.sharding_engine!r}")
-        conflict = self.sharding_conflict(self.sharding, self.sharding_engine)
-        need(conflict is None, conflict or "")
         self.check_sampling()
         for name in ("iterations", "problems_per_step", "samples", "attempts", "micro_batch_problems",
                      "logprob_chunk", "eval_limit", "validation_limit", "eval_max_new_tokens", "star_rounds",
@@ -252,6 +250,8 @@ class TrainConfig(SamplingSettings):
         for name in ("stage1_steps", "stage2_steps", "warmup_steps", "eval_every", "test_every", "save_every",
                      "keep_last", "log_samples_every", "sft_steps"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)!r}")
+        conflict = self.sharding_conflict(self.sharding, self.sharding_engine)   # asks the schedule and backend
+        need(conflict is None, conflict or "")
         need(math.isfinite(self.beta2_balance) and self.beta2_balance > 0,
              f"beta2_balance must be a positive number, got {self.beta2_balance!r}")
         for name in ("alpha", "beta1", "beta2", "weight_decay", "max_grad_norm", "save_every_minutes"):

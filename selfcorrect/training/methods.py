@@ -23,6 +23,7 @@ import torch
 
 from ..algorithms.policy_gradient import LossOutput
 from ..algorithms.score import single_turn_loss, stage_one_loss, stage_two_loss
+from .sft_data import pair_dataset, star_dataset
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,17 @@ class Objective:
     """``loss(logp, ref_logp, [anchor_logp,] attempt_mask, rewards, groups, norm=...)``."""
     anchored: bool = False
     """Attempt 1 is pinned to the Stage I anchor: the loss takes the anchor's log-probs."""
+    per_step: tuple[str, ...] = ()
+    """Hyperparameters not bound here because the trainer holds them and may move them between steps (Stage
+    I's β2, which ``adaptive_beta2`` adapts): every call must give exactly these."""
 
     def __call__(self, logp: torch.Tensor, ref_logp: torch.Tensor, anchor_logp: torch.Tensor,
                  attempt_mask: torch.Tensor, rewards: torch.Tensor, groups: torch.Tensor, norm: int,
                  **hyper: float) -> LossOutput:
-        """``hyper`` overrides a bound hyperparameter for this call (the adaptive β2 of Stage I)."""
+        """``hyper``: this step's values of :attr:`per_step`."""
+        if set(hyper) != set(self.per_step):
+            raise TypeError(f"objective {self.name} takes {self.per_step or 'no'} per-step hyperparameters, "
+                            f"got {sorted(hyper)}")
         if self.anchored:
             return self.loss(logp, ref_logp, anchor_logp, attempt_mask, rewards, groups, norm=norm, **hyper)
         return self.loss(logp, ref_logp, attempt_mask, rewards, groups, norm=norm, **hyper)
@@ -65,6 +72,8 @@ class Phase:
     """RL phases: the loss of one micro-batch."""
     collect_episodes: int = 0
     """SFT phases: episodes generated to build the dataset (its share of the sample budget)."""
+    dataset: Callable[..., list] | None = field(default=None, compare=False, repr=False)
+    """SFT phases: ``dataset(traces, problems, task, builder, keep) -> episodes`` (:mod:`.sft_data`)."""
     restart: bool = False
     """STaR rounds: fine-tune the *initial* model afresh (its weights, a fresh Adam, the LR warmup again)
     on every trace kept in this and the earlier rounds, as the STaR paper does."""
@@ -78,10 +87,10 @@ def _common(config) -> dict[str, Any]:
 
 
 def stage_one(config) -> Objective:
-    """Stage I: reward attempt 2, pin attempt 1 (β2) to the anchor."""
-    return Objective("stage1", functools.partial(stage_one_loss, beta1=config.beta1, beta2=config.beta2,
+    """Stage I: reward attempt 2, pin attempt 1 (β2, the trainer's: it may adapt) to the anchor."""
+    return Objective("stage1", functools.partial(stage_one_loss, beta1=config.beta1,
                                                  first_kl_in=config.stage1_kl_in or None, **_common(config)),
-                     anchored=True)
+                     anchored=True, per_step=("beta2",))
 
 
 def stage_two(config, alpha: float) -> Objective:
@@ -132,7 +141,7 @@ def single_turn_rl(config) -> list[Phase]:
 
 def _star_round(config, round_: int, episodes: int, restart: bool) -> Phase:
     return Phase("sft", round_, 2, config.sft_steps, "star", config.attempts, collect_episodes=episodes,
-                 restart=restart)
+                 restart=restart, dataset=star_dataset)
 
 
 def star(config) -> list[Phase]:
@@ -143,7 +152,8 @@ def star(config) -> list[Phase]:
 
 def pair_sft(config) -> list[Phase]:
     """One round: all of the budget as base-model first attempts, paired wrong → right."""
-    return [Phase("sft", 1, 2, config.sft_steps, "pair", 1, collect_episodes=config.episode_budget)]
+    return [Phase("sft", 1, 2, config.sft_steps, "pair", 1, collect_episodes=config.episode_budget,
+                  dataset=pair_dataset)]
 
 
 def star_stage2(config) -> list[Phase]:

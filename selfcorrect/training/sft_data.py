@@ -8,13 +8,13 @@
   problem, as ``(x1, y_wrong, instruction) → y_right`` (``D``); ``D+`` also
   pairs two correct responses.
 
-:data:`BUILDERS` maps an SFT phase's name to the function that turns its
-collected traces into training episodes.
+Each SFT phase of :mod:`.methods` names its builder (``Phase.dataset``): the function that
+turns its collected traces into training episodes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from ..rollout.episodes import ConversationBuilder, Episode
 
@@ -79,4 +79,3 @@ def pair_dataset(traces: Sequence[Episode], problems, task, builder: Conversatio
     return pair_episodes(builder, traces, prompts, keep)
 
 
-BUILDERS: dict[str, Callable[..., list[Episode]]] = {"star": star_dataset, "pair": pair_dataset}

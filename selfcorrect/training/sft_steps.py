@@ -23,7 +23,6 @@ from ..lora import load_trainable, save_trainable
 from ..rollout import Episode
 from ..rollout.sampling import ProblemStream
 from .methods import Phase
-from .sft_data import BUILDERS
 from .step import accumulate, collected_stats, sft_step_loss
 
 
@@ -77,7 +76,7 @@ class SupervisedSteps:
         # produced them, and every process builds the same dataset from them (so the SFT batches do not
         # depend on the number of processes, even when a problem was drawn twice).
         traces = self.dist.gather_in_order(self._rollout(problems, phase.attempts), len(problems), config.samples)
-        dataset = BUILDERS[phase.name](traces, problems, self.task, self.builder, config.sft_keep)
+        dataset = phase.dataset(traces, problems, self.task, self.builder, config.sft_keep)
         record = {"episodes": dataset, "collected": len(traces), "stats": collected_stats(traces, phase.attempts),
                   "stream": self.stream.state()}
         if self.dist.main:

@@ -85,13 +85,13 @@ def accumulate(engine, batches: Sequence[list[Episode]], loss_of: Callable[[list
 
 
 def step_loss(config, phase: Phase, score: Scorer, policy, reference, anchor, batch: list[Episode], pad_id: int,
-              norm: int, device: torch.device, clock=untimed, beta2: float | None = None) -> LossOutput:
+              norm: int, device: torch.device, beta2: float, clock=untimed) -> LossOutput:
     """Collate → log-probs (policy with grad; π_ref and the anchor without) → the phase's objective.
 
     ``score`` is the engine's :meth:`~selfcorrect.engines.Engine.token_logprobs`; ``reference`` is None
     under LoRA (π_ref = the policy with its adapter switched off); ``clock`` a
     :class:`~selfcorrect.training.clock.PhaseClock` that times the reference and policy passes; ``beta2``
-    the Stage I coefficient of this step when it adapts (``adaptive_beta2``).
+    this step's Stage I coefficient (the trainer's: ``beta2``, moved by ``adaptive_beta2``).
     """
     k = phase.attempts
     tensors = collate(batch, pad_token_id=pad_id, num_attempts=k)
@@ -121,7 +121,7 @@ def step_loss(config, phase: Phase, score: Scorer, policy, reference, anchor, ba
     with clock("policy_score"):
         with autocast(config, device):
             logp = score(policy, input_ids, attention_mask, label_mask, **scored)
-        hyper = {"beta2": beta2} if beta2 is not None and phase.objective.anchored else {}
+        hyper = {name: {"beta2": beta2}[name] for name in phase.objective.per_step}
         out = phase.objective(logp, ref_logp, anchor_logp, attempt_mask, rewards, groups, norm=norm, **hyper)
     if anchor_logp is not ref_logp:                                # Stage I pinned to another model: also vs π_ref
         out.kl_reference = ((logp.detach() - ref_logp) * attempt_mask[:, 0]).sum(-1)   # [B]
