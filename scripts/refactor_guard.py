@@ -95,7 +95,7 @@ def fingerprint(run: Path) -> dict[str, str]:
 
     rows = ([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         if (run / "metrics.jsonl").is_file() else [])
-    clean = [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+    clean = [{k: v for k, v in row.items() if k not in TIMING and not k.startswith("time_")} for row in rows]
     out = {"rows": str(len(clean)), "metrics": hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()}
     try:
         checkpoint = latest_checkpoint(run)
@@ -103,7 +103,8 @@ def fingerprint(run: Path) -> dict[str, str]:
         checkpoint = None
     if checkpoint is not None:
         weights = {}
-        for file in sorted(checkpoint.glob("*.safetensors")):
+        # the policy only: what else a checkpoint holds (the Stage I anchor) is resume state, not behaviour
+        for file in sorted(f for f in checkpoint.glob("*.safetensors") if f.name != "anchor.safetensors"):
             weights.update({f"{file.name}:{k}": v for k, v in load_file(str(file)).items()})
         digest = hashlib.sha256()
         for key in sorted(weights):
@@ -113,7 +114,9 @@ def fingerprint(run: Path) -> dict[str, str]:
         out["weights"] = digest.hexdigest()
     final = run / "eval" / "metrics.json"
     if final.is_file():
-        out["eval"] = hashlib.sha256(final.read_bytes()).hexdigest()
+        # the numbers, not where they came from (split sources name this run's temporary paths)
+        numbers = {k: v for k, v in json.loads(final.read_text()).items() if k not in ("split", "splits")}
+        out["eval"] = hashlib.sha256(json.dumps(numbers, sort_keys=True).encode()).hexdigest()
     return out
 
 
