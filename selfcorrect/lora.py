@@ -15,7 +15,7 @@ import contextlib
 from pathlib import Path
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, SelfCorrectError
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -30,6 +30,16 @@ def _peft():
 
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(path: str | Path) -> str:
+    """The base model a LoRA checkpoint was trained on (``base_model_name_or_path`` of its adapter config)."""
+    import json
+
+    base = json.loads((Path(path) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base:
+        raise SelfCorrectError(f"LoRA checkpoint {path}: {ADAPTER_CONFIG} names no base model")
+    return str(base)
 
 
 def apply_lora(model, r: int, alpha: float, dropout: float, target_modules: list[str]):

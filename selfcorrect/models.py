@@ -288,14 +288,9 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", dev
 
 def _load_adapter_merged(path: Path, dtype: torch.dtype, device):
     """A LoRA checkpoint as plain merged weights: its base model (from adapter_config.json) + the adapter."""
-    import json
+    from .lora import adapter_base, load_adapter
 
-    from .lora import load_adapter
-
-    base_spec = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base_spec:
-        raise SelfCorrectError(f"LoRA checkpoint {path}: adapter_config.json names no base model")
-    base = load_model(str(base_spec), dtype=dtype, device=device)
+    base = load_model(adapter_base(path), dtype=dtype, device=device)
     model = load_adapter(base, path, trainable=False).merge_and_unload()
     model.eval()
     return model

@@ -26,7 +26,6 @@ The engine is any object with vLLM's ``LLM`` interface (``generate``,
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -60,12 +59,12 @@ class VLLMBackend:
         of ``model_spec`` (a LoRA checkpoint's base model: the caller syncs the merged weights), in ``dtype``,
         sized by the ``vllm_*`` settings; ``generation_config`` (None: the model's own file) names its
         end-of-turn tokens."""
-        from ..lora import is_adapter_dir
+        from ..lora import adapter_base, is_adapter_dir
         from ..models import engine_source, resolve_dtype
         from .episodes import end_of_turn_ids
 
         if is_adapter_dir(model_spec):
-            model_spec = json.loads((Path(model_spec) / "adapter_config.json").read_text())["base_model_name_or_path"]
+            model_spec = adapter_base(model_spec)
         source = engine_source(model_spec)
         if generation_config is None:
             generation_config = _generation_config(source)
