@@ -17,3 +17,10 @@ class DataError(SelfCorrectError):
 
 class ConfigError(SelfCorrectError):
     """A configuration or command-line value is invalid."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's exception message (its type's name when empty): the cause, for a one-line
+    error of our own."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

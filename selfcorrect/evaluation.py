@@ -30,6 +30,7 @@ from .models import resolve_device
 from .results import summarize_episodes, write_eval_outputs
 from .rollout import (ConversationBuilder, Episode, SamplingParams, attempt_progress, backend_capabilities,
                       build_backend, extend_episodes, new_episodes)
+from .rollout.backends import GREEDY
 from .rollout.settings import SamplingSettings
 
 
@@ -58,10 +59,8 @@ class EvalConfig(SamplingSettings):
     """Samples (episodes) per problem (``--n``, as vLLM's ``n``)."""
     attempts: int = 2
     """Attempts per episode, K >= 1 (attempt k > 1 follows the self-correction instruction)."""
-    temperature: float = 0.0
+    temperature: float = GREEDY
     """Sampling temperature; 0 = greedy, the paper's evaluation protocol."""
-    max_new_tokens: int = 256
-    """Token limit per attempt; attempts that hit it count as truncated."""
     seed: int = 0
     """Seed of sampling (one generator per problem, sample and attempt) and of the bootstrap CIs."""
     vllm_gpu_memory_utilization: float = 0.9

@@ -68,3 +68,22 @@ def datasets_offline_if_unreachable(dataset: str) -> Iterator[bool]:
         yield True
     finally:
         datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
+def load_hub_dataset(dataset: str, config: str | None, split: str, where: str):
+    """``datasets.load_dataset(dataset, config, split=split)`` (offline when the hub is unreachable), with one
+    line naming ``where`` and the cause for anything that goes wrong: not installed, not found, no cache."""
+    from .errors import ConfigError, DataError, first_line
+
+    try:
+        import datasets  # lazy: a heavy import, needed only for hub data
+    except ImportError as exc:
+        raise ConfigError(f"{where}: loading a dataset by name needs the 'datasets' package "
+                          "(pip install datasets)") from exc
+    offline = False
+    try:
+        with datasets_offline_if_unreachable(dataset) as offline:
+            return datasets.load_dataset(dataset, config, split=split)
+    except Exception as exc:  # not found, offline, a bad split or config, ...: the message names the cause
+        cause = f"{CACHE_ONLY}: {first_line(exc)}" if offline else first_line(exc)
+        raise DataError(f"{where}: could not load dataset ({cause})") from exc

@@ -42,11 +42,11 @@ from .checkpoint import (has_anchor, intact_checkpoint, load_state, prune_checkp
     set_rng_state, write_best)
 from .config import from_dict, load_yaml
 from .distributed import DataParallel, StopRequest, TrainingStopped
-from .engines import frozen, frozen_copy, make_engine
+from .engines import make_engine
 from .errors import ConfigError
 from .logprobs import dropout_disabled
-from .lora import apply_lora, export_merged, load_adapter, merged_weights
-from .models import resolve_device
+from .lora import export_merged, merged_weights
+from .models import load_model, load_tokenizer, resolve_device
 from .results import summarize_episodes, write_eval_outputs, write_eval_records
 from .rollout import (ConversationBuilder, Episode, SamplingParams, TransformersBackend, attempt_progress,
                       backend_capabilities, build_backend, sample_episodes)
@@ -56,10 +56,11 @@ from .algorithms.score import adapt_beta2
 from .training.clock import PhaseClock, untimed
 from .training.config import TrainConfig, resumed_config, run_splits
 from .training.methods import METHODS, Phase
+from .training.policy import base_model, load_policy
 from .training.run_log import RunLogger, log_samples, plot_curves, truncate_logs
 from .training.sft_steps import SupervisedSteps
-from .training.step import (accumulate, autocast, batch_metrics, gap_metrics, gap_warning, logprob_gaps, micro_batches,
-                            rloo_group, step_loss)
+from .training.step import (StepRecords, accumulate, autocast, batch_metrics, gap_warning, micro_batches, rloo_group,
+                            step_loss)
 
 __all__ = ["METHODS", "Phase", "ProblemStream", "TrainConfig", "Trainer", "micro_batches", "rloo_group"]
 
@@ -75,8 +76,6 @@ class Trainer(SupervisedSteps):
 
     def __init__(self, config: TrainConfig, run_dir: Path, checkpoint: Path | None = None,
                  lock: RunLock | None = None):
-        from .models import load_model, load_tokenizer
-
         self.config = config
         self.run_dir = run_dir
         self.lock = lock                                  # the run directory's lock (main process), see run_dir.py
@@ -99,25 +98,7 @@ class Trainer(SupervisedSteps):
             print(f"WARNING: TRAINING against code rewards under sandbox isolation {level!r}: "
                   "a policy can learn to game them (docs/sandbox.md).", file=sys.stderr, flush=True)
         self.tokenizer = load_tokenizer(config.model, chat_template=config.chat_template)
-        self.policy = load_model(config.model, dtype=config.dtype, device=self.engine.load_device)
-        if config.lora_r:
-            # π_ref is the policy with its adapter disabled (lora.base_model_context): no second copy.
-            self.reference = None
-            self.policy = (load_adapter(self.policy, checkpoint, trainable=True) if checkpoint is not None else
-                           apply_lora(self.policy, config.lora_r, config.lora_alpha, config.lora_dropout,
-                                      config.lora_target_modules))
-        else:
-            self.reference = frozen_copy(self.policy)     # π_ref: the initial model, never updated
-            if checkpoint is not None:                    # resume: the policy continues from the checkpoint
-                self.policy = load_model(str(checkpoint), dtype=config.dtype, device=self.engine.load_device)
-        if config.gradient_checkpointing and config.lora_r:
-            self.policy.enable_input_require_grads()     # frozen embeddings: let checkpointed layers get grads
-        if config.gradient_checkpointing:
-            enable = (getattr(self.policy, "activation_checkpointing_enable", None) or
-                self.policy.gradient_checkpointing_enable)              # renamed in transformers 5.x
-            enable()
-        self.policy.config.use_cache = True
-        self.policy.train()
+        self.policy, self.reference = load_policy(config, self.engine.load_device, checkpoint)
         self.reference = self.engine.prepare_models(self.policy, self.reference)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optim_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
@@ -229,15 +210,7 @@ class Trainer(SupervisedSteps):
         return trainer
 
     def _base_model(self):
-        """A frozen model laid out like the policy: the base model (with the adapter layout under LoRA)."""
-        from .models import load_model
-
-        config = self.config
-        model = load_model(config.model, dtype=config.dtype, device=self.engine.load_device)
-        if config.lora_r:
-            model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout,
-                               config.lora_target_modules)
-        return frozen(model)
+        return base_model(self.config, self.engine.load_device)
 
     # ---- checkpoints
 
@@ -343,8 +316,7 @@ class Trainer(SupervisedSteps):
             episodes = self._rollout(problems, attempts, base_share)
         generated = time.perf_counter()
 
-        kls, kl_refs, advantages, ordered = [], [], [], []
-        gaps: list[tuple[list[float], list[float]]] = [([], []) for _ in range(attempts)]
+        records = StepRecords(attempts)
         norm = len(problems) * config.samples             # episodes of the whole step, over all processes
 
         def loss_of(batch):
@@ -352,33 +324,18 @@ class Trainer(SupervisedSteps):
                             batch, self.tokenizer.pad_token_id, norm, self.device, self.beta2, clock=clock)
             return out.loss, out
 
-        def keep(batch, out):
-            kls.append(out.kl.cpu())
-            if out.kl_reference is not None:
-                kl_refs.append(out.kl_reference.cpu())
-            advantages.append(out.advantages.detach().cpu())
-            ordered.extend(batch)
-            for total, part in zip(gaps, logprob_gaps(batch, out.logp, attempts)):
-                total[0].extend(part[0])
-                total[1].extend(part[1])
-
         # The sampler ran without dropout, so the policy is scored without it -- through the backward pass
         # too, where checkpointed layers recompute their forward (docs/training.md, "Dropout").
         with dropout_disabled(engine.trained):
             losses = accumulate(engine, micro_batches(episodes, config.micro_batch_problems, config.samples),
-                                loss_of, keep, clock)
+                                loss_of, records.keep, clock)
         trained = time.perf_counter()
         loss, grad_norm, skipped = self._optimizer_step(losses, clock)
 
-        kl = torch.cat(kls) if kls else torch.full((len(episodes), attempts), float("nan"))
-        if len(ordered) != len(episodes):                 # a micro-batch failed: keep rows aligned with kl
-            ordered, kl = episodes, torch.full((len(episodes), attempts), float("nan"))
-        ordered, kl = self.dist.gather(ordered), torch.cat(self.dist.gather([kl]))     # the whole step
+        ordered, kl = records.whole_step(self.dist, episodes)   # the whole step, over all processes
         tokens = sum(len(a.ids) for ep in ordered for a in ep.attempts)
         self.last_episodes = ordered
-        everyone = self.dist.gather([gaps])               # one list of per-attempt gaps per process
-        checked = gap_metrics([(sum((p[k][0] for p in everyone), []), sum((p[k][1] for p in everyone), []))
-                               for k in range(attempts)])
+        checked = records.gap_metrics(self.dist)
         warning = None if self._gap_warned or not self.dist.main else gap_warning(checked, config.logprob_gap_warn)
         if warning:                                       # once per run
             self._gap_warned = True
@@ -386,11 +343,10 @@ class Trainer(SupervisedSteps):
         beta2 = {}
         if phase.objective.anchored:                      # Stage I: the β2 this step used, then the next one
             # KL(attempt 1 ‖ π_ref) beside the anchor's kl_t1 (the same number while the anchor is π_ref)
-            ref_kl = (kl[:, 0] if self.anchor is self.reference else
-                torch.cat(self.dist.gather([torch.cat(kl_refs) if kl_refs else torch.empty(0)])))
+            ref_kl = kl[:, 0] if self.anchor is self.reference else records.reference_kl(self.dist)
             beta2 = {"beta2": self.beta2, "kl_ref_t1": float(ref_kl.nanmean()) if len(ref_kl) else float("nan")}
-            if config.adaptive_beta2 and not skipped and advantages:
-                second = torch.cat(self.dist.gather([torch.cat(advantages)]))[:, 1:]     # [B, K-1], whole step
+            if config.adaptive_beta2 and not skipped and records.advantages:
+                second = records.second_advantages(self.dist)
                 self.beta2 = adapt_beta2(self.beta2, float(kl[:, 0].nanmean()), float(second.abs().mean()),
                                          config.beta2_balance)
         return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "lr": self._step_lr, **beta2,
@@ -520,8 +476,6 @@ class Trainer(SupervisedSteps):
         if config.lora_r and self.engine.whole_weights:
             export_merged(self.policy, self.tokenizer, self.run_dir / "merged")
         elif config.lora_r and final is not None:         # sharded: merge the gathered adapter just saved
-            from .models import load_model
-
             export_merged(load_model(str(final), dtype=config.dtype), self.tokenizer, self.run_dir / "merged")
         logger.close()
         plot_curves(self.run_dir)

@@ -194,3 +194,39 @@ def unreachable_hub(monkeypatch):
         monkeypatch.setattr(hub, "_probe", functools.lru_cache(maxsize=1)(hub._probe.__wrapped__))
 
     return make
+
+
+@pytest.fixture
+def under_seccomp():
+    """``run(body) -> list[str]``: ``body(libc, numbers)`` in a forked child under the candidate's seccomp
+    filter (after PR_SET_NO_NEW_PRIVS, as the candidate), its words sent back through a pipe.  ``numbers``:
+    this machine's syscall numbers of every filtered call.  Skips where the machine has no filter."""
+    import ctypes
+
+    from selfcorrect.tasks.sandbox import confine
+
+    machine = os.uname().machine
+    if confine.seccomp_program(machine) is None:
+        pytest.skip(f"no seccomp filter for {machine}")
+    numbers = {**confine._SECCOMP[machine][1], **{k: v[0] for k, v in confine._SECCOMP_ARGS[machine].items()}}
+
+    def run(body) -> list[str]:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.syscall.restype = ctypes.c_long
+                prepared = body(libc, numbers)             # before the filter: what the probe needs set up
+                libc.prctl(38, 1, 0, 0, 0)                 # PR_SET_NO_NEW_PRIVS
+                confine.install_seccomp()
+                os.write(write, " ".join(prepared()).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        report = os.read(read, 4096).decode().split()
+        os.close(read)
+        return report
+
+    return run

@@ -271,7 +271,7 @@ def test_mbpp_from_a_dataset_name(monkeypatch):
     problem = task.problems[0]  # no task-id filtering: the dataset's split is the split
     assert problem.id == "mbpp/2" and problem.meta["context"] == "import math\n"
     assert task.reward("```python\ndef add(a, b):\n    return a + b\n```", problem) == 1.0
-    with pytest.raises(DataError, match="dataset 'missing'.*cannot load"):
+    with pytest.raises(DataError, match="dataset 'missing'.*could not load dataset"):
         make_mbpp(dataset="missing")
     with pytest.raises(DataError, match="dataset 'broken' split 'test' row 1: field 'test_list'"):
         make_mbpp(dataset="broken")

@@ -377,3 +377,16 @@ def test_renamed_sampling_fields_still_work_for_one_release(tmp_path):
               "vllm_gpu_memory_utilization", "vllm_max_model_len")
     assert all(hasattr(TrainConfig(), n) and hasattr(EvalConfig(), n) for n in shared)
     assert (EvalConfig().temperature, TrainConfig().temperature) == (0.0, 1.0)    # only the defaults differ
+
+
+def test_one_default_token_limit_for_training_its_evaluations_and_eval():
+    """A run's own test numbers and a later `selfcorrect eval` of its checkpoint truncate alike unless told
+    otherwise (they once defaulted to 64 and 256 tokens), and the greedy evaluations are greedy."""
+    from selfcorrect.evaluation import EvalConfig
+    from selfcorrect.rollout import SamplingParams
+    from selfcorrect.trainer import TrainConfig
+
+    limits = {TrainConfig().max_new_tokens, TrainConfig().eval_max_new_tokens, EvalConfig().max_new_tokens,
+              SamplingParams().max_new_tokens}
+    assert limits == {256}
+    assert EvalConfig().temperature == SamplingParams().temperature == 0.0

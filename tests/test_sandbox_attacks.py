@@ -848,35 +848,23 @@ def f():
     assert "memfd PermissionError" in result.stdout_tail, result.stdout_tail
 
 
-def test_seccomp_denies_the_keyring_and_friends():
+def test_seccomp_denies_the_keyring_and_friends(under_seccomp):
     """The candidate's filter, applied to a forked child: keyring calls (per-user state that outlives
     a run: a red team used it to learn HumanEval/0's answers over four runs) and memfd_create get
     EPERM; ordinary syscalls still work."""
-    from selfcorrect.tasks.sandbox import judge
+    denied = ("keyctl", "add_key", "request_key", "memfd_create", "io_uring_setup")
 
-    if judge.seccomp_program(os.uname().machine) is None:
-        pytest.skip(f"no seccomp filter for {os.uname().machine}")
-    numbers = judge._SECCOMP[os.uname().machine][1]
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-            judge.install_seccomp()
+    def probe(libc, numbers):
+        def calls():
             results = []
-            for name in ("keyctl", "add_key", "request_key", "memfd_create", "io_uring_setup"):
+            for name in denied:
                 rc = libc.syscall(numbers[name], 0, 0, 0, 0, 0)
                 results.append(f"{name}={rc}/{ctypes.get_errno()}")
-            results.append(f"getpid={int(os.getpid() > 0)}")
-            os.write(write, " ".join(results).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    os.waitpid(pid, 0)
-    report = os.read(read, 4096).decode()
-    os.close(read)
-    for name in ("keyctl", "add_key", "request_key", "memfd_create", "io_uring_setup"):
+            return results + [f"getpid={int(os.getpid() > 0)}"]
+        return calls
+
+    report = under_seccomp(probe)
+    for name in denied:
         assert f"{name}=-1/1" in report, report          # -1 with errno EPERM
     assert "getpid=1" in report
 

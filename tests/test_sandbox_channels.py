@@ -144,28 +144,18 @@ def test_page_cache_and_lock_syscalls_are_denied():
         assert f"/proc/{name} 0" in lines, result.stdout_tail
 
 
-def test_seccomp_denies_residency_eviction_and_wx_by_number():
+def test_seccomp_denies_residency_eviction_and_wx_by_number(under_seccomp):
     """The filter, applied to a forked child, by raw syscall: mincore, cachestat, readahead, fadvise,
     preadv2, flock get EPERM; mprotect to W+X gets EPERM, mprotect to R+X and R+W do not."""
-    from selfcorrect.tasks.sandbox import judge
-
-    machine = os.uname().machine
-    if judge.seccomp_program(machine) is None:
-        pytest.skip(f"no seccomp filter for {machine}")
-    numbers = {**judge._SECCOMP[machine][1], **{k: v[0] for k, v in judge._SECCOMP_ARGS[machine].items()}}
     plain = ("mincore", "cachestat", "readahead", "fadvise64", "preadv2", "flock")
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.syscall.restype = ctypes.c_long
-            libc.mmap.restype = ctypes.c_void_p
-            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                  ctypes.c_long]
-            page = libc.mmap(None, 4096, 3, 0x22, -1, 0)       # PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS
-            libc.prctl(38, 1, 0, 0, 0)                          # PR_SET_NO_NEW_PRIVS
-            judge.install_seccomp()
+
+    def probe(libc, numbers):
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        page = libc.mmap(None, 4096, 3, 0x22, -1, 0)       # PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS
+
+        def calls():
             results = []
             for name in plain:
                 rc = libc.syscall(ctypes.c_long(numbers[name]), 0, 0, 0, 0, 0, 0)
@@ -175,13 +165,10 @@ def test_seccomp_denies_residency_eviction_and_wx_by_number():
                 rc = libc.syscall(ctypes.c_long(numbers["mprotect"]), ctypes.c_void_p(page), ctypes.c_size_t(4096),
                                   ctypes.c_long(prot))
                 results.append(f"mprotect-{label}={rc}/{ctypes.get_errno()}")
-            os.write(write, " ".join(results).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    os.waitpid(pid, 0)
-    report = os.read(read, 4096).decode().split()
-    os.close(read)
+            return results
+        return calls
+
+    report = under_seccomp(probe)
     for name in plain:
         assert f"{name}=-1/1" in report, report
     assert "mprotect-rwx=-1/1" in report and "mprotect-rx=0/0" in report and "mprotect-rw=0/0" in report, report

@@ -21,17 +21,24 @@ from ..errors import ConfigError
 from ..hf_compat import cache_argument, full_attention_only
 
 
+GREEDY = 0.0
+"""The temperature of every evaluation unless one is asked for: greedy decoding, the paper's protocol."""
+MAX_NEW_TOKENS = 256
+"""The one default token limit per attempt: of training rollouts, of the evaluations inside training and of
+``selfcorrect eval`` (so a run's own test numbers and a later ``selfcorrect eval`` of it truncate alike)."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample one attempt. ``temperature == 0`` means greedy decoding (the paper's eval protocol)."""
 
-    temperature: float = 0.0
+    temperature: float = GREEDY
     """Softmax temperature; 0 = greedy."""
     top_p: float = 1.0
     """Nucleus sampling mass in (0, 1]; 1 = off."""
     top_k: int = 0
     """Keep only the k most likely tokens; 0 = off."""
-    max_new_tokens: int = 256
+    max_new_tokens: int = MAX_NEW_TOKENS
     """Token limit per attempt; an attempt that reaches it is marked truncated."""
 
     def __post_init__(self) -> None:

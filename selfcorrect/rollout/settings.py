@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import ConfigError
-from .backends import DECODE_MODES, SamplingParams
+from .backends import DECODE_MODES, MAX_NEW_TOKENS, SamplingParams
 from .registry import BACKENDS
 
 
@@ -18,12 +18,14 @@ class SamplingSettings:
     """The sampling knobs of a run (a base of the train and eval configs)."""
 
     temperature: float = 1.0
-    """Sampling temperature; 0 = greedy (evaluation only).  Training scores its rollouts at this temperature."""
+    """Sampling temperature; 0 = greedy (evaluation only).  Training samples and scores its rollouts at this
+    temperature (the paper's 1.0); ``selfcorrect eval`` defaults to greedy (``GREEDY``), and the evaluations
+    inside training are always greedy."""
     top_p: float = 1.0
     """Nucleus sampling mass (1 = off; training refuses truncated sampling)."""
     top_k: int = 0
     """Top-k sampling (0 = off; training refuses truncated sampling)."""
-    max_new_tokens: int = 64
+    max_new_tokens: int = MAX_NEW_TOKENS
     """Token limit per attempt; attempts that hit it count as truncated."""
     generation_batch_size: int = 64
     """Sequences generated per batch (transformers backend)."""

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from ..hub import CACHE_ONLY, datasets_offline_if_unreachable
+from ..hub import load_hub_dataset
 from .base import Problem, Task, Verdict
 from .prompts import CODE_CORRECTION, CODE_INSTRUCTION, mbpp_three_shot
 from .sandbox import WEAKER_LEVEL_WARNING, SandboxLimits, SandboxResult, run_many, sandbox_isolation
@@ -311,18 +311,7 @@ def _mbpp_rows_from_file(path: str) -> list[tuple[Any, str]]:
 
 
 def _mbpp_rows_from_hub(dataset: str, config: str | None, split: str) -> list[tuple[Any, str]]:
-    try:
-        import datasets  # lazy: optional dependency
-    except ImportError as exc:
-        raise ConfigError("loading MBPP by dataset name needs `pip install datasets`") from exc
-    offline = False
-    try:
-        with datasets_offline_if_unreachable(dataset) as offline:
-            data = datasets.load_dataset(dataset, config, split=split)
-    except Exception as exc:  # the library raises many types; the message names the cause
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        cause = f"{CACHE_ONLY}: {first}" if offline else first
-        raise DataError(f"dataset {dataset!r} (config {config!r}, split {split!r}): cannot load ({cause})") from exc
+    data = load_hub_dataset(dataset, config, split, f"dataset {dataset!r} (config {config!r}, split {split!r})")
     return [(dict(row), f"dataset {dataset!r} split {split!r} row {i}") for i, row in enumerate(data)]
 
 

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError
-from ..hub import CACHE_ONLY, datasets_offline_if_unreachable
+from ..errors import ConfigError, DataError, first_line
+from ..hub import load_hub_dataset
 from .answers import (answers_equivalent, extract_boxed_answer, extract_final_answer, extract_gsm8k_answer,
                       extract_stated_answer, math_reward)
 from .base import Problem, Task
@@ -542,33 +542,16 @@ def _read_parquet(path: Path) -> list[_Row]:
     try:
         records = pq.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise DataError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
+        raise DataError(f"{path}: not a readable Parquet file ({first_line(exc)})") from exc
     return [_Row(i, f"{path} row {i}", record) for i, record in enumerate(records)]
 
 
 def _read_dataset(dataset: str, config_name: str | None, split: str, limit: int | None) -> list[_Row]:
-    try:
-        import datasets  # lazy: heavy import, and only needed for hub data
-    except ImportError as exc:
-        raise ConfigError(
-            f"dataset={dataset!r} needs the 'datasets' package (pip install datasets)"
-        ) from exc
     where = f"{dataset}[{split}]" if config_name is None else f"{dataset}/{config_name}[{split}]"
-    offline = False
-    try:
-        with datasets_offline_if_unreachable(dataset) as offline:
-            data = datasets.load_dataset(dataset, config_name, split=split)
-    except Exception as exc:  # not found, offline, bad split/config, ...: all user-fixable
-        cause = f"{CACHE_ONLY}: {_first_line(exc)}" if offline else _first_line(exc)
-        raise DataError(f"{where}: could not load dataset ({cause})") from exc
+    data = load_hub_dataset(dataset, config_name, split, where)
     if limit is not None:
         data = data.select(range(min(limit, len(data))))
     rows = [_Row(i, f"{where} row {i}", record) for i, record in enumerate(data)]
     if not rows:
         raise DataError(f"{where}: contains no problems")
     return rows
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -14,6 +14,7 @@ from ..algorithms.policy_gradient import BASELINES, KL_PLACEMENTS
 from ..engines import ENGINES, SHARDINGS, layout_conflict
 from ..errors import ConfigError, DataError
 from ..rollout.registry import backend_capabilities
+from ..rollout.backends import MAX_NEW_TOKENS
 from ..rollout.settings import SamplingSettings
 from .methods import METHODS, Phase, schedule
 from .sft_data import KEEP
@@ -191,8 +192,9 @@ class TrainConfig(SamplingSettings):
     ``test_acc_t*``, never used to choose a checkpoint (0 = only the final test evaluation)."""
     eval_limit: int = 200
     """Test problems of the final evaluation (greedy, K attempts)."""
-    eval_max_new_tokens: int = 64
-    """Token limit per attempt during evaluation."""
+    eval_max_new_tokens: int = MAX_NEW_TOKENS
+    """Token limit per attempt of the greedy evaluations (validation and test); the default is
+    ``max_new_tokens``'s and ``selfcorrect eval``'s."""
     save_every: int = 0
     """Checkpoint every N steps (0 = only at the end); Ctrl-C and SIGTERM also checkpoint (after the current step)."""
     save_every_minutes: float = 30.0

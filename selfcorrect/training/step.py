@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -155,6 +156,54 @@ def logprob_gaps(batch: Sequence[Episode], logp: torch.Tensor, attempts: int) ->
             gaps[k][0].extend(diff.abs().tolist())
             gaps[k][1].append(float(diff.sum()))
     return gaps
+
+
+@dataclass
+class StepRecords:
+    """What one RL step keeps of its micro-batches (:func:`accumulate`'s ``keep``), in their order, for the
+    step's log row: per-attempt KLs, the advantages, the sampler-vs-trainer log-prob gaps."""
+
+    attempts: int
+    kls: list[torch.Tensor] = field(default_factory=list)             # [b, K] per micro-batch
+    kl_refs: list[torch.Tensor] = field(default_factory=list)         # [b] KL(attempt 1 ‖ π_ref), Stage I
+    advantages: list[torch.Tensor] = field(default_factory=list)      # [b, K] per micro-batch
+    episodes: list[Episode] = field(default_factory=list)             # the micro-batches' episodes, in order
+    gaps: list[tuple[list[float], list[float]]] = field(default_factory=list)   # per attempt, see logprob_gaps
+
+    def __post_init__(self) -> None:
+        self.gaps = [([], []) for _ in range(self.attempts)]
+
+    def keep(self, batch: list[Episode], out: LossOutput) -> None:
+        self.kls.append(out.kl.cpu())
+        if out.kl_reference is not None:
+            self.kl_refs.append(out.kl_reference.cpu())
+        self.advantages.append(out.advantages.detach().cpu())
+        self.episodes.extend(batch)
+        for total, part in zip(self.gaps, logprob_gaps(batch, out.logp, self.attempts)):
+            total[0].extend(part[0])
+            total[1].extend(part[1])
+
+    def whole_step(self, dist, episodes: list[Episode]) -> tuple[list[Episode], torch.Tensor]:
+        """Every process's episodes and their ``[B, K]`` KLs, rows aligned (NaN KLs when a micro-batch failed)."""
+        kl = torch.cat(self.kls) if self.kls else torch.full((len(episodes), self.attempts), float("nan"))
+        ordered = self.episodes
+        if len(ordered) != len(episodes):                 # a micro-batch failed: keep rows aligned with kl
+            ordered, kl = episodes, torch.full((len(episodes), self.attempts), float("nan"))
+        return dist.gather(ordered), torch.cat(dist.gather([kl]))
+
+    def gap_metrics(self, dist) -> dict[str, float]:
+        """:func:`gap_metrics` over every process's tokens."""
+        everyone = dist.gather([self.gaps])               # one list of per-attempt gaps per process
+        return gap_metrics([(sum((p[k][0] for p in everyone), []), sum((p[k][1] for p in everyone), []))
+                            for k in range(self.attempts)])
+
+    def reference_kl(self, dist) -> torch.Tensor:
+        """KL(attempt 1 ‖ π_ref) of every process's episodes (kept when the anchor is not π_ref)."""
+        return torch.cat(dist.gather([torch.cat(self.kl_refs) if self.kl_refs else torch.empty(0)]))
+
+    def second_advantages(self, dist) -> torch.Tensor:
+        """``[B, K-1]`` the advantages of every attempt after the first, whole step."""
+        return torch.cat(dist.gather([torch.cat(self.advantages)]))[:, 1:]
 
 
 def gap_metrics(gaps: Sequence[tuple[list[float], list[float]]]) -> dict[str, float]:

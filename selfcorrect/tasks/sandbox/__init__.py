@@ -12,7 +12,7 @@ nothing the program prints, returns, raises or exits with can make a test
 pass, and the tests never enter the candidate.  The verdict is the judge's.
 
 Files: ``wire.py`` (the plain-data codec), ``candidate.py`` (the harness in
-the candidate), ``judge.py`` (zygote, judge, the candidate's isolation),
+the candidate), ``confine.py`` (the candidate's isolation), ``judge.py`` (zygote, judge),
 ``view.py`` (the candidate's filesystem view), ``cgroups.py`` (per-run
 cgroups), this module (the parent side: limits, the zygote client and the
 public functions).  The threat model -- what is guaranteed at
@@ -167,7 +167,7 @@ def _source(*names: str) -> str:
 
 
 _CANDIDATE_SOURCE = _source("wire.py", "candidate.py")
-_JUDGE_SOURCE = _source("wire.py", "judge.py")
+_JUDGE_SOURCE = _source("wire.py", "confine.py", "judge.py")
 
 
 class _Zygote:
