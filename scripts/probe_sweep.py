@@ -3,7 +3,7 @@
     python scripts/probe_sweep.py GRID [--runs runs/probe-sweep] [--table docs/results/probe] [--only NAME,...]
     python scripts/probe_sweep.py --list
 
-Every setting is the demo's training config (``selfcorrect/configs/demo.yaml``: T = 0.7, 4 samples per
+Every setting is the demo's training config (``selfcorrect/configs/arithmetic.yaml``: T = 0.7, 4 samples per
 problem, 2 attempts) with a few fields changed, probed on 64 training problems (``selfcorrect probe``).
 Each setting's probe goes to ``RUNS/GRID/NAME/`` (skipped when its probe.json exists, so a killed sweep
 resumes); the table of all of them to ``TABLE/GRID.md`` and ``TABLE/GRID.json`` (the per-setting

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The reproduction of docs/reproduction.md, step by step, on the current code (2-core CPU: fp32 throughout,
-# the demo config's autocast none). Each step can be run alone; `compare` skips finished runs and resumes
+# the arithmetic config's autocast none). Each step can be run alone; `compare` skips finished runs and resumes
 # interrupted ones, so a step cut short is continued by running it again.
 #
-#   scripts/reproduce.sh demo        # make demo's run, with its wall time            (~15 min)
+#   scripts/reproduce.sh demo        # SCoRe on arithmetic, base vs trained, with its wall time (~15 min)
 #   scripts/reproduce.sh compare A,B # methods A,B at seeds 0,1,2 on the demo budget   (~13 min per run)
 #   scripts/reproduce.sh table       # the pooled 3-seed table over the methods run so far
 #   scripts/reproduce.sh curve M     # method M at 4x the demo budget, tested every 10 steps       (~50 min per run)
@@ -23,12 +23,14 @@ timed() { /usr/bin/time -f "wall %e s" "$@"; }
 
 case "${1:-}" in
   demo)
-    timed "$PY" -m selfcorrect.cli demo --out "$RUNS/demo" 2>&1 | tee "$RUNS/demo.log" ;;
+    # What `make demo` ran before it moved to the testbed (selfcorrect/configs/arithmetic.yaml).
+    timed "$PY" -m selfcorrect.cli train --config arithmetic --compare-base --overwrite true --out "$RUNS/demo" \
+        2>&1 | tee "$RUNS/demo.log" ;;
   compare)
-    timed "$PY" -m selfcorrect.cli compare --config demo --methods "${2:-$ALL}" --seeds "$SEEDS" \
+    timed "$PY" -m selfcorrect.cli compare --config arithmetic --methods "${2:-$ALL}" --seeds "$SEEDS" \
         --out "$RUNS/compare" 2>&1 | tee -a "$RUNS/compare.log" ;;
   table)
-    timed "$PY" -m selfcorrect.cli compare --config demo --methods "${2:-$ALL}" --seeds "$SEEDS" \
+    timed "$PY" -m selfcorrect.cli compare --config arithmetic --methods "${2:-$ALL}" --seeds "$SEEDS" \
         --out "$RUNS/compare" 2>&1 | tail -40 ;;
   curve)
     # Fresh runs of 4x the demo budget (8 iterations, 40 steps), tested every 10 steps (test-evals/step-N)
@@ -42,7 +44,7 @@ case "${1:-}" in
       if compgen -G "$run/checkpoint-*" >/dev/null; then
         timed "$PY" -m selfcorrect.cli train --resume "$run" 2>&1 | tee -a "$RUNS/curve-$2.log"
       else
-        timed "$PY" -m selfcorrect.cli train --config demo --method "$2" --seed "$seed" --iterations 8 \
+        timed "$PY" -m selfcorrect.cli train --config arithmetic --method "$2" --seed "$seed" --iterations 8 \
             --test-every 10 --save-every 10 --keep-last 100 --overwrite true --out "$run" 2>&1 \
             | tee -a "$RUNS/curve-$2.log"
       fi

@@ -414,7 +414,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The default job: SCoRe on the embedded model and arithmetic, then base vs trained on held-out problems."""
+    """The default job: the controlled testbed's warm start (built once), the probe, SCoRe, then base vs
+    trained on held-out problems (docs/testbed.md)."""
+    from .run_dir import check_output_dir
+    from .testbed import ensure_demo_warm_start
     from .trainer import TrainConfig
 
     config = build_config(TrainConfig, {"out": args.out, "overwrite": True}, args.config)
@@ -422,6 +425,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print(f"[bold]selfcorrect demo[/]: {config.method} on {config.model} / {config.task}, "
                   f"{config.iterations} iterations of Stage I ({config.stage1_steps} steps) → Stage II "
                   f"({config.stage2_steps} steps), then base vs trained, greedy, on {config.eval_limit} test problems")
+    check_output_dir(Path(config.out))                # a bad --out is refused before the warm start's minutes
+    ensure_demo_warm_start(config.model, log=lambda line: console.print(line, highlight=False))
     return _run_training(config, console, compare_base=True)
 
 
@@ -502,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, TrainConfig, skip=("method", "seed", "overwrite", "out"))
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("demo", help="SCoRe on the embedded model, then base vs trained (what `make demo` runs)")
+    p = sub.add_parser("demo", help="SCoRe on the controlled testbed (its warm start built the first time), then "
+                                    "base vs trained (what `make demo` runs)")
     p.add_argument("--config", metavar="FILE", default="demo", help="the run's config (default: %(default)s)")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)

@@ -57,7 +57,7 @@ N_BOOT = 2000
 
 @dataclass
 class ProbeConfig(TrainConfig):
-    """Settings of ``selfcorrect probe``: every ``selfcorrect train`` setting (so ``--config demo`` probes
+    """Settings of ``selfcorrect probe``: every ``selfcorrect train`` setting (so ``--config arithmetic`` probes
     exactly what the demo trains) -- the probe reads the model, task, template, temperature, token limit,
     samples per problem, attempts, seed and the ``probe_*`` settings -- and its own output directory."""
 

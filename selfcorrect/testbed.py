@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,9 +44,18 @@ from typing import Any
 
 TESTBED_TASK = {"operation": "copy", "length": 6}
 """The task options of the testbed (``strings``)."""
-RULE = ("attempt 1 drops one digit of the first doubled pair of the source (exact copy when there is none); "
-        "attempt 2 re-copies the source correctly with probability fix_rate, else repeats attempt 1")
-"""The rule the warm start's episodes are written by (recorded beside the model)."""
+SLIPS = {
+    "doubled": "attempt 1 drops one digit of the first doubled pair of the source (exact copy when there is none)",
+    "mixed": ("attempt 1 drops one digit of the first doubled pair of the source; without one, it swaps the first "
+              "ascending pair 'd, d+1'; exact copy when there is neither"),
+}
+"""The kinds of first-attempt slips a warm start can be written with, and their rule."""
+SECOND = "attempt 2 re-copies the source correctly with probability fix_rate, else repeats attempt 1"
+
+
+def rule(slips: str) -> str:
+    """The rule the warm start's episodes are written by (recorded beside the model)."""
+    return f"{SLIPS[slips]}; {SECOND}"
 
 
 @dataclass
@@ -58,6 +68,10 @@ class WarmStartConfig:
     """Options of the ``strings`` task the episodes come from (its training split)."""
     fix_rate: float = 0.4
     """Probability that the written attempt 2 re-copies the source correctly (else it repeats attempt 1)."""
+    slips: str = "doubled"
+    """First-attempt slips written: doubled (drop a digit of the first doubled pair: about 41% of 6-digit
+    sources) or mixed (that, or else swap the first ascending pair 'd, d+1': about 65%, two kinds of error,
+    one of which keeps the length)."""
     problems: int = 1600
     """Training problems written (one episode each)."""
     steps: int = 60
@@ -72,18 +86,22 @@ class WarmStartConfig:
     """Where the fine-tuned model (a Hugging Face directory, usable as ``--model``) is written."""
 
 
-def slip(source: str) -> str:
-    """The rule's first attempt: ``source`` with one digit of its first doubled pair dropped (unchanged if
-    it has none)."""
+def slip(source: str, slips: str = "doubled") -> str:
+    """The rule's first attempt: ``source`` with one digit of its first doubled pair dropped; under ``mixed``,
+    a source without one has its first ascending pair ``d, d+1`` swapped instead; else unchanged."""
     for i in range(len(source) - 1):
         if source[i] == source[i + 1]:
             return source[:i] + source[i + 1:]
+    if slips == "mixed":
+        for i in range(len(source) - 1):
+            if source[i] != "9" and source[i + 1] == str(int(source[i]) + 1):
+                return source[:i] + source[i + 1] + source[i] + source[i + 2:]
     return source
 
 
-def written_attempts(source: str, rng: random.Random, fix_rate: float) -> tuple[str, str]:
+def written_attempts(source: str, rng: random.Random, fix_rate: float, slips: str = "doubled") -> tuple[str, str]:
     """The two attempt texts the warm start is trained on for one source string."""
-    first = slip(source)
+    first = slip(source, slips)
     second = source if rng.random() < fix_rate else first
     return f"The final answer is {first}.", f"The final answer is {second}."
 
@@ -93,6 +111,7 @@ def build_warm_start(config: WarmStartConfig, log=lambda line: print(line, flush
     import torch
 
     from .algorithms.sft import sft_loss
+    from .errors import ConfigError
     from .logprobs import token_logprobs
     from .models import load_model, load_tokenizer
     from .rollout import ConversationBuilder
@@ -100,8 +119,15 @@ def build_warm_start(config: WarmStartConfig, log=lambda line: print(line, flush
     from .run_dir import check_output_dir
     from .tasks import load_task
 
+    if not 0.0 <= config.fix_rate <= 1.0:
+        raise ConfigError(f"fix_rate must be in [0, 1], got {config.fix_rate!r}")
+    if config.slips not in SLIPS:
+        raise ConfigError(f"slips must be one of {', '.join(SLIPS)}, got {config.slips!r}")
     out = Path(config.out)
     check_output_dir(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "testbed.json").is_file():
+        raise ConfigError(f"--out {out}: exists and holds something other than a warm start; choose another "
+                          "directory (a warm start's directory is replaced when rebuilt)")
     task = load_task("strings", **{**config.task_options, "split": "train", "n": config.problems})
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
@@ -111,7 +137,7 @@ def build_warm_start(config: WarmStartConfig, log=lambda line: print(line, flush
     rng = random.Random(f"testbed:{config.seed}")
     episodes = []
     for problem in task.problems:
-        texts = written_attempts(problem.meta["source"], rng, config.fix_rate)
+        texts = written_attempts(problem.meta["source"], rng, config.fix_rate, config.slips)
         episodes.append(builder.episode_from_ids(problem, task.first_prompt(problem),
                                                  [builder.encode_attempt(t) for t in texts]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
@@ -134,11 +160,49 @@ def build_warm_start(config: WarmStartConfig, log=lambda line: print(line, flush
         if step % 10 == 0 or step == config.steps - 1:
             log(f"testbed SFT step {step + 1}/{config.steps}: loss {loss.item():.4f} "
                 f"({time.perf_counter() - started:.0f} s)")
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / "testbed.json").write_text(json.dumps({**asdict(config), "rule": RULE}, indent=1) + "\n")
+    # Written beside and renamed into place: an interrupted save leaves no half model where the demo looks.
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / "testbed.json").write_text(json.dumps({**asdict(config), "rule": rule(config.slips)}, indent=1) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
     return out
+
+
+DEMO_MODEL = "runs/testbed/demo-model"
+"""Where ``selfcorrect demo`` keeps its warm start (built on the first run, reused after)."""
+DEMO_WARM_START = {"steps": 25, "lr": 2e-4, "slips": "mixed", "fix_rate": 0.25}
+"""The demo's warm start: shorter than the testbed's 60 steps at 1e-4, so warm start + probe + SCoRe fit
+about 15 minutes of a 2-core CPU; two kinds of slip and a low fix rate, chosen among three candidates as
+the one that passes the probe with the smallest greedy Δ on the validation split before any RL
+(docs/results/demo-testbed)."""
+
+
+def ensure_demo_warm_start(model: str, log=lambda line: print(line, flush=True)) -> None:
+    """Build the demo's warm start at ``model`` when it is :data:`DEMO_MODEL` and not there yet, or was built
+    with other settings than :data:`DEMO_WARM_START` (an older version's); say when one is reused.  Any other
+    model is the user's and left alone."""
+    if Path(model) != Path(DEMO_MODEL):
+        return
+    config = WarmStartConfig(out=model, **DEMO_WARM_START)
+    wanted = {k: v for k, v in asdict(config).items() if k != "out"}
+    record = Path(model) / "testbed.json"
+    if record.is_file():
+        built = json.loads(record.read_text())
+        if all(built.get(k) == v for k, v in wanted.items()):
+            log(f"warm start: reusing {model} ({built['steps']} SFT steps at lr {built['lr']:g}, {built['slips']} "
+                f"slips, fix_rate {built['fix_rate']}; remove it to rebuild)")
+            return
+        log(f"warm start: {model} was built with other settings; rebuilding it")
+    log(f"warm start: fine-tuning {config.model} on {config.problems} written two-attempt episodes "
+        f"({config.steps} steps x {config.batch}, lr {config.lr:g}, fix_rate {config.fix_rate}; "
+        f"{rule(config.slips)}) ...")
+    started = time.perf_counter()
+    build_warm_start(config, log)
+    log(f"warm start: wrote {model} ({time.perf_counter() - started:.0f} s)")
 
 
 def main(argv=None) -> int:
@@ -150,8 +214,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         config = build_config(WarmStartConfig, args)
-        if not 0.0 <= config.fix_rate <= 1.0:
-            raise SelfCorrectError(f"fix_rate must be in [0, 1], got {config.fix_rate!r}")
         out = build_warm_start(config)
     except SelfCorrectError as err:
         print(f"testbed: error: {err}", file=sys.stderr)

@@ -380,6 +380,7 @@ def test_shipped_configs_and_the_example_task_are_found_from_any_directory(tmp_p
 
     monkeypatch.chdir(tmp_path)
     assert find_config("demo") == SHIPPED_CONFIGS / "demo.yaml"
+    assert find_config("arithmetic") == SHIPPED_CONFIGS / "arithmetic.yaml"
     assert find_config("math.yaml") == SHIPPED_CONFIGS / "math.yaml"
     assert find_config("selfcorrect/configs/mbpp.yaml") == SHIPPED_CONFIGS / "mbpp.yaml"
     (tmp_path / "demo.yaml").write_text("stage1_steps: 3\n")     # a local file wins over a shipped one

@@ -177,8 +177,8 @@ def test_resume_errors(tmp_path):
         Trainer.resume(tmp_path)
 
 
-SHIPPED_TRAIN_CONFIGS = ["demo", "strings", "testbed", "math", "humaneval", "mbpp"]
-DEMO_BUDGET_CONFIGS = {"demo", "strings", "testbed"}    # the demo's sizes and departures, not the paper's
+SHIPPED_TRAIN_CONFIGS = ["demo", "arithmetic", "strings", "testbed", "math", "humaneval", "mbpp"]
+DEMO_BUDGET_CONFIGS = {"demo", "arithmetic", "strings", "testbed"}    # the demo's sizes and departures, not the paper's
 
 
 def test_every_shipped_config_is_tested():
