@@ -44,6 +44,8 @@ from typing import Any
 
 TESTBED_TASK = {"operation": "copy", "length": 6}
 """The task options of the testbed (``strings``)."""
+RECORD = "testbed.json"
+"""The file beside a warm start's weights that records how it was built (and marks the directory as one)."""
 SLIPS = {
     "doubled": "attempt 1 drops one digit of the first doubled pair of the source (exact copy when there is none)",
     "mixed": ("attempt 1 drops one digit of the first doubled pair of the source; without one, it swaps the first "
@@ -125,7 +127,7 @@ def build_warm_start(config: WarmStartConfig, log=lambda line: print(line, flush
         raise ConfigError(f"slips must be one of {', '.join(SLIPS)}, got {config.slips!r}")
     out = Path(config.out)
     check_output_dir(out)
-    if out.is_dir() and any(out.iterdir()) and not (out / "testbed.json").is_file():
+    if out.is_dir() and any(out.iterdir()) and not (out / RECORD).is_file():
         raise ConfigError(f"--out {out}: exists and holds something other than a warm start; choose another "
                           "directory (a warm start's directory is replaced when rebuilt)")
     task = load_task("strings", **{**config.task_options, "split": "train", "n": config.problems})
@@ -166,7 +168,7 @@ def build_warm_start(config: WarmStartConfig, log=lambda line: print(line, flush
     partial.mkdir(parents=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    (partial / "testbed.json").write_text(json.dumps({**asdict(config), "rule": rule(config.slips)}, indent=1) + "\n")
+    (partial / RECORD).write_text(json.dumps({**asdict(config), "rule": rule(config.slips)}, indent=1) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     return out
@@ -189,7 +191,7 @@ def ensure_demo_warm_start(model: str, log=lambda line: print(line, flush=True))
         return
     config = WarmStartConfig(out=model, **DEMO_WARM_START)
     wanted = {k: v for k, v in asdict(config).items() if k != "out"}
-    record = Path(model) / "testbed.json"
+    record = Path(model) / RECORD
     if record.is_file():
         built = json.loads(record.read_text())
         if all(built.get(k) == v for k, v in wanted.items()):
